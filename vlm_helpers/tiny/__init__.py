@@ -1,0 +1,1 @@
+"""Tiny random models built from configs, so every notebook runs offline on a CPU."""
