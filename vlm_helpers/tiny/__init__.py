@@ -1,1 +1,52 @@
-"""Tiny random models built from configs, so every notebook runs offline on a CPU."""
+"""Tiny random models built from configs, so every notebook runs offline on a CPU.
+
+:func:`tiny_checkpoint` returns a local folder holding a tiny model and its processor,
+building it on first use. Notebooks pass that folder to the same ``from_pretrained``
+loaders that take a Hub id in full mode (see ``notebooks/02_florence2_docvqa.ipynb``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+#: tiny model name -> (module, builder function)
+BUILDERS: dict[str, tuple[str, str]] = {
+    "florence2": ("vlm_helpers.tiny.florence2", "build_tiny_florence2"),
+    "idefics2": ("vlm_helpers.tiny.idefics2", "build_tiny_idefics2"),
+    "llava-phi3": ("vlm_helpers.tiny.llava_phi3", "build_tiny_llava_phi3"),
+}
+
+
+def default_cache_dir() -> Path:
+    """``$VLM_CACHE`` if set, else ``~/.cache/vlm_helpers``."""
+    return Path(os.environ.get("VLM_CACHE", Path.home() / ".cache" / "vlm_helpers"))
+
+
+def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: bool = False) -> Path:
+    """Return ``cache_dir/tiny-<name>``, building the tiny model there if it is missing.
+
+    The build goes to a temporary folder that is renamed into place, so two processes
+    (e.g. two torchrun ranks) never see a half-written checkpoint.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown tiny model {name!r}; expected one of {sorted(BUILDERS)}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / f"tiny-{name}"
+    if (target / "config.json").exists() and not rebuild:
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    module_name, function_name = BUILDERS[name]
+    build = getattr(importlib.import_module(module_name), function_name)
+    staging = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=cache_dir))
+    build(staging)
+    if rebuild and target.exists():
+        shutil.rmtree(target)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,121 @@
+"""Florence-2 on the tiny model: freezing, label masking, exact resume, accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlm_helpers import collators, models, training
+from vlm_helpers.data.docvqa import make_synthetic_docvqa
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [dict(r) for r in make_synthetic_docvqa(24, seed=3)]
+
+
+@pytest.fixture()
+def model_and_processor(tiny_florence2_path):
+    return models.load_florence2(tiny_florence2_path)
+
+
+def test_blog_freezing_freezes_nothing_and_requires_grad_does(model_and_processor):
+    model, _ = model_and_processor
+    before = models.count_parameters(model)
+    vision = models.florence2_vision_modules(model)[0]
+    for param in vision.parameters():
+        param.is_trainable = False  # the blog's line: a new attribute that nobody reads
+    assert models.count_parameters(model).trainable == before.trainable
+    frozen = models.freeze(vision)
+    after = models.count_parameters(model)
+    assert frozen == sum(p.numel() for p in vision.parameters()) > 0
+    assert after.trainable == before.trainable - frozen
+
+
+def test_frozen_vision_tower_gets_no_gradient_and_does_not_move(model_and_processor, rows):
+    model, processor = model_and_processor
+    vision = models.florence2_vision_modules(model)[0]
+    models.freeze(vision)
+    vision_before = {n: p.detach().clone() for n, p in vision.named_parameters()}
+    decoder = model.model.language_model.decoder
+    decoder_before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batch = collators.Florence2Collator(processor)(rows[:4])
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is None for p in vision.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+    optimizer.step()
+    assert all(torch.equal(p, vision_before[n]) for n, p in vision.named_parameters())
+    changed = [n for n, p in decoder.named_parameters() if not torch.equal(p, decoder_before[n])]
+    assert len(changed) > len(decoder_before) // 2
+
+
+def test_labels_mask_padding_and_supervise_answer_plus_end_token(model_and_processor, rows):
+    _, processor = model_and_processor
+    collate = collators.Florence2Collator(processor)
+    batch = collate(rows[:6])
+    tokenizer = processor.tokenizer
+    lengths = set()
+    for row, labels in zip(rows[:6], batch["labels"]):
+        supervised = labels[labels != collators.IGNORE_INDEX]
+        lengths.add(len(supervised))
+        # every supervised position comes first, the rest is -100 (right padding)
+        assert torch.all(labels[: len(supervised)] != collators.IGNORE_INDEX)
+        assert torch.all(labels[len(supervised):] == collators.IGNORE_INDEX)
+        assert tokenizer.pad_token_id not in supervised.tolist()
+        assert collators.supervised_text(labels, tokenizer) == row["answers"][0] + tokenizer.eos_token
+    assert len(lengths) > 1, "the sample should mix answer lengths so that padding exists"
+    shown = collators.format_supervision(batch["labels"][0], batch["labels"][0], tokenizer)
+    assert "[</s>]" in shown
+
+
+def test_collator_refuses_a_row_without_answers(model_and_processor, rows):
+    _, processor = model_and_processor
+    broken = dict(rows[0], answers=[], questionId=4242)
+    with pytest.raises(ValueError, match="4242"):
+        collators.Florence2Collator(processor)([rows[1], broken])
+
+
+def _run(path, rows, output_dir, *, max_steps, resume=None, batch_size=4, grad_accum=1, checkpoint_every=2):
+    model, processor = models.load_florence2(path)
+    models.freeze(*models.florence2_vision_modules(model))
+    config = training.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps,
+                                  batch_size=batch_size, grad_accum=grad_accum, warmup_steps=2,
+                                  checkpoint_every=checkpoint_every, keep_checkpoints=10, progress=False)
+    state = training.train(model, rows, collators.Florence2Collator(processor, answer_choice="random"), config,
+                           resume_from=resume)
+    return model, [h["loss"] for h in state.history]
+
+
+def test_resume_continues_the_same_loss_curve(tiny_florence2_path, rows, tmp_path):
+    # 24 rows / batch 4 = 6 batches per epoch: 8 steps cross an epoch boundary
+    _, straight = _run(tiny_florence2_path, rows, tmp_path / "straight", max_steps=8)
+    _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8, checkpoint_every=3)
+    # pretend the run died after step 3: keep only that checkpoint, then resume from it
+    for ckpt in training.checkpoint_dirs(tmp_path / "interrupted"):
+        if ckpt.name != "checkpoint-3":
+            import shutil
+            shutil.rmtree(ckpt)
+    _, resumed = _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8,
+                      resume=tmp_path / "interrupted" / "checkpoint-3")
+    assert len(resumed) == 8  # history restored from the checkpoint, then continued
+    assert resumed[:3] == pytest.approx(straight[:3], rel=1e-6)
+    assert resumed[3:] == pytest.approx(straight[3:], rel=1e-5)
+    assert straight[-1] < straight[0]
+
+
+def test_fresh_run_refuses_to_overwrite_existing_checkpoints(tiny_florence2_path, rows, tmp_path):
+    _run(tiny_florence2_path, rows, tmp_path / "run", max_steps=2)
+    with pytest.raises(FileExistsError, match="resume_from='latest'"):
+        _run(tiny_florence2_path, rows, tmp_path / "run", max_steps=2)
+
+
+def test_accumulation_equals_one_big_batch(tiny_florence2_path, rows, tmp_path):
+    big, big_losses = _run(tiny_florence2_path, rows, tmp_path / "big", max_steps=3, batch_size=4,
+                           checkpoint_every=None)
+    acc, acc_losses = _run(tiny_florence2_path, rows, tmp_path / "acc", max_steps=3, batch_size=2,
+                           grad_accum=2, checkpoint_every=None)
+    assert acc_losses == pytest.approx(big_losses, rel=1e-5)
+    for (name, p), q in zip(big.named_parameters(), acc.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name

@@ -1,0 +1,130 @@
+"""Turning dataset rows into model batches, with the loss mask done right (Florence-2).
+
+Taught in ``notebooks/02_florence2_docvqa.ipynb``. What the blog got wrong and we fix:
+
+- answer padding went into the loss: here every pad position of ``labels`` is -100,
+  the value PyTorch's cross-entropy ignores;
+- the processor ran on the GPU inside the training process: here the collator returns
+  CPU tensors, so it can run in DataLoader worker processes (which must never touch
+  CUDA) while the GPU trains.
+
+The chat-model collator (Idefics2, Phi-3) lives in :mod:`vlm_helpers.chat_collator`.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from vlm_helpers.data.images import to_rgb
+
+IGNORE_INDEX = -100
+DOCVQA_TASK_PROMPT = "<DocVQA>"
+
+
+def pick_answer(answers: Sequence[str], *, choice: str, seed: int, key: object) -> str:
+    """Pick the training target among several valid answers.
+
+    ``choice="first"`` takes ``answers[0]`` (the blog's choice); ``"random"`` draws one
+    with an RNG seeded by ``(seed, key)``, so the pick is reproducible in any worker process.
+    """
+    if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"Row {key!r} has no usable answer: answers={list(answers)!r}")
+    if choice == "first":
+        return answers[0]
+    if choice == "random":
+        rng = random.Random(zlib.crc32(f"{seed}/{key}".encode()))
+        return answers[rng.randrange(len(answers))]
+    raise ValueError(f"answer choice must be 'first' or 'random', got {choice!r}")
+
+
+def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Right-pad token-id lists into a ``(batch, max_len)`` tensor filled with -100."""
+    width = max(len(seq) for seq in sequences)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        labels[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return labels
+
+
+class Florence2Collator:
+    """Batch DocVQA-style rows for Florence-2: encoder gets ``<DocVQA>`` + question + image,
+    the decoder learns the answer followed by ``</s>``; padding never reaches the loss.
+
+    Rows need ``question``, ``image`` and ``answers`` (a list of strings). The model builds
+    its decoder inputs from ``labels`` by shifting them right, so we pass labels only.
+    """
+
+    def __init__(self, processor, *, task_prompt: str = DOCVQA_TASK_PROMPT, max_answer_tokens: int = 64,
+                 answer_choice: str = "first", seed: int = 0, id_key: str = "questionId"):
+        self.processor = processor
+        self.task_prompt = task_prompt
+        self.max_answer_tokens = max_answer_tokens
+        self.answer_choice = answer_choice
+        self.seed = seed
+        self.id_key = id_key
+
+    def prompts(self, rows: Sequence[dict]) -> list[str]:
+        """The encoder text of each row: task token followed by the question."""
+        return [self.task_prompt + row["question"] for row in rows]
+
+    def generation_inputs(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Inputs for ``model.generate``: prompt and pixels, no labels."""
+        images = [to_rgb(row["image"]) for row in rows]
+        return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
+
+    def target_ids(self, answer: str) -> list[int]:
+        """Token ids the decoder must produce: the answer (truncated) and the end token."""
+        tokenizer = self.processor.tokenizer
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_answer_tokens - 1]
+        return ids + [tokenizer.eos_token_id]
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = self.generation_inputs(rows)
+        answers = [
+            pick_answer(row["answers"], choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
+            for i, row in enumerate(rows)
+        ]
+        batch["labels"] = pad_labels([self.target_ids(answer) for answer in answers])
+        return batch
+
+
+def supervised_text(labels: torch.Tensor, tokenizer) -> str:
+    """Decode only the supervised positions (label != -100) of one row, special tokens kept."""
+    kept = [int(t) for t in labels.tolist() if t != IGNORE_INDEX]
+    return tokenizer.decode(kept, skip_special_tokens=False)
+
+
+def format_supervision(token_ids: torch.Tensor, labels: torch.Tensor | None, tokenizer, *, width: int = 100) -> str:
+    """Show a learner which tokens the loss sees: ``[token]`` is supervised, ``·token·`` is not.
+
+    For a decoder-only model pass ``input_ids`` and ``labels`` of the same row (aligned);
+    for Florence-2 pass the ``labels`` row as both arguments. Repeated image tokens are
+    folded into one ``<image>xN`` entry so the line stays readable.
+    """
+    tokens = tokenizer.convert_ids_to_tokens([max(int(t), 0) for t in token_ids.tolist()])
+    flags = [True] * len(tokens) if labels is None else [int(x) != IGNORE_INDEX for x in labels.tolist()]
+    parts: list[str] = []
+    previous, run = None, 0
+    for token, supervised in list(zip(tokens, flags)) + [(None, None)]:
+        if (token, supervised) == previous:
+            run += 1
+            continue
+        if previous is not None:
+            text, was_supervised = previous
+            text = text.replace("Ġ", "␣").replace("▁", "␣").replace("\n", "\\n")
+            if run > 1:
+                text = f"{text}x{run}"
+            parts.append(f"[{text}]" if was_supervised else f"·{text}·")
+        previous, run = (token, supervised), 1
+    lines, line = [], ""
+    for part in parts:
+        if len(line) + len(part) > width and line:
+            lines.append(line)
+            line = ""
+        line += part + " "
+    lines.append(line)
+    return "\n".join(l.rstrip() for l in lines)

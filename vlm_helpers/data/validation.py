@@ -1,0 +1,234 @@
+"""Check every row before training, and say exactly which row is broken.
+
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "Clean the data first"),
+and reused by the chat-VLM notebooks with other column names.
+
+A corrupt image or an empty answer list usually surfaces hours into a run, deep
+inside a collate function, with a message that names neither the split nor the
+row. Validating up front costs seconds and turns that into::
+
+    DataValidationError: [split='test', row 0, questionId=57349] answers is an empty list ...
+
+Column names are keyword arguments, so the same checks cover other datasets:
+
+* DocVQA: ``answers`` is a list of acceptable strings (the defaults).
+* Captioning / chat data (e.g. the aircraft notebooks): the target is one string.
+  Pass ``answer_key="caption", answers_may_be_str=True``; a plain string is then
+  accepted (and still must not be empty), and a list is still checked as a list.
+* Inference-only data without targets: pass ``answer_key=None``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from datasets import Image as ImageFeature
+
+from vlm_helpers.data.images import ImageDecodeError, to_rgb
+
+__all__ = ["DataValidationError", "ValidationReport", "validate_dataset", "validate_row"]
+
+_TEST_SPLIT_HINT = (
+    "DocVQA's test split ships without answers; train and evaluate on "
+    "'train'/'validation', or pass answer_key=None for inference-only data"
+)
+
+
+class DataValidationError(ValueError):
+    """A row failed validation. The message names split, row index, id and problem.
+
+    Attributes:
+        split: split name given to the validator.
+        index: position of the row in the iterable that was validated.
+        question_id: the row's id (``questionId`` by default), or ``None``.
+        problem: what is wrong, without the location prefix.
+    """
+
+    def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None) -> None:
+        self.split = split
+        self.index = index
+        self.question_id = question_id
+        self.problem = problem
+        where = f"split={split!r}, row {index}"
+        if question_id is not None:
+            where += f", questionId={question_id}"
+        super().__init__(f"[{where}] {problem}")
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_dataset` saw: counts plus the reason for every skipped row."""
+
+    split: str
+    checked: int = 0
+    kept: int = 0
+    skipped_rows: list[tuple[int, str]] = field(default_factory=list)
+    kept_indices: list[int] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Number of rows that were dropped."""
+        return len(self.skipped_rows)
+
+    def __str__(self) -> str:
+        lines = [f"{self.split}: checked {self.checked}, kept {self.kept}, skipped {self.skipped}"]
+        lines += [f"  row {index}: {reason}" for index, reason in self.skipped_rows]
+        return "\n".join(lines)
+
+
+def validate_row(
+    row: dict,
+    *,
+    split: str,
+    index: int,
+    answer_key: str | None = "answers",
+    question_key: str = "question",
+    image_key: str = "image",
+    id_key: str | None = "questionId",
+    answers_may_be_str: bool = False,
+) -> dict:
+    """Return a cleaned copy of ``row`` or raise :class:`DataValidationError`.
+
+    Checks that the image decodes and is not empty, that the question is a
+    non-empty string and that the answers are a non-empty list of non-empty
+    strings (or, with ``answers_may_be_str=True``, a non-empty string).
+
+    The cleaned row has the image as an RGB ``PIL.Image`` and the question
+    stripped of surrounding whitespace; all other fields are copied unchanged.
+
+    Args:
+        row: one example, e.g. an item of a ``datasets.Dataset``.
+        split: split name, used in error messages.
+        index: row position, used in error messages.
+        answer_key: column with the target(s); ``None`` skips the answer check.
+        question_key: column with the question / prompt.
+        image_key: column with the image (PIL image, bytes, path or datasets dict).
+        id_key: column with an id to quote in error messages, if present.
+        answers_may_be_str: accept a single string as the target.
+    """
+    question_id = row.get(id_key) if id_key else None
+    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id)
+
+    raw_image = row.get(image_key)
+    if raw_image is None:
+        raise error(f"image is missing (no value under {image_key!r})")
+    try:
+        image = to_rgb(raw_image)
+    except ImageDecodeError as err:
+        raise error(f"image could not be decoded: {err}") from err
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise error(f"image has zero size ({width}x{height})")
+
+    question = row.get(question_key)
+    if not isinstance(question, str):
+        raise error(f"question {question_key!r} must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise error(f"question {question_key!r} is empty")
+
+    cleaned = dict(row)
+    cleaned[image_key] = image
+    cleaned[question_key] = question.strip()
+    if answer_key is not None:
+        problem = _answer_problem(row.get(answer_key), answer_key, answers_may_be_str)
+        if problem:
+            raise error(problem)
+        if isinstance(row[answer_key], tuple):
+            cleaned[answer_key] = list(row[answer_key])
+    return cleaned
+
+
+def _answer_problem(answers: Any, key: str, may_be_str: bool) -> str | None:
+    """Describe what is wrong with an answers value, or return None if it is fine."""
+    if answers is None:
+        return f"{key!r} is missing ({_TEST_SPLIT_HINT})"
+    if isinstance(answers, str):
+        if not may_be_str:
+            return (
+                f"{key!r} must be a list of strings, got the string {answers!r} "
+                "(pass answers_may_be_str=True for single-string targets)"
+            )
+        return None if answers.strip() else f"{key!r} is an empty string"
+    if not isinstance(answers, (list, tuple)):
+        return f"{key!r} must be a list of strings, got {type(answers).__name__}"
+    if len(answers) == 0:
+        return f"{key!r} is an empty list ({_TEST_SPLIT_HINT})"
+    for position, answer in enumerate(answers):
+        if not isinstance(answer, str):
+            return f"{key}[{position}] must be a string, got {type(answer).__name__}"
+        if not answer.strip():
+            return f"{key}[{position}] is an empty string"
+    return None
+
+
+def validate_dataset(
+    rows: Iterable[dict],
+    *,
+    split: str,
+    on_bad: Literal["raise", "skip"] = "raise",
+    answer_key: str | None = "answers",
+    question_key: str = "question",
+    image_key: str = "image",
+    id_key: str | None = "questionId",
+    answers_may_be_str: bool = False,
+    return_rows: bool = True,
+) -> tuple[list[dict], ValidationReport]:
+    """Validate every row with :func:`validate_row`; return cleaned rows and a report.
+
+    Args:
+        rows: any iterable of dicts, including ``datasets.Dataset`` and
+            ``IterableDataset``. For those, images are read undecoded and decoded
+            here, so a corrupt file becomes a :class:`DataValidationError` naming the
+            row instead of a crash inside ``datasets``.
+        split: split name, used in messages and in the report.
+        on_bad: ``"raise"`` stops at the first bad row (before any training
+            starts); ``"skip"`` drops bad rows and records why in the report.
+        answer_key, question_key, image_key, id_key, answers_may_be_str:
+            passed to :func:`validate_row`.
+        return_rows: with ``False`` the returned list stays empty, so decoded
+            images are not held in memory; use ``dataset.select(report.kept_indices)``
+            on large real datasets.
+
+    Returns:
+        ``(cleaned_rows, report)``.
+    """
+    if on_bad not in ("raise", "skip"):
+        raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
+
+    report = ValidationReport(split=split)
+    cleaned_rows: list[dict] = []
+    for index, row in enumerate(_with_undecoded_images(rows, image_key)):
+        report.checked += 1
+        try:
+            cleaned = validate_row(
+                row,
+                split=split,
+                index=index,
+                answer_key=answer_key,
+                question_key=question_key,
+                image_key=image_key,
+                id_key=id_key,
+                answers_may_be_str=answers_may_be_str,
+            )
+        except DataValidationError as err:
+            if on_bad == "raise":
+                raise
+            report.skipped_rows.append((index, err.problem))
+            continue
+        report.kept += 1
+        report.kept_indices.append(index)
+        if return_rows:
+            cleaned_rows.append(cleaned)
+    return cleaned_rows, report
+
+
+def _with_undecoded_images(rows: Iterable[dict], image_key: str) -> Iterable[dict]:
+    """For a datasets (Iterable)Dataset, switch the image column to undecoded dicts."""
+    features = getattr(rows, "features", None)
+    feature = features.get(image_key) if features else None
+    if isinstance(feature, ImageFeature) and feature.decode:
+        return rows.cast_column(image_key, ImageFeature(decode=False))
+    return rows

@@ -1,0 +1,88 @@
+"""Evaluation by generation: what the user will actually get from the model.
+
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` and reused by 01, 03 and 04. The model
+*generates* an answer (greedy or beam search), we post-process it, and score it
+against every reference with ANLS (:mod:`vlm_helpers.metrics`). Scoring the argmax of
+teacher-forced logits, as the Phi-3 article does, measures something a user never sees.
+
+Any collator with a ``generation_inputs(rows)`` method works here: Florence-2's
+(encoder-decoder: the output holds only the answer) and the chat collator
+(decoder-only: the output repeats the prompt, which we cut off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+
+
+def clean_prediction(text: str) -> str:
+    """Post-process a decoded answer: drop leftover task tokens and surrounding whitespace."""
+    for token in ("<DocVQA>", "<s>", "</s>", "<pad>", "<end_of_utterance>", "<|end|>", "<|endoftext|>"):
+        text = text.replace(token, "")
+    return " ".join(text.split())
+
+
+@torch.no_grad()
+def generate_predictions(model, processor, collator, rows: Sequence[dict], *, batch_size: int = 8,
+                         num_beams: int = 1, max_new_tokens: int = 32, device: str = "cpu",
+                         dtype: str = "float32", progress: bool = False,
+                         postprocess: Callable[[str], str] = clean_prediction) -> list[str]:
+    """Generate one answer per row, in batches of ``batch_size``; return cleaned strings."""
+    model.eval()
+    autocast = torch.autocast(device, dtype=getattr(torch, dtype)) if dtype != "float32" else nullcontext()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    starts = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch")
+    predictions: list[str] = []
+    for start in starts:
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        inputs = {k: v.to(device) for k, v in collator.generation_inputs(chunk).items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with autocast:
+            output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
+        if not encoder_decoder:  # decoder-only: the prompt comes back first (left-padded, same width)
+            output = output[:, inputs["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+        predictions.extend(postprocess(text) for text in texts)
+    return predictions
+
+
+def prediction_records(rows: Sequence[dict], predictions: Sequence[str], *, model_name: str, mode: str,
+                       id_key: str = "questionId", question_key: str = "question",
+                       references_key: str = "answers") -> list[dict]:
+    """Rows + predictions as records for :func:`vlm_helpers.results.write_predictions`.
+
+    Each record: id, question, references, prediction, model, mode ("tiny" or "full").
+    """
+    if len(rows) != len(predictions):
+        raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
+    records = []
+    for index, (row, prediction) in enumerate(zip(rows, predictions)):
+        references = row[references_key]
+        records.append({
+            "id": str(row.get(id_key, index)),
+            "question": row.get(question_key, ""),
+            "references": [references] if isinstance(references, str) else list(references),
+            "prediction": prediction,
+            "model": model_name,
+            "mode": mode,
+        })
+    return records
+
+
+def score_docvqa(records: Sequence[dict]) -> dict[str, float]:
+    """ANLS and the blog's Levenshtein similarity over prediction records."""
+    from vlm_helpers.metrics import anls, levenshtein_similarity
+
+    predictions = [r["prediction"] for r in records]
+    references = [r["references"] for r in records]
+    return {"anls": anls(predictions, references), "levenshtein_similarity": levenshtein_similarity(predictions, references),
+            "samples": len(records)}

@@ -1,0 +1,334 @@
+"""Evaluation metrics used across the notebook series.
+
+* DocVQA answers -- :func:`anls` (the official DocVQA metric) and
+  :func:`levenshtein_similarity` (the un-thresholded score the Florence-2
+  fine-tuning blog reported) are taught in
+  ``notebooks/02_florence2_docvqa.ipynb``.
+* Aircraft captions -- :func:`rouge` and the comma-separated tag metrics
+  (:func:`parse_tags`, :func:`tag_scores`, :func:`tag_f1_per_sample`) are taught
+  in ``notebooks/04_phi3_aircraft_captioning.ipynb``.
+
+This module is deliberately light: it imports only ``rapidfuzz`` at module
+level (no torch, no transformers); ``rouge_score`` is imported lazily inside
+:func:`rouge`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+__all__ = [
+    "normalize_answer",
+    "normalized_levenshtein_distance",
+    "anls",
+    "anls_per_sample",
+    "levenshtein_similarity",
+    "levenshtein_similarity_per_sample",
+    "rouge",
+    "parse_tags",
+    "tag_scores",
+    "tag_f1_per_sample",
+]
+
+
+# ---------------------------------------------------------------------------
+# Normalisation and the normalised Levenshtein distance
+# ---------------------------------------------------------------------------
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, strip, and collapse every whitespace run to a single space.
+
+    This is the DocVQA normalisation (taught in
+    ``notebooks/02_florence2_docvqa.ipynb``). "Whitespace" is whatever
+    :meth:`str.split` treats as whitespace, so tabs, newlines and Unicode
+    spaces such as U+00A0 count too. Punctuation and articles are kept:
+    DocVQA does not remove them.
+    """
+    return " ".join(text.lower().split())
+
+
+def normalized_levenshtein_distance(prediction: str, reference: str) -> float:
+    """Levenshtein distance divided by the longer length, after normalisation.
+
+    Returns a value in ``[0, 1]``; ``0.0`` when both normalised strings are
+    empty. Lengths are counted in Unicode code points. Taught in
+    ``notebooks/02_florence2_docvqa.ipynb`` (e.g. "kitten" vs "sitting":
+    distance 3, longer length 7, so 3/7).
+    """
+    pred = normalize_answer(prediction)
+    ref = normalize_answer(reference)
+    longest = max(len(pred), len(ref))
+    if longest == 0:
+        return 0.0
+    # True Levenshtein (insert/delete/substitute all cost 1). Not fuzz.ratio,
+    # which is based on the Indel distance (no substitutions).
+    return Levenshtein.distance(pred, ref) / longest
+
+
+# ---------------------------------------------------------------------------
+# ANLS and the un-thresholded Levenshtein similarity (notebook 02)
+# ---------------------------------------------------------------------------
+
+
+def _as_reference_list(refs: str | Sequence[str], index: int) -> list[str]:
+    """Return one question's references as a list; a bare string is one answer."""
+    if isinstance(refs, str):
+        return [refs]
+    refs = list(refs)
+    if not refs:
+        raise ValueError(
+            f"references[{index}] is empty: every question needs at least one "
+            "reference answer"
+        )
+    for j, ref in enumerate(refs):
+        if not isinstance(ref, str):
+            raise TypeError(
+                f"references[{index}][{j}] must be a str, got {type(ref).__name__}"
+            )
+    return refs
+
+
+def _check_pair_lengths(predictions: Sequence, references: Sequence) -> None:
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise TypeError(
+            "predictions and references must be lists (one entry per example), "
+            "not a single string"
+        )
+    if len(predictions) != len(references):
+        raise ValueError(
+            "predictions and references must have the same length: got "
+            f"{len(predictions)} predictions and {len(references)} references"
+        )
+
+
+def _similarity_per_sample(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    threshold: float | None,
+) -> list[float]:
+    """Shared core of ANLS and Levenshtein similarity.
+
+    For each question: max over its references of ``1 - NL``, where a
+    reference with ``NL >= threshold`` contributes 0. ``threshold=None``
+    means no threshold at all.
+    """
+    _check_pair_lengths(predictions, references)
+    scores: list[float] = []
+    for i, (pred, refs) in enumerate(zip(predictions, references)):
+        if not isinstance(pred, str):
+            raise TypeError(f"predictions[{i}] must be a str, got {type(pred).__name__}")
+        best = 0.0
+        for ref in _as_reference_list(refs, i):
+            nl = normalized_levenshtein_distance(pred, ref)
+            if threshold is not None and nl >= threshold:
+                continue
+            best = max(best, 1.0 - nl)
+        scores.append(best)
+    return scores
+
+
+def _mean(values: list[float], what: str) -> float:
+    if not values:
+        raise ValueError(f"cannot compute {what} of zero examples: inputs are empty")
+    return math.fsum(values) / len(values)
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+
+
+def anls_per_sample(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    threshold: float = 0.5,
+) -> list[float]:
+    """Per-question ANLS scores (taught in ``notebooks/02_florence2_docvqa.ipynb``).
+
+    Each score is the max over that question's reference answers of
+    ``1 - NL`` when ``NL < threshold`` (strictly), else 0, where NL is
+    :func:`normalized_levenshtein_distance`. Useful for finding the most
+    improved / regressed examples between two models. A reference entry may
+    be a bare string (treated as a single answer). Returns ``[]`` for empty
+    inputs.
+    """
+    _check_threshold(threshold)
+    return _similarity_per_sample(predictions, references, threshold)
+
+
+def anls(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    threshold: float = 0.5,
+) -> float:
+    """DocVQA's Average Normalized Levenshtein Similarity, in ``[0, 1]``.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``. ANLS is the mean over
+    questions of :func:`anls_per_sample`: for every question take the best
+    reference answer's ``1 - NL``, but score 0 when ``NL >= threshold``
+    (default 0.5; "NL < 0.5" is strict, so NL exactly 0.5 scores 0). Strings
+    are compared after :func:`normalize_answer`; two empty strings match
+    perfectly.
+
+    Raises:
+        ValueError: inputs are empty, lengths differ, a question has no
+            reference answers (the message names its index), or the threshold
+            is outside ``[0, 1]``.
+    """
+    return _mean(anls_per_sample(predictions, references, threshold), "ANLS")
+
+
+def levenshtein_similarity_per_sample(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+) -> list[float]:
+    """Per-question un-thresholded ``max(1 - NL)``. NOT ANLS; always >= ANLS.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``. Returns ``[]`` for
+    empty inputs.
+    """
+    return _similarity_per_sample(predictions, references, None)
+
+
+def levenshtein_similarity(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+) -> float:
+    """Mean over questions of max over references of ``1 - NL``, no threshold.
+
+    This is NOT ANLS. It is the score the Florence-2 DocVQA fine-tuning blog
+    reported (57.0) under the name "Levenshtein similarity". It is identical
+    to ANLS except that predictions with ``NL >= 0.5`` keep their partial
+    credit instead of scoring 0, so it is always >= :func:`anls` on the same
+    inputs, and strictly greater whenever some question's best answer has
+    ``0.5 <= NL < 1``. Do not compare it with published ANLS numbers. Taught
+    in ``notebooks/02_florence2_docvqa.ipynb``.
+
+    Raises:
+        ValueError: same conditions as :func:`anls`.
+    """
+    return _mean(
+        levenshtein_similarity_per_sample(predictions, references),
+        "Levenshtein similarity",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Caption metrics (notebook 04)
+# ---------------------------------------------------------------------------
+
+
+def rouge(
+    predictions: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    rouge_types: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
+) -> dict[str, float]:
+    """Mean ROUGE F-measure per type, using the ``rouge_score`` package.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Uses
+    ``rouge_scorer.RougeScorer(rouge_types, use_stemmer=True)`` (Porter
+    stemming; its default tokenizer lowercases and keeps only ASCII letters
+    and digits, so non-Latin text scores 0). Each entry of ``references`` is
+    either one reference string or a list of them; with several references a
+    prediction gets, for each ROUGE type separately, the best F-measure over
+    its references. Returns ``{rouge_type: mean F-measure in [0, 1]}``.
+
+    Raises:
+        ValueError: inputs are empty, lengths differ, or a reference list is
+            empty (the message names its index).
+    """
+    from rouge_score import rouge_scorer  # lazy: pulls in nltk
+
+    _check_pair_lengths(predictions, references)
+    if not predictions:
+        raise ValueError("cannot compute ROUGE of zero examples: inputs are empty")
+    rouge_types = list(rouge_types)
+    if not rouge_types:
+        raise ValueError("rouge_types must name at least one ROUGE type")
+    scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=True)
+    per_type: dict[str, list[float]] = {t: [] for t in rouge_types}
+    for i, (pred, refs) in enumerate(zip(predictions, references)):
+        if not isinstance(pred, str):
+            raise TypeError(f"predictions[{i}] must be a str, got {type(pred).__name__}")
+        best = dict.fromkeys(rouge_types, 0.0)
+        for ref in _as_reference_list(refs, i):
+            # rouge_score's argument order is (target, prediction).
+            scores = scorer.score(ref, pred)
+            for t in rouge_types:
+                best[t] = max(best[t], scores[t].fmeasure)
+        for t in rouge_types:
+            per_type[t].append(best[t])
+    return {t: math.fsum(v) / len(v) for t, v in per_type.items()}
+
+
+def parse_tags(text: str) -> set[str]:
+    """Split a comma-separated tag string into a set of normalised tags.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Each piece is
+    passed through :func:`normalize_answer` (so case and extra spaces do not
+    matter) and empty pieces are dropped; duplicates collapse because the
+    result is a set. ``"Boeing 737, boeing  737-800,, airliner"`` gives
+    ``{"boeing 737", "boeing 737-800", "airliner"}``.
+    """
+    return {tag for tag in (normalize_answer(part) for part in text.split(",")) if tag}
+
+
+def _f1_from_counts(true_pos: int, n_pred: int, n_ref: int) -> float:
+    """F1 = 2 TP / (|pred| + |ref|); defined as 1.0 when both are empty."""
+    if n_pred + n_ref == 0:
+        return 1.0
+    return 2.0 * true_pos / (n_pred + n_ref)
+
+
+def tag_f1_per_sample(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per-example F1 between predicted and reference tag sets.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Choices: an
+    example whose prediction and reference both parse to no tags scores 1.0
+    (nothing to find, nothing wrongly claimed); if exactly one side is empty
+    it scores 0.0. Returns ``[]`` for empty inputs.
+    """
+    _check_pair_lengths(predictions, references)
+    out: list[float] = []
+    for pred, ref in zip(predictions, references):
+        p, r = parse_tags(pred), parse_tags(ref)
+        out.append(_f1_from_counts(len(p & r), len(p), len(r)))
+    return out
+
+
+def tag_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Micro-averaged precision, recall and F1 over comma-separated tag sets.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Tags are
+    counted over the whole dataset: precision = matched tags / predicted
+    tags, recall = matched tags / reference tags, and F1 is their harmonic
+    mean (equivalently 2 * matched / (predicted + reference)). Choices for
+    zero denominators: if there are no predicted tags at all, precision is
+    1.0 when there are also no reference tags and 0.0 otherwise; recall is
+    treated symmetrically; F1 is 1.0 when both totals are zero.
+
+    Returns ``{"tag_precision": ..., "tag_recall": ..., "tag_f1": ...}``.
+
+    Raises:
+        ValueError: inputs are empty or lengths differ.
+    """
+    _check_pair_lengths(predictions, references)
+    if not predictions:
+        raise ValueError("cannot compute tag scores of zero examples: inputs are empty")
+    true_pos = n_pred = n_ref = 0
+    for pred, ref in zip(predictions, references):
+        p, r = parse_tags(pred), parse_tags(ref)
+        true_pos += len(p & r)
+        n_pred += len(p)
+        n_ref += len(r)
+    precision = true_pos / n_pred if n_pred else (1.0 if n_ref == 0 else 0.0)
+    recall = true_pos / n_ref if n_ref else (1.0 if n_pred == 0 else 0.0)
+    return {
+        "tag_precision": precision,
+        "tag_recall": recall,
+        "tag_f1": _f1_from_counts(true_pos, n_pred, n_ref),
+    }

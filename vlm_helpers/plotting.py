@@ -1,0 +1,84 @@
+"""Figures for the notebooks: sample images, loss curves, before/after bars and galleries.
+
+Loss curves and image grids are taught in ``notebooks/02_florence2_docvqa.ipynb``; the
+comparison figures in ``notebooks/05_before_after_comparison.ipynb``. Every function
+returns the matplotlib ``Figure`` and, given ``save_to``, writes it as PNG, so the same
+figure lands in the notebook and in ``results/``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _finish(fig, save_to: str | Path | None):
+    fig.tight_layout()
+    if save_to is not None:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_to, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def show_images(images: Sequence, captions: Sequence[str], *, columns: int = 3, width: int = 36,
+                title: str | None = None, save_to: str | Path | None = None):
+    """A grid of images, each with a wrapped caption underneath."""
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image)
+        ax.set_title("\n".join(textwrap.wrap(caption, width)[:6]), fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, save_to)
+
+
+def plot_loss(histories: dict[str, Sequence[dict]], *, title: str = "Training loss", smooth: int = 1,
+              save_to: str | Path | None = None):
+    """Loss per optimizer step for one or more runs (``{label: history}``), optionally smoothed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label, history in histories.items():
+        steps = [h["step"] for h in history]
+        losses = [h["loss"] for h in history]
+        if smooth > 1 and len(losses) >= smooth:
+            window = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1])
+                      for i in range(len(losses))]
+            ax.plot(steps, losses, alpha=0.25)
+            ax.plot(steps, window, label=f"{label} (mean of {smooth})", color=ax.lines[-1].get_color())
+        else:
+            ax.plot(steps, losses, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean over supervised tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if histories:
+        ax.legend(fontsize=8)
+    return _finish(fig, save_to)
+
+
+def plot_before_after(labels: Sequence[str], before: Sequence[float], after: Sequence[float], *,
+                      title: str = "Before vs after fine-tuning", save_to: str | Path | None = None):
+    """Grouped bars: one pair (before, after) per metric label, with values printed on top."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 3.8))
+    positions = range(len(labels))
+    width = 0.38
+    bars_before = ax.bar([p - width / 2 for p in positions], before, width, label="before (zero-shot)")
+    bars_after = ax.bar([p + width / 2 for p in positions], after, width, label="after fine-tuning")
+    for bars in (bars_before, bars_after):
+        for bar in bars:
+            ax.annotate(f"{bar.get_height():.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(positions), labels, fontsize=8)
+    ax.set_ylim(0, max([1.0, *before, *after]) * 1.12)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _finish(fig, save_to)

@@ -1,0 +1,165 @@
+"""A tiny random LLaVA-Phi-3 (notebook 04), built from configs and saved like a Hub checkpoint.
+
+``xtuner/llava-phi-3-mini-hf`` is a native transformers ``LlavaForConditionalGeneration``:
+CLIP ViT-L/14-336 vision tower -> 2-layer MLP projector -> Phi-3-mini decoder. This module builds
+the same module tree at toy size, so notebook 04 loads either one with the same code::
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, quantization_config=bnb_config)
+
+Module tree (transformers 5.x)::
+
+    model.vision_tower              CLIPVisionModel   (real: hidden 1024, 24 layers, 336 px, patch 14)
+    model.multi_modal_projector     linear_1 -> GELU -> linear_2
+    model.language_model            Phi3Model          (real: hidden 3072, 32 layers; fused
+                                                        self_attn.qkv_proj and mlp.gate_up_proj)
+    lm_head
+
+Image tokens: the processor expands one ``<image>`` into (crop/patch)^2 tokens (the CLS token is
+dropped by ``vision_feature_select_strategy="default"``): 336/14 -> 576 for the real model,
+32/8 -> 16 here.
+
+Every ``nn.Linear`` has ``in_features % 64 == 0`` and ``out_features % 32 == 0`` (bitsandbytes'
+CPU 4-bit kernels need that; QLoRA quantizes vision tower and projector too, only ``lm_head`` is
+skipped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chat_tokenizer import build_byte_fallback_tokenizer
+
+__all__ = ["PHI3_LLAVA_CHAT_TEMPLATE", "TINY_LLAVA_PHI3_SIZES", "build_tiny_llava_phi3"]
+
+# Phi-3 chat format with LLaVA's image placeholder, as in the xtuner/llava-phi-3-mini-hf model card
+# ("<|user|>\n<image>\nWhat are these?<|end|>\n<|assistant|>\n"):
+#   "<|user|>\n<image>\nDescribe the image.<|end|>\n<|assistant|>\nA Boeing 737.<|end|>\n"
+# An image part becomes "<image>\n"; every turn is "<|role|>\n ... <|end|>\n"; the generation
+# prompt is "<|assistant|>\n". No bos_token here: the tokenizer adds "<s>" itself
+# (add_bos_token=True), so writing it in the template would give two.
+# The checkpoint's own template (copied from Phi-3-mini into tokenizer_config.json) only accepts
+# string content, so notebook 04 sets this one on the processor for the real model as well.
+PHI3_LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<image>"]
+
+TINY_LLAVA_PHI3_SIZES = {
+    "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "projection_dim": 64},
+    # qkv_proj: 64 -> (4 + 2*4) * 16 = 192; gate_up_proj: 64 -> 2 * 128.
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 4},
+}
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=()) -> Path:
+    """Build a tiny random LLaVA-Phi-3 + processor and save both to ``save_dir``; return the path.
+
+    Args:
+        save_dir: output folder (created if needed).
+        seed: torch seed for the random weights (the tokenizer does not depend on it).
+        corpus: extra texts for the tokenizer (e.g. the synthetic dataset's captions).
+    """
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Phi3Config,
+    )
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    sizes = TINY_LLAVA_PHI3_SIZES
+
+    # Phi-3 uses "<|endoftext|>" as eos and ends every turn with "<|end|>".
+    tokenizer = build_byte_fallback_tokenizer(
+        corpus, special_tokens=SPECIAL_TOKENS, eos_token="<|endoftext|>", pad_token="<pad>"
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+
+    vision_config = CLIPVisionConfig(**sizes["vision"])
+    text_config = Phi3Config(
+        vocab_size=_round_up(len(tokenizer), 64),
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **sizes["text"],
+    )
+    patches_per_side = vision_config.image_size // vision_config.patch_size
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_id,
+        image_seq_length=patches_per_side**2,
+        vision_feature_layer=-2,  # as in LLaVA-1.5 / xtuner: the penultimate CLIP layer
+        vision_feature_select_strategy="default",  # drop CLS
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[end_id, tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(save_dir)
+
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(vision_config.image_size),
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLIP's CLS token (removed again by "default")
+        chat_template=PHI3_LLAVA_CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    processor.save_pretrained(save_dir)
+    return save_dir
+
+
+def _clip_image_processor(image_size: int):
+    """CLIPImageProcessor, or its PIL twin when torchvision is absent (same outputs)."""
+    import importlib.util
+
+    import transformers
+
+    name = "CLIPImageProcessor"
+    if importlib.util.find_spec("torchvision") is None:
+        name = "CLIPImageProcessorPil"  # avoids the "falling back to Pil" warning
+    cls = getattr(transformers, name)
+    return cls(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        # CLIP's normalisation constants, as in the real preprocessor_config.json.
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )

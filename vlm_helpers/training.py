@@ -1,0 +1,363 @@
+"""An explicit, readable training loop with exact gradient accumulation and exact resume.
+
+Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
+(:mod:`vlm_helpers.train`) runs the same loop under torchrun. What it does, in order:
+
+1. the data order of epoch ``e`` is a permutation seeded by ``seed + e``, so any step's
+   batch can be rebuilt after a restart without replaying earlier batches;
+2. one optimizer step = ``grad_accum`` micro-batches (per process); the loss is the sum
+   of token losses divided by the number of supervised tokens in the *whole* step,
+   across micro-batches and processes. (Averaging per-batch means, as most tutorials do,
+   over-weights short answers and makes accumulation differ from a big batch.);
+3. mixed precision from the preset: autocast in bf16, or fp16 with a gradient scaler;
+   the weights themselves stay fp32;
+4. gradient clipping, AdamW, a linear schedule with warm-up;
+5. every ``checkpoint_every`` steps: trainable weights, optimizer, scheduler, scaler,
+   step, data position and RNG states, written atomically; the last ``keep_checkpoints`` kept;
+6. the loss history goes to ``history.json`` for plotting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vlm_helpers.collators import IGNORE_INDEX
+
+CHECKPOINT_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs besides the model and the data."""
+
+    output_dir: str
+    learning_rate: float = 1e-6
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; when set, overrides epochs
+    batch_size: int = 2  # per process
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    dtype: str = "float32"  # autocast dtype: float32 (off), float16 or bfloat16
+    device: str = "cpu"
+    seed: int = 0
+    num_workers: int = 0
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    eval_every: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
+    history: list[dict] = field(default_factory=list)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)``: ``(0, 1)`` unless torch.distributed is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def epoch_indices(num_rows: int, *, seed: int, epoch: int, batch_size: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """This process's micro-batches (lists of row indices) for ``epoch``, in order.
+
+    Global batch ``k`` is rows ``perm[k*B*W : (k+1)*B*W]`` of a permutation seeded by
+    ``seed + epoch``; process ``r`` takes the ``r``-th slice of size ``B``. So one process
+    with batch ``B*W`` sees exactly the rows that ``W`` processes with batch ``B`` see
+    together. The last incomplete global batch is dropped so every process gets the same count.
+    """
+    generator = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(num_rows, generator=generator).tolist()
+    global_batch = batch_size * world_size
+    batches = []
+    for start in range(0, num_rows - global_batch + 1, global_batch):
+        begin = start + rank * batch_size
+        batches.append(perm[begin: begin + batch_size])
+    return batches
+
+
+def steps_per_epoch(num_rows: int, config: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps one epoch gives (micro-batches per process // accumulation)."""
+    return (num_rows // (config.batch_size * world_size)) // config.grad_accum
+
+
+def total_steps(num_rows: int, config: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps the run will take: ``max_steps`` if set, else epochs x steps per epoch."""
+    if config.max_steps is not None:
+        return config.max_steps
+    steps = config.epochs * steps_per_epoch(num_rows, config, world_size)
+    if steps == 0:
+        raise ValueError(
+            f"{num_rows} rows give no optimizer step with batch {config.batch_size} x {world_size} processes "
+            f"x accumulation {config.grad_accum}: use more rows or a smaller batch"
+        )
+    return steps
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """Sum of cross-entropy over supervised tokens (label != -100).
+
+    ``causal=True`` (decoder-only models): position ``t`` predicts label ``t+1``.
+    ``causal=False`` (Florence-2's decoder): logits and labels are already aligned.
+    """
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1).to(logits.device),
+        ignore_index=IGNORE_INDEX, reduction="sum",
+    )
+
+
+def supervised_tokens(labels: torch.Tensor, *, causal: bool) -> int:
+    """How many label positions the loss counts."""
+    return int((labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum())
+
+
+def _all_reduce_sum(value: float, device: str) -> float:
+    if world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters that train (the frozen rest is the base checkpoint's)."""
+    return {name: p.detach().cpu().clone() for name, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders in ``output_dir``, oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / CHECKPOINT_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``, or None."""
+    found = checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig) -> Path:
+    """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones."""
+    target = Path(config.output_dir) / f"checkpoint-{state.step}"
+    staging = target.with_name(target.name + ".tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "trainable": trainable_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": asdict(state),
+        "rng": _rng_state(),
+        "config": asdict(config),
+    }, staging / CHECKPOINT_FILE)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    for old in checkpoint_dirs(config.output_dir)[: -config.keep_checkpoints]:
+        shutil.rmtree(old)
+    return target
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> TrainState:
+    """Restore everything :func:`save_checkpoint` wrote; return the saved :class:`TrainState`."""
+    path = Path(path)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
+    params = dict(unwrap(model).named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    if set(saved["trainable"]) != expected:
+        missing, extra = expected - set(saved["trainable"]), set(saved["trainable"]) - expected
+        raise ValueError(
+            f"Checkpoint {file} does not match the model's trainable parameters "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): freeze the same parts as the run that wrote it"
+        )
+    with torch.no_grad():
+        for name, tensor in saved["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    _set_rng_state(saved["rng"])
+    return TrainState(**saved["state"])
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, total: int):
+    """AdamW over trainable parameters, and a linear schedule with ``warmup_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters: did you freeze everything?")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total)
+    return optimizer, scheduler
+
+
+def _micro_batches(dataset, collator, config: TrainConfig, state: TrainState, rank: int,
+                   world_size: int) -> Iterator[tuple[int, int, dict]]:
+    """Yield ``(epoch, batch_in_epoch_after, batch)`` forever, starting at the saved position."""
+    epoch, start = state.epoch, state.batch_in_epoch
+    while True:
+        batches = epoch_indices(len(dataset), seed=config.seed, epoch=epoch, batch_size=config.batch_size,
+                                rank=rank, world_size=world_size)
+        if not batches:
+            raise ValueError(f"Dataset of {len(dataset)} rows is smaller than one global batch")
+        loader = DataLoader(dataset, batch_sampler=batches[start:], collate_fn=collator,
+                            num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
+                            persistent_workers=False)
+        for offset, batch in enumerate(loader, start=start + 1):
+            yield epoch, offset, batch
+        epoch, start = epoch + 1, 0
+
+
+def train(model: nn.Module, dataset: Sequence, collator: Callable, config: TrainConfig, *,
+          resume_from: str | Path | None = None, causal: bool = False,
+          eval_fn: Callable[[int], dict] | None = None) -> TrainState:
+    """Train ``model`` on ``dataset`` (rows) batched by ``collator``; return the final state.
+
+    ``resume_from``: a checkpoint folder, or ``"latest"`` for the newest one in
+    ``output_dir``. Starting fresh in a folder that already holds checkpoints is refused,
+    so a finished run is never overwritten by accident.
+    """
+    rank, world_size = world()
+    output_dir = Path(config.output_dir)
+    if resume_from == "latest":
+        resume_from = latest_checkpoint(output_dir)
+        if resume_from is None:
+            raise FileNotFoundError(f"resume_from='latest' but {output_dir} holds no checkpoint")
+    elif resume_from is None and latest_checkpoint(output_dir) is not None:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints ({latest_checkpoint(output_dir).name}). "
+            "Resume with resume_from='latest', or choose a new output_dir."
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    total = total_steps(len(dataset), config, world_size)
+    optimizer, scheduler = make_optimizer(model, config, total)
+    use_scaler = config.dtype == "float16"
+    scaler = torch.amp.GradScaler(config.device, enabled=use_scaler) if use_scaler else None
+    torch.manual_seed(config.seed)
+    state = TrainState()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+    autocast = (torch.autocast(config.device, dtype=getattr(torch, config.dtype))
+                if config.dtype != "float32" else nullcontext())
+    progress = None
+    if config.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, initial=state.step, desc="training", unit="step")
+    model.train()
+    stream = _micro_batches(dataset, collator, config, state, rank, world_size)
+    while state.step < total:
+        window = [next(stream) for _ in range(config.grad_accum)]
+        local_tokens = sum(supervised_tokens(batch["labels"], causal=causal) for _, _, batch in window)
+        step_tokens = _all_reduce_sum(local_tokens, config.device)
+        if step_tokens == 0:
+            raise ValueError(f"Step {state.step + 1} has no supervised token: check the collator's labels")
+        loss_sum = 0.0
+        for index, (_, _, batch) in enumerate(window):
+            batch = {k: v.to(config.device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            # DDP averages gradients over processes, so scale by world_size to get a global token mean
+            sync = model.no_sync() if (world_size > 1 and index < len(window) - 1) else nullcontext()
+            with sync:
+                with autocast:
+                    logits = model(**batch, labels=labels if not causal else None).logits \
+                        if not causal else model(**batch).logits
+                    summed = token_loss_sum(logits, labels, causal=causal)
+                loss = summed * world_size / step_tokens
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += float(summed.detach())
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                     if config.max_grad_norm else None)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.epoch, state.batch_in_epoch = window[-1][0], window[-1][1]
+        step_loss = _all_reduce_sum(loss_sum, config.device) / step_tokens
+        record = {"step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                  "tokens": int(step_tokens)}
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"Loss became {step_loss} at step {state.step}; lower the learning rate")
+        if eval_fn is not None and config.eval_every and state.step % config.eval_every == 0:
+            model.eval()
+            record.update(eval_fn(state.step))
+            model.train()
+        state.history.append(record)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0 and rank == 0:
+            save_checkpoint(model, optimizer, scheduler, scaler, state, config)
+        if rank == 0:
+            save_history(state.history, output_dir / "history.json")
+    if progress is not None:
+        progress.close()
+    model.eval()
+    return state
+
+
+def save_history(history: list[dict], path: str | Path) -> None:
+    """Write the loss history as JSON (atomically, so a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, path)
+
+
+def load_history(path: str | Path) -> list[dict]:
+    """Read a ``history.json`` written by :func:`train`."""
+    return json.loads(Path(path).read_text())
