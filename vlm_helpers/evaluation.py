@@ -86,3 +86,48 @@ def score_docvqa(records: Sequence[dict]) -> dict[str, float]:
     references = [r["references"] for r in records]
     return {"anls": anls(predictions, references), "levenshtein_similarity": levenshtein_similarity(predictions, references),
             "samples": len(records)}
+
+
+def score_captions(records: Sequence[dict]) -> dict[str, float]:
+    """ROUGE (1, 2, L) and tag precision/recall/F1 of generated captions (notebook 04)."""
+    from vlm_helpers.metrics import rouge, tag_scores
+
+    predictions = [r["prediction"] for r in records]
+    references = [r["references"][0] for r in records]
+    return {**rouge(predictions, references), **tag_scores(predictions, references), "samples": len(records)}
+
+
+def sample_score(task: str, prediction: str, references: Sequence[str]) -> float:
+    """One sample's headline score: ANLS for DocVQA, tag F1 for captioning (for galleries)."""
+    from vlm_helpers.metrics import anls_per_sample, tag_f1_per_sample
+
+    if task == "docvqa":
+        return anls_per_sample([prediction], [list(references)])[0]
+    if task == "captioning":
+        return tag_f1_per_sample([prediction], [references[0]])[0]
+    raise ValueError(f"unknown task {task!r}; expected 'docvqa' or 'captioning'")
+
+
+SCORERS: dict[str, Callable[[Sequence[dict]], dict[str, float]]] = {"docvqa": score_docvqa, "captioning": score_captions}
+
+
+def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, model_name: str, tiny: bool,
+             device: str = "cpu", dtype: str = "float32", batch_size: int = 8, num_beams: int = 1,
+             max_new_tokens: int = 32, title: str = "", references_key: str = "answers",
+             progress: bool = False) -> tuple[list[dict], dict[str, float]]:
+    """Generate for ``rows``, score them for ``task``, print one labelled line; return (records, scores)."""
+    predictions = generate_predictions(model, processor, collator, rows, batch_size=batch_size, num_beams=num_beams,
+                                       max_new_tokens=max_new_tokens, device=device, dtype=dtype, progress=progress)
+    records = prediction_records(rows, predictions, model_name=model_name, mode="tiny" if tiny else "full",
+                                 references_key=references_key)
+    scores = SCORERS[task](records)
+    print(format_scores(scores, tiny=tiny, title=title or model_name))
+    return records, scores
+
+
+def format_scores(scores: dict, *, tiny: bool, title: str) -> str:
+    """One printable line of scores, always ending with the tiny/full mode label."""
+    from vlm_helpers.runtime import mode_label
+
+    parts = [f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}" for name, value in scores.items()]
+    return f"{title}: " + " | ".join(parts) + "  " + mode_label(tiny)

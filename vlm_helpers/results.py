@@ -127,3 +127,27 @@ def find_runs(results_dir: str | Path) -> list[Run]:
                         notebook=data.get("notebook", ""), samples=int(data.get("samples", 0)),
                         metrics=dict(data["metrics"]), directory=path.parent))
     return sorted(runs, key=lambda r: (r.task, r.model, STAGES.index(r.stage)))
+
+
+def pair_predictions(before: list[dict], after: list[dict], *, task: str) -> list[dict]:
+    """Join two prediction lists by ``id``; add per-sample ``score_before``, ``score_after``, ``change``.
+
+    Each sample is scored with :func:`vlm_helpers.evaluation.sample_score` for ``task``
+    ("docvqa": ANLS, "captioning": tag F1). Rows present in only one list are left out.
+    """
+    from vlm_helpers.evaluation import sample_score
+
+    def score(prediction, references):
+        return sample_score(task, prediction, references)
+
+    after_by_id = {r["id"]: r for r in after}
+    paired = []
+    for record in before:
+        other = after_by_id.get(record["id"])
+        if other is None:
+            continue
+        s_before = score(record["prediction"], record["references"])
+        s_after = score(other["prediction"], other["references"])
+        paired.append({**record, "before": record["prediction"], "after": other["prediction"],
+                       "score_before": s_before, "score_after": s_after, "change": s_after - s_before})
+    return paired

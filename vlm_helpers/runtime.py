@@ -136,3 +136,57 @@ def describe(profile: HardwareProfile, preset: Preset) -> str:
     return (f"{machine}, {where} | preset {preset.name}: {preset.dtype}, attention={preset.attn_implementation}, "
             f"batch {preset.batch_size} x accumulation {preset.grad_accum}, "
             f"gradient checkpointing {'on' if preset.gradient_checkpointing else 'off'} | {mode}")
+
+
+def mode_label(tiny: bool) -> str:
+    """The tag every printed number carries, so tiny-mode numbers are never mistaken for results."""
+    return "[TINY mode: tiny random model, synthetic data — not a real result]" if tiny else "[FULL mode]"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(recipe: str, *, tiny: bool, seed: int = 0, preset_name: str | None = None) -> tuple[HardwareProfile, Preset]:
+    """What every notebook's first code cell does: detect, choose a preset, seed, set threads.
+
+    ``preset_name`` ("t4" or "a100") forces a GPU class, e.g. to try T4 settings on an A100.
+    In tiny mode on a CPU torch uses one thread: tiny matrices gain nothing from more, and
+    two threads on a busy 2-core machine were measured 100x slower.
+    """
+    import torch
+
+    profile = detect_hardware()
+    preset = choose_preset(profile, recipe, tiny=tiny)
+    if preset_name is not None and not tiny:
+        if preset_name not in ("t4", "a100", "cpu"):
+            raise ValueError(f"preset_name must be 't4', 'a100' or 'cpu', got {preset_name!r}")
+        batch_size, grad_accum = BATCHING[recipe][preset_name]
+        preset = replace(preset, name=preset_name, batch_size=batch_size, grad_accum=grad_accum,
+                         gradient_checkpointing=preset_name == "t4" or recipe != "florence2-docvqa")
+    if tiny and profile.device == "cpu":
+        torch.set_num_threads(1)
+    seed_everything(seed)
+    return profile, preset
+
+
+def versions() -> str:
+    """Python and library versions, one line, for the first cell of every notebook."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"python {platform.python_version()}"]
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "vlm_helpers"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return ", ".join(parts)

@@ -29,7 +29,7 @@ from datasets import Image as ImageFeature
 
 from vlm_helpers.data.images import ImageDecodeError, to_rgb
 
-__all__ = ["DataValidationError", "ValidationReport", "validate_dataset", "validate_row"]
+__all__ = ["DataValidationError", "ValidationReport", "clean_dataset", "validate_dataset", "validate_row"]
 
 _TEST_SPLIT_HINT = (
     "DocVQA's test split ships without answers; train and evaluate on "
@@ -232,3 +232,15 @@ def _with_undecoded_images(rows: Iterable[dict], image_key: str) -> Iterable[dic
     if isinstance(feature, ImageFeature) and feature.decode:
         return rows.cast_column(image_key, ImageFeature(decode=False))
     return rows
+
+
+def clean_dataset(dataset, *, split: str, on_bad: Literal["raise", "skip"] = "raise", **keys: Any):
+    """Validate a ``datasets.Dataset`` without keeping decoded images; return ``(clean, report)``.
+
+    ``clean`` is ``dataset.select(report.kept_indices)``: same rows minus the bad ones, still
+    lazily decoded, so this works on real DocVQA without holding thousands of pages in memory.
+    ``keys`` are passed to :func:`validate_row` (e.g. ``answer_key="caption"``).
+    """
+    _, report = validate_dataset(dataset, split=split, on_bad=on_bad, return_rows=False, **keys)
+    clean = dataset if report.skipped == 0 else dataset.select(report.kept_indices)
+    return clean, report
