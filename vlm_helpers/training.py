@@ -12,9 +12,14 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
 3. mixed precision from the preset: autocast in bf16, or fp16 with a gradient scaler;
    the weights themselves stay fp32;
 4. gradient clipping, AdamW, a linear schedule with warm-up;
-5. every ``checkpoint_every`` steps: trainable weights, optimizer, scheduler, scaler,
-   step, data position and RNG states, written atomically; the last ``keep_checkpoints`` kept;
-6. the loss history goes to ``history.json`` for plotting.
+5. every ``checkpoint_every`` steps (and after the last step with ``checkpoint_at_end``):
+   trainable weights, optimizer, scheduler, scaler, step, data position and RNG states
+   (one per process), written atomically; the last ``keep_checkpoints`` kept;
+6. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``).
+
+Under torchrun the caller wraps the model in ``DistributedDataParallel`` first; the
+loop then shards the data by rank, all-reduces token counts, lets rank 0 alone write
+files, and returns on every rank only after rank 0 has finished writing.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     checkpoint_every: int | None = None
+    checkpoint_at_end: bool = False  # also checkpoint the last step when checkpoint_every missed it
     keep_checkpoints: int = 2
     eval_every: int | None = None
     progress: bool = True
@@ -179,8 +185,24 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig) -> Path:
-    """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones."""
+def _gather_rng_states() -> list[dict]:
+    """Every process's RNG state, in rank order (a collective: all ranks must call it)."""
+    rank, world_size = world()
+    if world_size == 1:
+        return [_rng_state()]
+    states: list = [None] * world_size
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
+def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
+                    rng_states: list[dict] | None = None) -> Path:
+    """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
+
+    ``rng_states``: one RNG state per rank (see :func:`_gather_rng_states`); by default
+    this process's state only.
+    """
+    rng_states = rng_states if rng_states is not None else [_rng_state()]
     target = Path(config.output_dir) / f"checkpoint-{state.step}"
     staging = target.with_name(target.name + ".tmp")
     staging.mkdir(parents=True, exist_ok=True)
@@ -190,7 +212,9 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "state": asdict(state),
-        "rng": _rng_state(),
+        "rng": rng_states[0],
+        "rng_per_rank": rng_states,
+        "world_size": len(rng_states),
         "config": asdict(config),
     }, staging / CHECKPOINT_FILE)
     if target.exists():
@@ -206,6 +230,13 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> Tr
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
+    rank, world_size = world()
+    saved_world = saved.get("world_size", 1)
+    if saved_world != world_size:
+        raise ValueError(
+            f"Checkpoint {file} was written by {saved_world} process(es) but this run has {world_size}: "
+            "the data position is counted per process, so resume with the same number of processes"
+        )
     params = dict(unwrap(model).named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
     if set(saved["trainable"]) != expected:
@@ -221,7 +252,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> Tr
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
-    _set_rng_state(saved["rng"])
+    _set_rng_state(saved.get("rng_per_rank", [saved["rng"]])[rank] if world_size > 1 else saved["rng"])
     return TrainState(**saved["state"])
 
 
@@ -256,12 +287,16 @@ def _micro_batches(dataset, collator, config: TrainConfig, state: TrainState, ra
 
 def train(model: nn.Module, dataset: Sequence, collator: Callable, config: TrainConfig, *,
           resume_from: str | Path | None = None, causal: bool = False,
-          eval_fn: Callable[[int], dict] | None = None) -> TrainState:
+          eval_fn: Callable[[int], dict] | None = None,
+          log_fn: Callable[[dict], None] | None = None) -> TrainState:
     """Train ``model`` on ``dataset`` (rows) batched by ``collator``; return the final state.
 
     ``resume_from``: a checkpoint folder, or ``"latest"`` for the newest one in
     ``output_dir``. Starting fresh in a folder that already holds checkpoints is refused,
     so a finished run is never overwritten by accident.
+    ``eval_fn(step)`` runs every ``eval_every`` steps on every rank (it decides itself
+    which ranks do work) and returns metrics merged into that step's record.
+    ``log_fn(record)`` is called on rank 0 with each step's record (loss, lr, ...).
     """
     rank, world_size = world()
     output_dir = Path(config.output_dir)
@@ -281,8 +316,10 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     scaler = torch.amp.GradScaler(config.device, enabled=use_scaler) if use_scaler else None
     torch.manual_seed(config.seed)
     state = TrainState()
+    last_saved = -1
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        last_saved = state.step
     autocast = (torch.autocast(config.device, dtype=getattr(torch, config.dtype))
                 if config.dtype != "float32" else nullcontext())
     progress = None
@@ -340,14 +377,28 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
-        if config.checkpoint_every and state.step % config.checkpoint_every == 0 and rank == 0:
-            save_checkpoint(model, optimizer, scheduler, scaler, state, config)
+        if log_fn is not None and rank == 0:
+            log_fn(record)
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+            _checkpoint(model, optimizer, scheduler, scaler, state, config, rank)
+            last_saved = state.step
         if rank == 0:
             save_history(state.history, output_dir / "history.json")
+    if config.checkpoint_at_end and state.step != last_saved:
+        _checkpoint(model, optimizer, scheduler, scaler, state, config, rank)
     if progress is not None:
         progress.close()
+    if world_size > 1:  # nobody returns while rank 0 is still writing checkpoint or history
+        dist.barrier()
     model.eval()
     return state
+
+
+def _checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig, rank: int) -> None:
+    """Called on every rank: gather each rank's RNG state, then rank 0 writes the checkpoint."""
+    rng_states = _gather_rng_states()
+    if rank == 0:
+        save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states)
 
 
 def save_history(history: list[dict], path: str | Path) -> None:

@@ -113,3 +113,19 @@ def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: i
     model.save_pretrained(save_dir)
     processor.save_pretrained(save_dir)
     return save_dir
+
+
+def florence2_base_config():
+    """The configuration of Florence-2-base (0.23 B parameters), for random-init benchmarks.
+
+    DaViT widths 128-1024 with depths 1/1/9/1 and a 6+6-layer BART of width 768, as in
+    ``florence-community/Florence-2-base-ft``; images of 768 px give 577 image tokens.
+    """
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
+
+    text = BartConfig(vocab_size=51289, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                      max_position_embeddings=1024, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=2)
+    vision = Florence2VisionConfig(projection_dim=768)
+    return Florence2Config(text_config=text, vision_config=vision, image_token_id=51289 - 1)

@@ -1,0 +1,260 @@
+"""Loading chat vision-language models in 4-bit (QLoRA), adding LoRA, saving and merging adapters.
+
+Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb`` (Idefics2) and reused by
+``notebooks/04_phi3_aircraft_captioning.ipynb`` (LLaVA-Phi-3). Full mode passes a Hub id,
+tiny mode the folder from :func:`vlm_helpers.tiny.tiny_checkpoint`; the code path is the same.
+
+QLoRA in one paragraph: the base weights are stored in 4-bit NF4 ("normal float", with the
+quantization constants quantized again: double quantization) and never change; each selected
+``nn.Linear`` gets a small trainable update ``B @ A`` (rank ``r``) in 16/32-bit next to it. The
+matmuls run in the *compute dtype*: bf16 on compute capability >= 8.0, fp16 below (a T4), fp32 on
+CPU, i.e. the preset's dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm_helpers.runtime import Preset
+
+__all__ = [
+    "IDEFICS2_LORA_TARGETS",
+    "IDEFICS2_MODEL_ID",
+    "LLAVA_PHI3_LORA_TARGETS",
+    "LLAVA_PHI3_MODEL_ID",
+    "add_lora",
+    "bnb_4bit_config",
+    "default_image_splitting",
+    "disable_bnb_cpu_repacking",
+    "load_adapter",
+    "load_chat_vlm",
+    "lora_module_names",
+    "lora_report",
+    "merge_for_export",
+    "save_adapter",
+]
+
+IDEFICS2_MODEL_ID = "HuggingFaceM4/idefics2-8b"
+LLAVA_PHI3_MODEL_ID = "xtuner/llava-phi-3-mini-hf"
+
+#: LoRA targets for Idefics2: every projection of the Mistral text model and of the connector
+#: (``modality_projection`` MLP + ``perceiver_resampler``), none in the SigLIP vision encoder.
+#: The article wrote ``.*(text_model|modality_projection|perceiver_resampler).*(down_proj|...|o_proj).*$``.
+#: In transformers 5.x the module tree is ``model.vision_model`` / ``model.connector.{modality_projection,
+#: perceiver_resampler}`` / ``model.text_model``, and that regex still selects the same modules, but
+#: only by substring: ``.*`` on both sides also accepts any future module whose name merely
+#: *contains* those words. This one is anchored on the module path (PEFT matches a string with
+#: ``re.fullmatch`` against names like ``model.text_model.layers.0.self_attn.q_proj``).
+#: Idefics2-8b: 32 text layers x 7 + 3 + 3 perceiver layers x 7 = 248 adapted modules.
+IDEFICS2_LORA_TARGETS = (
+    r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+
+#: LoRA targets for LLaVA-Phi-3: the Phi-3 decoder's projections only. Phi-3 fuses q/k/v into
+#: ``qkv_proj`` and gate/up into ``gate_up_proj``, so Llama-style names (``q_proj``...) match
+#: nothing there; and the CLIP tower (q/k/v_proj, out_proj, fc1/2) and the projector
+#: (linear_1/2) are left out. (The plain list ``["qkv_proj", "o_proj", "gate_up_proj",
+#: "down_proj"]`` happens to select the same modules; the anchored regex says so explicitly.)
+LLAVA_PHI3_LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
+
+#: Names of the vision encoder inside the supported models (kept frozen by :func:`add_lora`).
+_VISION_ENCODERS = ("vision_model", "vision_tower")
+
+
+def bnb_4bit_config(preset: Preset):
+    """4-bit NF4 with double quantization, computing in the preset's dtype (QLoRA's recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=preset.torch_dtype,
+    )
+
+
+def default_image_splitting(preset: Preset) -> bool:
+    """Idefics2's image splitting (4 crops + the whole image = 5x the image tokens, 320 instead of
+    64): on for a big GPU (preset ``a100``), off elsewhere (a T4's 15 GB, CPU, tiny mode), as the article did."""
+    return preset.name == "a100"
+
+
+def disable_bnb_cpu_repacking(model: nn.Module) -> int:
+    """Stop bitsandbytes' CPU inference repacking on every ``Linear4bit``; return how many.
+
+    The trap: on CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode with an input that
+    needs no grad (``generate``, or any evaluation before training) rewrites its 4-bit weight into
+    a CPU-only layout, for good. Later forwards use a kernel with no autograd support, so no
+    gradient flows *through* the frozen layer, and LoRA adapters before it silently stop learning
+    (tests/test_tiny_chat_models.py shows 0 of 12 q/k/v/gate/up adapters getting a gradient).
+    Switching ``support_avx512bf16_for_cpu`` off keeps the ordinary, differentiable path. GPUs are
+    unaffected; the flag only matters for CPU inputs.
+    """
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def load_chat_vlm(checkpoint: str | Path, *, preset: Preset, quantize_4bit: bool, device_map=None,
+                  do_image_splitting: bool | None = None, image_longest_edge: int | None = None):
+    """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
+
+    Args:
+        checkpoint: Hub id (``IDEFICS2_MODEL_ID``) or a local folder (tiny mode, saved adapters).
+        preset: gives the compute dtype and ``attn_implementation`` (never hard-coded here).
+        quantize_4bit: load the weights in 4-bit NF4 (QLoRA); otherwise in the preset dtype.
+        device_map: where the weights go; default GPU 0 on CUDA presets, CPU otherwise.
+        do_image_splitting: Idefics2 only; ``None`` means :func:`default_image_splitting`.
+        image_longest_edge: Idefics2 only; resize images so the longest side is at most this
+            (8B default 980 px; 490 cuts the vision encoder's work by 4 on a T4).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    model_type = AutoConfig.from_pretrained(checkpoint).model_type
+    processor_kwargs: dict = {}
+    if model_type == "idefics2":
+        processor_kwargs["do_image_splitting"] = (default_image_splitting(preset) if do_image_splitting is None
+                                                  else do_image_splitting)
+        if image_longest_edge is not None:
+            from transformers import AutoImageProcessor
+
+            size = dict(AutoImageProcessor.from_pretrained(checkpoint).size)
+            processor_kwargs["size"] = {"longest_edge": image_longest_edge,
+                                        "shortest_edge": min(size.get("shortest_edge", image_longest_edge),
+                                                             image_longest_edge)}
+    elif do_image_splitting or image_longest_edge is not None:
+        raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
+    processor = AutoProcessor.from_pretrained(checkpoint, **processor_kwargs)
+
+    if device_map is None:
+        device_map = {"": 0} if preset.device == "cuda" else None
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint,
+        dtype=preset.torch_dtype,
+        attn_implementation=preset.attn_implementation,
+        quantization_config=bnb_4bit_config(preset) if quantize_4bit else None,
+        device_map=device_map,
+    )
+    if quantize_4bit:
+        disable_bnb_cpu_repacking(model)
+    return model, processor
+
+
+def _vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the outermost vision-encoder modules (``...vision_model`` / ``...vision_tower``)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in _VISION_ENCODERS and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, module))
+    return found
+
+
+def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, alpha: int = 8,
+             dropout: float = 0.1, use_dora: bool = False, quantized: bool, gradient_checkpointing: bool = False,
+             modules_to_save: list[str] | None = None, init_lora_weights: bool | str = True):
+    """Wrap ``model`` with LoRA adapters on ``target_modules``; everything else stays frozen.
+
+    ``quantized=True`` first runs PEFT's ``prepare_model_for_kbit_training`` (freezes the base,
+    keeps norms and the non-quantized layers in fp32). ``gradient_checkpointing`` (from
+    ``preset.gradient_checkpointing``) recomputes activations in the backward pass, with
+    ``use_reentrant=False``: the reentrant variant needs the *inputs* to require grad and
+    otherwise silently gives LoRA no gradient. ``modules_to_save`` trains whole modules
+    (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter.
+    Raises if an adapter or trainable weight would land in the vision encoder.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    checkpoint_kwargs = {"use_reentrant": False}
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
+    model = get_peft_model(model, config)
+    for name, encoder in _vision_encoders(model):
+        trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ValueError(f"LoRA reached the vision encoder {name} ({trainable[:3]}...): narrow target_modules")
+    return model
+
+
+def lora_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules that carry a LoRA adapter, PEFT's wrapper prefix removed."""
+    names = [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
+    return [re.sub(r"^base_model\.model\.", "", name) for name in names]
+
+
+def lora_report(model: nn.Module) -> str:
+    """Which modules got LoRA (layer numbers folded into ``*``) and how many parameters train."""
+    from vlm_helpers.models import count_parameters
+
+    patterns = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in lora_module_names(model))
+    lines = [f"LoRA on {sum(patterns.values())} modules:"]
+    lines += [f"  {count:3d} x {pattern}" for pattern, count in sorted(patterns.items())]
+    lines.append(f"parameters: {count_parameters(model)}")
+    return "\n".join(lines)
+
+
+def save_adapter(model, processor, path: str | Path) -> Path:
+    """Save only the adapter weights (a few MB, not the base model) and the processor to ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, preset: Preset, quantize_4bit: bool,
+                 **load_kwargs):
+    """Load the base model as :func:`load_chat_vlm` does, put the saved adapter on it (frozen, for
+    inference) and return ``(model, processor)``; the processor saved with the adapter wins.
+
+    Load the base exactly as during training (same ``quantize_4bit``): the adapter learned
+    corrections to the 4-bit-rounded weights.
+    """
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    model, processor = load_chat_vlm(base_checkpoint, preset=preset, quantize_4bit=quantize_4bit, **load_kwargs)
+    model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
+    model.eval()
+    if (Path(adapter_path) / "processor_config.json").exists() or (Path(adapter_path) / "tokenizer_config.json").exists():
+        processor = AutoProcessor.from_pretrained(adapter_path)
+    return model, processor
+
+
+def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_dir: str | Path, *,
+                     dtype: str | torch.dtype = "float16") -> Path:
+    """Fold the adapter into a NON-quantized copy of the base and save a plain model to ``out_dir``.
+
+    Why not merge into the 4-bit model we trained? Merging adds ``B @ A`` to each weight. In 4-bit
+    the sum must be re-quantized to 16 NF4 levels per block, and a LoRA update is far smaller than
+    one quantization step, so most of it rounds away (PEFT warns about exactly this). So the base is
+    loaded again in 16-bit (``dtype``; fp32 is fine for tiny models on CPU), the adapter is added
+    exactly, and the result loads anywhere without PEFT or bitsandbytes. It differs slightly from the
+    trained 4-bit model (the adapter now sits on the unrounded weights): evaluate the merged model.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir)
+    source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_checkpoint
+    AutoProcessor.from_pretrained(source).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,365 @@
+"""The Cauldron: many vision-language datasets in one chat format, turned into DocVQA-style rows.
+
+Used by the command line (``vlm-train --dataset cauldron``, see :mod:`vlm_helpers.train`),
+following the florence2-finetuning repository, which trains Florence-2 on DocVQA *or*
+on The Cauldron (``HuggingFaceM4/the_cauldron``).
+
+The real data. The Cauldron has one config per source dataset (``"docvqa"``, ``"ai2d"``,
+``"chartqa"``, ... 50 in all, :data:`CAULDRON_SUBSETS`), each with a single ``train``
+split and the same two columns (:data:`CAULDRON_FEATURES`):
+
+* ``images``: a *list* of images (most subsets have exactly one per row; a few, such as
+  ``nlvr2``, ``spot_the_diff`` or ``mimic_cgd``, have two or more);
+* ``texts``: a list of turns ``{"user": str, "assistant": str, "source": str}``, all
+  about the same image(s): the DocVQA subset groups every question about one page in one row.
+
+What this module does with it:
+
+1. :func:`load_cauldron` calls ``datasets.load_dataset`` once per subset config and
+   returns a ``DatasetDict`` keyed by *subset name* (not by split), each part with the
+   real schema untouched.
+2. :func:`flatten_cauldron` turns every turn into one DocVQA-style row: ``questionId``
+   (a string ``"<subset>/<row>/<turn>"``), ``question`` (the user text), ``answers``
+   (``[assistant text]``), ``image`` (the row's image), plus ``subset`` and ``source``.
+   Everything downstream (validation, :class:`~vlm_helpers.collators.Florence2Collator`,
+   evaluation) then works unchanged.
+
+   * **Rows with several images are skipped** by default (``multi_image="skip"``):
+     Florence-2 reads one image, and the questions of such rows ("what differs between
+     the two pictures?") cannot be answered from the first image alone. Pass
+     ``multi_image="first"`` to keep them with their first image anyway. Rows without
+     any image are always skipped. The counts are logged.
+   * **Brevity instructions are stripped** (``strip_instructions=True``): a last line
+     such as ``"Give a very brief answer."`` or ``"Answer briefly."``
+     (:data:`BREVITY_INSTRUCTIONS`, matched case-insensitively) is removed, because
+     DocVQA's own questions (which we evaluate on) carry no such line and Florence-2's
+     ``<DocVQA>`` task token already asks for a short answer. Instructions that change
+     *what* the answer is, such as ``"Answer with the letter."`` after multiple-choice
+     options, are kept. The phrase list was written from the style of instruction data
+     of that era; it could not be checked against the real Cauldron here (no Hub
+     access), and a suffix missing from the list is simply kept, which is harmless.
+   * Answers are kept verbatim (only surrounding whitespace is removed).
+
+Offline (tests, ``--tiny``) :func:`make_synthetic_cauldron` builds the same structure,
+with exactly the real columns, from the synthetic DocVQA pages and questions of
+:func:`vlm_helpers.data.docvqa.make_synthetic_docvqa`; :func:`cauldron_dataset` picks
+real or synthetic data and returns flattened rows either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import datasets
+from datasets import Features, Image, List, Value
+
+from vlm_helpers.data.docvqa import QUESTION_TEMPLATES, make_synthetic_docvqa
+
+__all__ = [
+    "BREVITY_INSTRUCTIONS",
+    "CAULDRON_DATASET_ID",
+    "CAULDRON_FEATURES",
+    "CAULDRON_SUBSETS",
+    "DEFAULT_SUBSETS",
+    "FLAT_FEATURES",
+    "TINY_ROWS_PER_SUBSET",
+    "cauldron_dataset",
+    "check_subsets",
+    "flatten_cauldron",
+    "load_cauldron",
+    "make_synthetic_cauldron",
+    "strip_instruction",
+]
+
+logger = logging.getLogger(__name__)
+
+CAULDRON_DATASET_ID = "HuggingFaceM4/the_cauldron"
+
+#: The subsets the command line uses unless told otherwise: the document-style ones.
+DEFAULT_SUBSETS: tuple[str, ...] = ("docvqa", "ai2d", "chartqa")
+
+#: Every config of ``HuggingFaceM4/the_cauldron`` (its dataset viewer lists these 50).
+CAULDRON_SUBSETS: tuple[str, ...] = (
+    "ai2d", "aokvqa", "chart2text", "chartqa", "clevr", "clevr_math", "cocoqa", "datikz",
+    "diagram_image_to_text", "docvqa", "dvqa", "figureqa", "finqa", "geomverse", "hateful_memes",
+    "hitab", "iam", "iconqa", "infographic_vqa", "intergps", "localized_narratives", "mapqa",
+    "mimic_cgd", "multihiertt", "nlvr2", "ocrvqa", "okvqa", "plotqa", "raven", "rendered_text",
+    "robut_sqa", "robut_wikisql", "robut_wtq", "scienceqa", "screen2words", "spot_the_diff",
+    "st_vqa", "tabmwp", "tallyqa", "tat_qa", "textcaps", "textvqa", "tqa", "vistext", "visual7w",
+    "visualmrc", "vqarad", "vqav2", "vsr", "websight",
+)
+
+#: Columns and types of every Cauldron config (from the dataset card).
+CAULDRON_FEATURES = Features(
+    {
+        "images": List(Image()),
+        "texts": List({"user": Value("string"), "assistant": Value("string"), "source": Value("string")}),
+    }
+)
+
+#: Columns of :func:`flatten_cauldron`'s output: DocVQA's names for what the collator reads.
+FLAT_FEATURES = Features(
+    {
+        "questionId": Value("string"),
+        "question": Value("string"),
+        "answers": List(Value("string")),
+        "image": Image(),
+        "subset": Value("string"),
+        "source": Value("string"),
+    }
+)
+
+#: Raw (page) rows per subset that tiny mode generates when given no ``max_samples``.
+TINY_ROWS_PER_SUBSET = 20
+
+#: Trailing lines that only ask for brevity; :func:`strip_instruction` removes them.
+BREVITY_INSTRUCTIONS: tuple[str, ...] = (
+    "Give a very brief answer.",
+    "Answer briefly.",
+    "Short answer required.",
+    "Concise answer only.",
+    "Keep it brief.",
+    "Be succinct.",
+    "Write a very short answer.",
+    "Provide a short answer.",
+    "Provide a succinct answer.",
+    "Make the answer very short.",
+    "Answer the question using a single word or phrase.",
+    "Answer with a brief word or phrase.",
+)
+_BREVITY = {phrase.lower().rstrip(".") for phrase in BREVITY_INSTRUCTIONS}
+
+
+def strip_instruction(user_text: str) -> str:
+    """Remove a trailing brevity instruction line (:data:`BREVITY_INSTRUCTIONS`), if any.
+
+    Only a whole last line is removed, and only when something is left before it::
+
+        >>> strip_instruction("What is the date?\\nGive a very brief answer.")
+        'What is the date?'
+        >>> strip_instruction("Which part?\\nA. root\\nB. leaf\\nAnswer with the letter.")
+        'Which part?\\nA. root\\nB. leaf\\nAnswer with the letter.'
+    """
+    text = user_text.strip()
+    head, sep, last = text.rpartition("\n")
+    if sep and head.strip() and last.strip().lower().rstrip(".") in _BREVITY:
+        return head.rstrip()
+    return text
+
+
+def check_subsets(subsets: Iterable[str]) -> tuple[str, ...]:
+    """Return ``subsets`` as a tuple, or raise ``ValueError`` naming unknown or repeated names."""
+    subsets = tuple(s.strip() for s in subsets)
+    if not subsets or any(not s for s in subsets):
+        raise ValueError(f"give at least one Cauldron subset (empty names are not allowed), got {subsets!r}")
+    unknown = [s for s in subsets if s not in CAULDRON_SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown Cauldron subset(s) {unknown}; the configs are: {', '.join(CAULDRON_SUBSETS)}")
+    if len(set(subsets)) != len(subsets):
+        raise ValueError(f"Cauldron subsets repeat a name: {subsets!r}")
+    return subsets
+
+
+# ------------------------------------------------------------------ real data
+
+
+def load_cauldron(
+    subsets: Sequence[str] = DEFAULT_SUBSETS,
+    *,
+    split: str = "train",
+    max_samples: int | None = None,
+    dataset_id: str = CAULDRON_DATASET_ID,
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Load Cauldron subsets from the Hub (needs internet): one ``load_dataset`` call per config.
+
+    Returns a ``DatasetDict`` keyed by subset name, each with the real columns
+    (:data:`CAULDRON_FEATURES`). ``max_samples`` keeps the first rows *of each subset*
+    (raw rows, i.e. images; each usually carries several questions) via a split slice
+    such as ``"train[:100]"``. Every config has only a ``train`` split.
+    """
+    subsets = check_subsets(subsets)
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    split_spec = f"{split}[:{max_samples}]" if max_samples is not None else split
+    return datasets.DatasetDict(
+        {name: datasets.load_dataset(dataset_id, name, split=split_spec, cache_dir=cache_dir) for name in subsets}
+    )
+
+
+def flatten_cauldron(
+    data: datasets.Dataset | Mapping[str, datasets.Dataset],
+    *,
+    subset: str | None = None,
+    multi_image: str = "skip",
+    strip_instructions: bool = True,
+) -> datasets.Dataset:
+    """One DocVQA-style row per (user, assistant) turn; see the module docstring for the rules.
+
+    ``data`` is one subset's ``Dataset`` (name it with ``subset``) or a mapping
+    ``{subset: Dataset}`` such as :func:`load_cauldron` returns; parts are flattened in
+    order and concatenated. Output columns: :data:`FLAT_FEATURES`.
+    """
+    if multi_image not in ("skip", "first"):
+        raise ValueError(f"multi_image must be 'skip' or 'first', got {multi_image!r}")
+    if isinstance(data, Mapping):
+        parts = [flatten_cauldron(part, subset=name, multi_image=multi_image, strip_instructions=strip_instructions)
+                 for name, part in data.items()]
+        if not parts:
+            return datasets.Dataset.from_dict({name: [] for name in FLAT_FEATURES}, features=FLAT_FEATURES)
+        return datasets.concatenate_datasets(parts)
+
+    missing = {"images", "texts"} - set(data.column_names)
+    if missing:
+        raise ValueError(f"not Cauldron-shaped: missing column(s) {sorted(missing)} (have {data.column_names})")
+    name = subset or "cauldron"
+    # Read images undecoded: we only move their bytes, so decoding would waste time.
+    if isinstance(data.features["images"], List) and isinstance(data.features["images"].feature, Image):
+        data = data.cast_column("images", List(Image(decode=False)))
+    counts = {"rows": 0, "multi_image": 0, "no_image": 0, "turns": 0}
+
+    def explode(batch: dict, indices: list[int]) -> dict:
+        out: dict[str, list] = {column: [] for column in FLAT_FEATURES}
+        for index, images, texts in zip(indices, batch["images"], batch["texts"]):
+            counts["rows"] += 1
+            images = list(images or [])
+            if not images:
+                counts["no_image"] += 1
+                continue
+            if len(images) > 1:
+                counts["multi_image"] += 1
+                if multi_image == "skip":
+                    continue
+            for turn, text in enumerate(texts or []):
+                user = text.get("user") or ""
+                out["questionId"].append(f"{name}/{index}/{turn}")
+                out["question"].append(strip_instruction(user) if strip_instructions else user.strip())
+                out["answers"].append([(text.get("assistant") or "").strip()])
+                out["image"].append(images[0])
+                out["subset"].append(name)
+                out["source"].append(text.get("source") or name)
+                counts["turns"] += 1
+        return out
+
+    flat = data.map(explode, batched=True, with_indices=True, remove_columns=data.column_names,
+                    features=Features({**FLAT_FEATURES, "image": Image(decode=False)}),
+                    desc=f"flattening {name}")
+    flat = flat.cast_column("image", Image())
+    if counts["rows"]:  # the map ran in this process (not served from a cache)
+        skipped = counts["no_image"] + (counts["multi_image"] if multi_image == "skip" else 0)
+        logger.info("Cauldron %s: %d rows -> %d questions; skipped %d rows (%d without image, %d multi-image%s)",
+                    name, counts["rows"], counts["turns"], skipped, counts["no_image"], counts["multi_image"],
+                    "" if multi_image == "skip" else ", kept with their first image")
+    return flat
+
+
+# ------------------------------------------------------------ synthetic data
+
+_SOURCE_NAMES = {"docvqa": "DocVQA", "ai2d": "AI2D", "chartqa": "ChartQA"}
+_LETTERS = "ABCD"
+# question text -> answer pool, for the templates whose answers come from a small pool
+_POOLS = {t.question: t.pool for t in QUESTION_TEMPLATES if t.pool is not None and len(t.pool) > 1}
+
+
+def make_synthetic_cauldron(
+    num_rows: int,
+    *,
+    subsets: Sequence[str] = DEFAULT_SUBSETS,
+    seed: int = 0,
+    image_size: tuple[int, int] = (384, 480),
+) -> datasets.DatasetDict:
+    """A stand-in for :func:`load_cauldron`: ``{subset: Dataset}`` with exactly the real columns.
+
+    Each subset gets ``num_rows`` rows; a row is one synthetic DocVQA page (rendered by
+    :func:`~vlm_helpers.data.docvqa.make_synthetic_docvqa`, seeded per subset) with all
+    its questions as turns. The phrasing depends on the subset, loosely modelled on the
+    real ones (not copied from them, and unverified offline):
+
+    * ``docvqa`` and any other subset: the question, often followed by a brevity
+      instruction line; the answer is the first DocVQA answer;
+    * ``ai2d``: multiple choice (for questions whose answers come from a small pool):
+      ``"Question: ...\\nChoices:\\nA. ...\\nAnswer with the letter."``, answered
+      ``"Answer: B"``; other questions as for docvqa;
+    * ``chartqa``: the question followed by ``"Answer briefly."``.
+    """
+    subsets = check_subsets(subsets)
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    parts = {}
+    for subset in subsets:
+        subset_seed = zlib.crc32(f"cauldron/{subset}/{seed}".encode())
+        rng = random.Random(subset_seed)
+        pages: dict[int, dict] = {}
+        if num_rows:
+            # A page carries at most 5 questions, so 5 x num_rows rows span >= num_rows whole pages.
+            questions = make_synthetic_docvqa(5 * num_rows, seed=subset_seed, image_size=image_size)
+            questions = questions.cast_column("image", Image(decode=False))
+            for row in questions:
+                if row["docId"] not in pages:
+                    if len(pages) == num_rows:
+                        break
+                    pages[row["docId"]] = {"images": [row["image"]], "texts": []}
+                user, assistant = _phrase(subset, row["question"], row["answers"][0], rng)
+                pages[row["docId"]]["texts"].append(
+                    {"user": user, "assistant": assistant, "source": _SOURCE_NAMES.get(subset, subset)})
+        columns = {"images": [p["images"] for p in pages.values()], "texts": [p["texts"] for p in pages.values()]}
+        parts[subset] = datasets.Dataset.from_dict(columns, features=CAULDRON_FEATURES)
+    return datasets.DatasetDict(parts)
+
+
+def _phrase(subset: str, question: str, answer: str, rng: random.Random) -> tuple[str, str]:
+    """(user, assistant) texts for one synthetic question in ``subset``'s style."""
+    if subset == "ai2d" and question in _POOLS:
+        pool = _POOLS[question]
+        distractors = rng.sample([v for v in pool if v != answer], min(len(_LETTERS) - 1, len(pool) - 1))
+        choices = distractors + [answer]
+        rng.shuffle(choices)
+        lines = "\n".join(f"{letter}. {choice}" for letter, choice in zip(_LETTERS, choices))
+        return (f"Question: {question}\nChoices:\n{lines}\nAnswer with the letter.",
+                f"Answer: {_LETTERS[choices.index(answer)]}")
+    if subset == "chartqa":
+        return f"{question}\nAnswer briefly.", answer
+    suffix = rng.choice(("", "\nGive a very brief answer.", "\nShort answer required."))
+    return question + suffix, answer
+
+
+# ------------------------------------------------------------ one entry point
+
+
+def cauldron_dataset(
+    subsets: Sequence[str] = DEFAULT_SUBSETS,
+    *,
+    tiny: bool,
+    split: str = "train",
+    max_samples: int | None = None,
+    seed: int = 0,
+    multi_image: str = "skip",
+    strip_instructions: bool = True,
+) -> datasets.Dataset:
+    """Flattened Cauldron rows (DocVQA-style): synthetic when ``tiny``, real otherwise.
+
+    ``max_samples`` counts *flattened* rows (questions) over all subsets, shared evenly:
+    each subset contributes at most ``ceil(max_samples / len(subsets))`` questions, read
+    from that many raw rows at most, and the result is cut to ``max_samples``. Without
+    it, tiny mode builds :data:`TINY_ROWS_PER_SUBSET` pages per subset and full mode
+    loads every subset whole.
+    """
+    subsets = check_subsets(subsets)
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    per_subset = math.ceil(max_samples / len(subsets)) if max_samples is not None else None
+    if tiny:
+        raw = make_synthetic_cauldron(per_subset or TINY_ROWS_PER_SUBSET, subsets=subsets, seed=seed)
+    else:
+        raw = load_cauldron(subsets, split=split, max_samples=per_subset)
+    parts = []
+    for name, part in raw.items():
+        flat = flatten_cauldron(part, subset=name, multi_image=multi_image, strip_instructions=strip_instructions)
+        parts.append(flat.select(range(min(per_subset, len(flat)))) if per_subset is not None else flat)
+    flat = datasets.concatenate_datasets(parts)
+    return flat.select(range(min(max_samples, len(flat)))) if max_samples is not None else flat

@@ -1,0 +1,184 @@
+"""Training chat VLMs with the Hugging Face ``Trainer``: arguments from the preset, safe logging keys.
+
+Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb`` and reused by
+``notebooks/04_phi3_aircraft_captioning.ipynb``. Notebook 02 writes its own loop
+(:mod:`vlm_helpers.training`); here the ``Trainer`` does the loop and this module only fills in
+its arguments the way the series needs them:
+
+- current argument names (transformers 5.x): ``eval_strategy``, float ``warmup_steps`` (a
+  fraction of the run when < 1; ``warmup_ratio`` is gone), ``dtype`` flags from the preset
+  (``fp16`` on a T4, ``bf16`` from compute capability 8.0, neither on CPU);
+- ``remove_unused_columns=False``: our collator needs the raw ``image``/``question`` columns,
+  which the Trainer would otherwise drop because the model's ``forward`` does not name them;
+- ``paged_adamw_8bit`` on GPU (QLoRA's optimizer: 8-bit states, paged to CPU on memory spikes),
+  plain ``adamw_torch`` on CPU, where bitsandbytes' paged optimizers do not run;
+- the loss history comes back as ``[{"step", "loss", ...}]``, the shape :mod:`vlm_helpers.training`
+  writes, so plotting and ``results/`` code is shared.
+
+Evaluation is by *generation* + ANLS (:func:`vlm_helpers.evaluation.generate_predictions`), not
+the Trainer's teacher-forced ``eval_loss``: pass ``eval_fn`` to :func:`train_with_trainer`.
+
+Experiment trackers need keys: they come from Colab secrets or environment variables
+(:func:`secret`), never from a notebook cell (the article's ``wandb.login(key="...")``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+
+__all__ = ["REPORT_TO_CHOICES", "history_from_log", "make_training_arguments", "secret", "train_with_trainer",
+           "validate_report_to"]
+
+#: Tracker -> (Python package it needs, environment variable holding its key, or None).
+REPORT_TO_CHOICES: dict[str, tuple[str | None, str | None]] = {
+    "none": (None, None),
+    "tensorboard": ("tensorboard", None),
+    "trackio": ("trackio", None),  # logs locally; HF_TOKEN only to sync to a Space
+    "wandb": ("wandb", "WANDB_API_KEY"),
+}
+
+
+def secret(name: str) -> str | None:
+    """A secret's value from Colab's secrets panel, else from the environment; ``None`` if absent.
+
+    The value is returned, never printed or logged.
+    """
+    try:
+        from google.colab import userdata  # only importable on Colab
+
+        try:
+            value = userdata.get(name)
+        except Exception:  # SecretNotFoundError, or notebook access not granted
+            value = None
+        if value:
+            return value
+    except ImportError:
+        pass
+    return os.environ.get(name) or None
+
+
+def validate_report_to(report_to: str | Sequence[str]) -> list[str]:
+    """Check a ``report_to`` choice and return it as a list for ``TrainingArguments``.
+
+    Accepts ``"none"``, ``"tensorboard"``, ``"trackio"`` or ``"wandb"`` (or a list of them).
+    Raises ``ValueError`` for anything else, for a tracker whose package is missing, and for
+    ``wandb`` without ``WANDB_API_KEY`` in Colab secrets or the environment. A key found only in
+    Colab secrets is copied into this process's environment, where the tracker looks for it.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [name.strip().lower() for name in names]
+    unknown = [name for name in names if name not in REPORT_TO_CHOICES]
+    if unknown or not names:
+        raise ValueError(f"report_to must be among {sorted(REPORT_TO_CHOICES)}, got {report_to!r}")
+    if "none" in names:
+        if len(names) > 1:
+            raise ValueError(f"report_to='none' cannot be combined with other trackers: {report_to!r}")
+        return ["none"]
+    for name in names:
+        package, key_name = REPORT_TO_CHOICES[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise ValueError(f"report_to={name!r} needs the {package!r} package: pip install {package}")
+        if key_name:
+            value = secret(key_name)
+            if value is None:
+                raise ValueError(f"report_to={name!r} needs {key_name}: add it to Colab's secrets panel "
+                                 f"(key icon) or export it as an environment variable, never in a cell")
+            os.environ[key_name] = value
+    return names
+
+
+def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1e-4, epochs: float = 1.0,
+                            max_steps: int = -1, warmup_steps: float = 0, weight_decay: float = 0.01,
+                            report_to: str | Sequence[str] = "none", logging_steps: int = 5,
+                            save_steps: int | None = None, save_total_limit: int = 1, seed: int = 0,
+                            max_grad_norm: float = 1.0, lr_scheduler_type: str = "linear",
+                            dataloader_num_workers: int | None = None, **overrides):
+    """``TrainingArguments`` for a QLoRA/LoRA run on ``preset`` (batching, dtype, checkpointing).
+
+    ``save_steps=None`` saves no intermediate checkpoints (save the adapter yourself at the end).
+    ``warmup_steps`` below 1 is a fraction of the run (the article's 75 of 178 steps = 0.42).
+    ``**overrides`` go straight to ``TrainingArguments`` (e.g. ``eval_strategy="steps"``).
+    """
+    from transformers import TrainingArguments
+
+    on_gpu = preset.device == "cuda"
+    if dataloader_num_workers is None:
+        dataloader_num_workers = 2 if on_gpu else 0  # workers run the collator while the GPU trains
+    arguments = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=preset.batch_size,
+        per_device_eval_batch_size=preset.batch_size,
+        gradient_accumulation_steps=preset.grad_accum,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        lr_scheduler_type=lr_scheduler_type,
+        optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
+        fp16=preset.dtype == "float16",
+        bf16=preset.dtype == "bfloat16",
+        use_cpu=not on_gpu,
+        gradient_checkpointing=preset.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if preset.gradient_checkpointing else None,
+        remove_unused_columns=False,
+        eval_strategy="no",
+        logging_steps=logging_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=save_total_limit,
+        report_to=validate_report_to(report_to),
+        seed=seed,
+        dataloader_num_workers=dataloader_num_workers,
+        dataloader_pin_memory=on_gpu,
+        disable_tqdm=True if preset.tiny else None,
+    )
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
+
+
+def history_from_log(log_history: Sequence[dict]) -> list[dict]:
+    """Turn ``trainer.state.log_history`` into ``[{"step", "epoch", "loss", "lr", "grad_norm"}]``.
+
+    Entries without a training loss (the end-of-run summary) are skipped; other keys logged at
+    the same step (e.g. generation metrics) are merged into that step's record.
+    """
+    records: dict[int, dict] = {}
+    for entry in log_history:
+        if "step" not in entry or "train_runtime" in entry:
+            continue
+        record = records.setdefault(int(entry["step"]), {"step": int(entry["step"])})
+        for key, value in entry.items():
+            if key == "learning_rate":
+                record["lr"] = value
+            elif key != "step":
+                record[key] = value
+    return [records[step] for step in sorted(records) if "loss" in records[step]]
+
+
+def train_with_trainer(model, train_rows, collator: Callable, args, *,
+                       eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None):
+    """Train with ``transformers.Trainer``; return ``(trainer, history)``.
+
+    ``eval_fn(step) -> {"anls": ...}`` (e.g. generation + ANLS on validation rows) runs every
+    ``eval_every`` optimizer steps in eval mode; its numbers join that step's history record.
+    """
+    from transformers import Trainer, TrainerCallback
+
+    class GenerationEval(TrainerCallback):
+        def on_step_end(self, arguments, state, control, model=None, **kwargs):
+            if eval_fn is not None and eval_every and state.global_step % eval_every == 0:
+                was_training = model.training
+                model.eval()
+                metrics = eval_fn(state.global_step)
+                model.train(was_training)
+                state.log_history.append({"step": state.global_step, **metrics})
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator,
+                      callbacks=[GenerationEval()] if eval_fn is not None else None)
+    trainer.train()
+    model.eval()
+    return trainer, history_from_log(trainer.state.log_history)
