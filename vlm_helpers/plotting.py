@@ -82,3 +82,34 @@ def plot_before_after(labels: Sequence[str], before: Sequence[float], after: Seq
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _finish(fig, save_to)
+
+
+def gallery(examples: dict[str, list[dict]], results_dir: str | Path, *, title: str = "",
+            save_to: str | Path | None = None):
+    """One row per example: the input image, then question/prompt, reference, before and after.
+
+    ``examples`` maps a kind ("improved", "unchanged", "regressed") to paired records
+    (see :func:`vlm_helpers.comparison.pick_examples`); image paths are relative to ``results_dir``.
+    """
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    items = [(kind, ex) for kind, group in examples.items() for ex in group]
+    fig, axes = plt.subplots(max(1, len(items)), 2, figsize=(10, 2.9 * max(1, len(items))),
+                             gridspec_kw={"width_ratios": [1, 2.2]}, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not items:
+        axes[0, 1].text(0, 0.5, "no paired examples to show", fontsize=10)
+    for (kind, ex), (ax_image, ax_text) in zip(items, axes):
+        if ex.get("image"):
+            ax_image.imshow(Image.open(Path(results_dir) / ex["image"]))
+        text = (f"{kind.upper()}  (score {ex['score_before']:.2f} -> {ex['score_after']:.2f})\n\n"
+                f"Q: {ex.get('question') or '(captioning prompt)'}\n"
+                f"reference: {' | '.join(ex['references'])}\n"
+                f"before: {ex['before']!r}\nafter:  {ex['after']!r}")
+        wrapped = "\n".join(textwrap.fill(line, 70) for line in text.splitlines())
+        ax_text.text(0, 0.95, wrapped, va="top", fontsize=8, family="monospace")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, save_to)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -309,14 +308,14 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
             f"{settings.grad_accum} = {env.world_size * settings.batch_size * settings.grad_accum} rows per step, "
             f"{len(train_rows)} training rows")
 
+    model_label = "florence2" if settings.dataset == "docvqa" else f"florence2-{settings.dataset}"
+
     def predict(rows) -> list[dict]:
         predictions = evaluation.generate_predictions(
             training.unwrap(train_model), processor, generation_collator, rows, batch_size=settings.batch_size,
             device=env.device, dtype=preset.dtype)
         return evaluation.prediction_records(rows.remove_columns("image"), predictions, model_name=model_label,
                                              mode="tiny" if settings.tiny else "full")
-
-    model_label = "florence2" if settings.dataset == "docvqa" else f"florence2-{settings.dataset}"
 
     def evaluate(step: int) -> dict:
         # Rank 0 generates on the whole validation set; the others wait at the barrier.
@@ -426,7 +425,3 @@ register(Recipe(
     tiny=Defaults(learning_rate=1e-3, epochs=1, batch_size=4, grad_accum=1, max_eval_samples=16),
     run=run_phi3_aircraft,
 ))
-
-
-def _ceil_div(a: int, b: int) -> int:  # kept small and local: used by train.py's step arithmetic
-    return math.ceil(a / b)

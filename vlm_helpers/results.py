@@ -14,7 +14,10 @@ three files in the results folder:
     ``{"task", "model", "stage", "mode", "notebook", "samples", "metrics": {name: value}}``;
     ``stage`` is ``"baseline"`` (zero-shot) or ``"finetuned"``;
 ``<run>.history.json``
-    the training loss history (list of ``{"step", "loss", ...}``), fine-tuned runs only.
+    the training loss history (list of ``{"step", "loss", ...}``), fine-tuned runs only;
+``images/<task>/<id>.jpg``
+    small copies of the evaluated inputs (when ``write_run`` gets ``images``), referenced by
+    the records' ``image`` field relative to the results folder, for notebook 05's gallery.
 
 Files are written atomically (temporary file, then rename), so a crash never leaves
 half a file for notebook 05 to choke on.
@@ -60,8 +63,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mode: str, notebook: str,
               metrics: dict[str, float], records: list[dict] | None = None,
-              history: list[dict] | None = None) -> Path:
-    """Write a run's metrics (and predictions, history if given); return the metrics file."""
+              history: list[dict] | None = None, images=None, thumbnail_size: int = 320) -> Path:
+    """Write a run's metrics (and predictions, history if given); return the metrics file.
+
+    ``images``: the evaluated images in the order of ``records`` (PIL images or anything
+    :func:`vlm_helpers.data.images.to_rgb` accepts); thumbnails go to ``images/<task>/``.
+    """
     if mode not in ("tiny", "full"):
         raise ValueError(f"mode must be 'tiny' or 'full', got {mode!r}")
     results_dir = Path(results_dir)
@@ -69,6 +76,9 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
     samples = len(records) if records is not None else int(metrics.get("samples", 0))
     summary = {"task": task, "model": model, "stage": stage, "mode": mode, "notebook": notebook,
                "samples": samples, "metrics": {k: float(v) for k, v in metrics.items() if k != "samples"}}
+    if images is not None and records is not None:
+        records = [dict(r, image=_save_thumbnail(results_dir, task, r["id"], image, thumbnail_size))
+                   for r, image in zip(records, images, strict=True)]
     if records is not None:
         _write_atomic(results_dir / f"{name}.predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -77,6 +87,19 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
     path = results_dir / f"{name}.metrics.json"
     _write_atomic(path, json.dumps(summary, indent=1))
     return path
+
+
+def _save_thumbnail(results_dir: Path, task: str, sample_id: str, image, size: int) -> str:
+    from vlm_helpers.data.images import to_rgb
+
+    relative = Path("images") / task / f"{sample_id}.jpg"
+    target = results_dir / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        thumbnail = to_rgb(image)
+        thumbnail.thumbnail((size, size))
+        thumbnail.save(target, quality=85)
+    return relative.as_posix()
 
 
 def read_predictions(path: str | Path) -> list[dict]:

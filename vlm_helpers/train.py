@@ -1,0 +1,419 @@
+"""``vlm-train``: the notebooks' fine-tuning recipes as one command, on one GPU or many.
+
+Run ``python -m vlm_helpers.train --help`` (or ``vlm-train --help``) for the options and
+examples. The recipes themselves live in :mod:`vlm_helpers.recipes`; this module only
+
+1. parses and checks the command line (impossible combinations stop here, with
+   argparse's exit code 2, before any model is loaded);
+2. resolves every setting: command line, else the recipe's default for full or tiny
+   mode, else the hardware preset (:func:`vlm_helpers.runtime.choose_preset`);
+3. sets up distributed training when a launcher asked for it, runs the recipe, and
+   tears down cleanly.
+
+Distributed training. ``torchrun --nproc_per_node N -m vlm_helpers.train ...`` (and
+``accelerate launch --multi_gpu``, which sets the same variables) starts N copies of this
+program with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in
+their environment. Each copy then
+
+* joins the process group: NCCL on GPUs, gloo on CPUs;
+* uses GPU ``LOCAL_RANK`` (``torch.cuda.set_device``), so ``"cuda"`` means its own GPU;
+* wraps the model in ``DistributedDataParallel`` (``env.wrap``), trains on its own slice
+  of every global batch (:func:`vlm_helpers.training.epoch_indices`);
+* leaves logging, checkpoints, evaluation and ``results/`` to rank 0. Evaluation runs on
+  rank 0 alone while the other ranks wait at a barrier: simple and exactly the
+  single-process numbers, at the price of idle GPUs during evaluation (keep
+  ``--max-eval-samples`` moderate for frequent ``--eval-steps``);
+* meets the others at a barrier before leaving and destroys the process group.
+
+Without those variables (plain ``python -m vlm_helpers.train``) it is one ordinary process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlm_helpers.recipes import RECIPES, REPORT_TO_CHOICES, RunSettings, check_report_to, get_recipe
+
+__all__ = ["Distributed", "build_parser", "init_distributed", "main", "resolve_settings", "shutdown_distributed"]
+
+# --------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    """Where this process stands in a (possibly) distributed run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"  # "cuda" means this process's own GPU (set from LOCAL_RANK)
+    backend: str | None = None  # "nccl", "gloo", or None when not distributed
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (no-op in a single process)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    @contextmanager
+    def main_process_first(self):
+        """Run the block on each machine's local rank 0 first, then on the other ranks.
+
+        For downloads and cache writes (datasets, model weights, tiny models): the
+        first process fills the cache, the others then read it.
+        """
+        if self.enabled and self.local_rank != 0:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.enabled and self.local_rank == 0:
+                self.barrier()
+
+    def wrap(self, model):
+        """``DistributedDataParallel(model)`` when distributed, else ``model`` unchanged."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = self.device.startswith("cuda")
+        return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
+
+    def log(self, message: str) -> None:
+        """Print on rank 0 only, prefixed so the line is easy to find in launcher output."""
+        if self.is_main:
+            print(f"[vlm-train] {message}", flush=True)
+
+
+def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = None) -> Distributed:
+    """Join the process group if a launcher (torchrun, accelerate launch) started us.
+
+    Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; picks NCCL with one GPU per process when
+    CUDA is available, gloo on CPU. The timeout covers rank 0 evaluating while the other
+    ranks wait.
+    """
+    import torch
+
+    environ = os.environ if environ is None else environ
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return Distributed(device="cuda" if torch.cuda.is_available() else "cpu")
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    rank, world_size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+    local_rank = int(environ.get("LOCAL_RANK", "0"))
+    timeout = timedelta(minutes=timeout_minutes)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
+        return Distributed(rank, world_size, local_rank, "cuda", "nccl")
+    dist.init_process_group("gloo", timeout=timeout)
+    return Distributed(rank, world_size, local_rank, "cpu", "gloo")
+
+
+def shutdown_distributed(env: Distributed, *, ok: bool) -> None:
+    """Barrier (after success only: a failed rank never arrives) and destroy the process group."""
+    if not env.enabled:
+        return
+    import torch.distributed as dist
+
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+# ------------------------------------------------------------- command line
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number (1 or more), got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 1e-5, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _defaults_table() -> str:
+    lines = []
+    for recipe in RECIPES.values():
+        for mode, d in (("full", recipe.full), ("tiny", recipe.tiny)):
+            batch = (f"{d.batch_size} x {d.grad_accum}" if d.batch_size is not None else "from GPU preset")
+            ckpt = f"every {d.checkpoint_every}" if d.checkpoint_every else "at the end"
+            lines.append(f"  {recipe.name:22s} {mode}: lr {d.learning_rate:g}, {d.epochs} epoch(s), batch {batch}, "
+                         f"warm-up {d.warmup_steps}, checkpoint {ckpt}")
+    return "\n".join(lines)
+
+
+def _epilog() -> str:
+    recipes = "\n".join(f"  {r.name:22s} {r.summary}" for r in RECIPES.values())
+    return f"""\
+recipes:
+{recipes}
+
+default hyper-parameters (full mode follows the articles; tiny mode makes the tiny models learn):
+{_defaults_table()}
+
+examples:
+  # try it in a minute on any CPU: tiny random model, synthetic documents, no download
+  python -m vlm_helpers.train --recipe florence2-docvqa --tiny --max-steps 20
+
+  # the Florence-2 blog's run on one GPU (batch size from the GPU preset)
+  vlm-train --recipe florence2-docvqa --dataset docvqa --epochs 7 --eval-steps 1000 --max-eval-samples 500
+
+  # 4 GPUs on one machine; --batch-size is per GPU, so this trains on 4 x 6 rows per step
+  torchrun --nproc_per_node 4 -m vlm_helpers.train --recipe florence2-docvqa --dataset cauldron \\
+      --epochs 10 --eval-steps 10000 --batch-size 6
+  accelerate launch --multi_gpu --num_processes 4 -m vlm_helpers.train --recipe florence2-docvqa
+
+  # continue the newest checkpoint in the output folder (after a Colab disconnect, or to train longer)
+  vlm-train --recipe florence2-docvqa --output-dir outputs/florence --resume --max-steps 20000
+
+notes:
+  * --max-steps, when given, overrides --epochs.
+  * Batch sizes are per process: one optimizer step sees processes x --batch-size x --grad-accum rows.
+  * The run writes checkpoints, history.json and model/ (the fine-tuned model and processor) to
+    --output-dir, and predictions + metrics to --results-dir (read by notebook 05).
+  * VLM_TINY=1 in the environment is the same as --tiny. VLM_CACHE says where tiny models are built.
+  * Multi-GPU and multi-node recipes: docs/scaling_out.md.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vlm-train`` argument parser (importing it loads nothing heavy, so ``--help`` is fast)."""
+    parser = argparse.ArgumentParser(
+        prog="vlm-train",
+        description="Fine-tune a small vision-language model with one of the series' recipes. "
+                    "Works as a plain command on one CPU/GPU and under torchrun on several GPUs or machines.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--recipe", choices=list(RECIPES), default="florence2-docvqa",
+                      help="model + method (default: %(default)s; see 'recipes' below)")
+    what.add_argument("--dataset", default=None,
+                      help="training data: docvqa or cauldron for the DocVQA recipes, aircraft for phi3-aircraft "
+                           "(default: the recipe's first)")
+    what.add_argument("--cauldron-subsets", type=_names, default=None, metavar="A,B,...",
+                      help="with --dataset cauldron: which configs of HuggingFaceM4/the_cauldron to mix "
+                           "(default: docvqa,ai2d,chartqa)")
+    what.add_argument("--tiny", action="store_true",
+                      help="tiny random model + synthetic data: runs offline on a CPU in seconds "
+                           "(also switched on by VLM_TINY=1)")
+    what.add_argument("--max-train-samples", type=_positive_int, default=None, metavar="N",
+                      help="use only the first N training rows (questions)")
+    what.add_argument("--max-eval-samples", type=_positive_int, default=None, metavar="N",
+                      help="evaluate on the first N validation rows (default: all; tiny: a few dozen)")
+
+    how = parser.add_argument_group("how long and how fast (defaults: the recipe's, see below)")
+    how.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training data")
+    how.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                     help="stop after N optimizer steps in total (overrides --epochs; counts steps before a resume)")
+    how.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
+                     help="rows per process per micro-batch (default: from the recipe or the GPU preset)")
+    how.add_argument("--grad-accum", type=_positive_int, default=None, metavar="K",
+                     help="micro-batches accumulated per optimizer step")
+    how.add_argument("--lr", type=_positive_float, default=None, metavar="LR", help="peak learning rate")
+    how.add_argument("--warmup-steps", type=_non_negative_int, default=None, metavar="N",
+                     help="linear warm-up steps before the linear decay")
+    how.add_argument("--weight-decay", type=_non_negative_float, default=None, metavar="W", help="AdamW weight decay")
+    how.add_argument("--seed", type=int, default=0, help="seed for data order, answer picks and synthetic data")
+
+    out = parser.add_argument_group("evaluation, checkpoints and output")
+    out.add_argument("--eval-steps", type=_positive_int, default=None, metavar="N",
+                     help="also evaluate (generation + ANLS, rank 0) every N steps; there is always a final evaluation")
+    out.add_argument("--output-dir", type=Path, default=None,
+                     help="checkpoints, history.json and the final model (default: outputs/<recipe>-<dataset>)")
+    out.add_argument("--results-dir", type=Path, default=None,
+                     help="where predictions and metrics go (default: $VLM_RESULTS_DIR or ./results)")
+    out.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                     help="save a checkpoint every N steps; the last step is always saved too")
+    out.add_argument("--keep-checkpoints", type=_positive_int, default=2, metavar="N",
+                     help="keep only the newest N checkpoints (default: %(default)s)")
+    out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                     help="continue a run: alone, from the newest checkpoint in --output-dir; "
+                          "or from the given checkpoint folder")
+    out.add_argument("--report-to", type=_names, default=("none",), metavar="TRACKER",
+                     help=f"experiment tracker(s): {', '.join(REPORT_TO_CHOICES)} (keys come from the environment, "
+                          "e.g. WANDB_API_KEY)")
+    out.add_argument("--logging-steps", type=_positive_int, default=10, metavar="N",
+                     help="print the loss every N steps (default: %(default)s)")
+
+    adv = parser.add_argument_group("advanced")
+    adv.add_argument("--num-workers", type=_non_negative_int, default=None, metavar="N",
+                     help="DataLoader worker processes per training process (default: 2 on GPU, 0 on CPU)")
+    adv.add_argument("--skip-bad-rows", action="store_true",
+                     help="drop rows that fail validation (and list them) instead of stopping at the first one")
+    adv.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a progress bar (default: only when the output is a terminal)")
+    adv.add_argument("--dist-timeout-minutes", type=_positive_float, default=60.0, metavar="M",
+                     help="how long ranks wait for each other, e.g. while rank 0 evaluates (default: %(default)s)")
+    adv.add_argument("--write-weight-digests", action="store_true",
+                     help="each process writes weights-rank<r>.json (hash of its trainable weights) to --output-dir: "
+                          "all equal means the replicas stayed in sync")
+    return parser
+
+
+def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunSettings:
+    """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2)."""
+    from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
+    from vlm_helpers.runtime import choose_preset, detect_hardware, is_tiny
+
+    recipe = get_recipe(args.recipe)
+    dataset = args.dataset or recipe.datasets[0]
+    if dataset not in recipe.datasets:
+        parser.error(f"--recipe {recipe.name} trains on {' or '.join(recipe.datasets)}, not --dataset {dataset}")
+    subsets: tuple[str, ...] = ()
+    if args.cauldron_subsets is not None and dataset != "cauldron":
+        parser.error("--cauldron-subsets only applies to --dataset cauldron")
+    if dataset == "cauldron":
+        try:
+            subsets = check_subsets(args.cauldron_subsets if args.cauldron_subsets is not None else DEFAULT_SUBSETS)
+        except ValueError as error:
+            parser.error(f"--cauldron-subsets: {error}")
+    problem = check_report_to(args.report_to)
+    if problem:
+        parser.error(f"--report-to: {problem}")
+    tiny = args.tiny or is_tiny()
+    defaults = recipe.defaults(tiny)
+    output_dir = args.output_dir or Path("outputs") / f"{recipe.name}-{dataset}{'-tiny' if tiny else ''}"
+    resume = _check_resume(args, output_dir, parser)
+
+    from vlm_helpers.results import default_results_dir
+
+    preset = choose_preset(detect_hardware(), recipe.name, tiny=tiny)
+    batch_size = args.batch_size or defaults.batch_size or preset.batch_size
+    grad_accum = args.grad_accum or defaults.grad_accum or preset.grad_accum
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    return RunSettings(
+        recipe=recipe.name, dataset=dataset, tiny=tiny, output_dir=output_dir,
+        results_dir=args.results_dir or default_results_dir(),
+        learning_rate=args.lr or defaults.learning_rate, epochs=args.epochs or defaults.epochs,
+        max_steps=args.max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else defaults.warmup_steps,
+        weight_decay=args.weight_decay if args.weight_decay is not None else defaults.weight_decay,
+        eval_steps=args.eval_steps or defaults.eval_steps,
+        checkpoint_every=args.checkpoint_every or defaults.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples or defaults.max_eval_samples,
+        cauldron_subsets=subsets, resume=resume, report_to=tuple(args.report_to), seed=args.seed,
+        num_workers=args.num_workers if args.num_workers is not None else (2 if preset.device == "cuda" else 0),
+        logging_steps=args.logging_steps, skip_bad_rows=args.skip_bad_rows,
+        write_weight_digests=args.write_weight_digests, progress=progress, preset=preset,
+    )
+
+
+def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
+    """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing."""
+    from vlm_helpers.training import CHECKPOINT_FILE, latest_checkpoint
+
+    existing = latest_checkpoint(output_dir)
+    if args.resume is None:
+        if existing is not None:
+            parser.error(f"--output-dir {output_dir} already holds {existing.name}: pass --resume to continue "
+                         "that run, or choose another --output-dir")
+        return None
+    if args.resume == "latest":
+        if existing is None:
+            parser.error(f"--resume: {output_dir} holds no checkpoint (checkpoint-<step>/{CHECKPOINT_FILE}); "
+                         "start without --resume, or pass --output-dir of the run to continue")
+        checkpoint = existing
+    else:
+        checkpoint = Path(args.resume)
+        if not (checkpoint / CHECKPOINT_FILE).is_file():
+            parser.error(f"--resume {checkpoint}: no {CHECKPOINT_FILE} in that folder; "
+                         f"give a checkpoint-<step> folder, or --resume alone for the newest in --output-dir")
+    step = checkpoint.name.rpartition("-")[2]
+    if args.max_steps is not None and step.isdigit() and args.max_steps <= int(step):
+        parser.error(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "
+                     "to train further")
+    return str(checkpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vlm-train`` / ``python -m vlm_helpers.train``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = resolve_settings(args, parser)
+    recipe = get_recipe(settings.recipe)
+    env = init_distributed(timeout_minutes=args.dist_timeout_minutes)
+    try:
+        from vlm_helpers.runtime import describe, detect_hardware
+
+        env.log(describe(detect_hardware(), settings.preset))
+        env.log(f"recipe {recipe.name} on {settings.dataset}"
+                + (f" ({','.join(settings.cauldron_subsets)})" if settings.cauldron_subsets else "")
+                + f", {env.world_size} process(es), backend {env.backend or 'none'}, output {settings.output_dir}"
+                + (f", resuming {settings.resume}" if settings.resume else ""))
+        if env.is_main:
+            settings.output_dir.mkdir(parents=True, exist_ok=True)
+            (settings.output_dir / "run_settings.json").write_text(
+                json.dumps({**settings.describe(), "world_size": env.world_size}, indent=1, default=str))
+        summary = recipe.run(settings, env)
+    except NotImplementedError as error:
+        shutdown_distributed(env, ok=False)
+        print(f"vlm-train: error: {error}", file=sys.stderr)
+        return 1
+    except BaseException:
+        shutdown_distributed(env, ok=False)
+        raise
+    shutdown_distributed(env, ok=True)
+    if env.is_main:
+        print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
