@@ -77,28 +77,30 @@ def test_collator_refuses_a_row_without_answers(model_and_processor, rows):
         collators.Florence2Collator(processor)([rows[1], broken])
 
 
-def _run(path, rows, output_dir, *, max_steps, resume=None, batch_size=4, grad_accum=1, checkpoint_every=2):
+def _run(path, rows, output_dir, *, max_steps, resume=None, batch_size=4, grad_accum=1, checkpoint_every=2,
+         dtype="float32"):
     model, processor = models.load_florence2(path)
     models.freeze(*models.florence2_vision_modules(model))
     config = training.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps,
                                   batch_size=batch_size, grad_accum=grad_accum, warmup_steps=2,
-                                  checkpoint_every=checkpoint_every, keep_checkpoints=10, progress=False)
+                                  checkpoint_every=checkpoint_every, keep_checkpoints=10, progress=False, dtype=dtype)
     state = training.train(model, rows, collators.Florence2Collator(processor, answer_choice="random"), config,
                            resume_from=resume)
     return model, [h["loss"] for h in state.history]
 
 
-def test_resume_continues_the_same_loss_curve(tiny_florence2_path, rows, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])  # float16: autocast + GradScaler state (CPU autocast)
+def test_resume_continues_the_same_loss_curve(tiny_florence2_path, rows, tmp_path, dtype):
     # 24 rows / batch 4 = 6 batches per epoch: 8 steps cross an epoch boundary
-    _, straight = _run(tiny_florence2_path, rows, tmp_path / "straight", max_steps=8)
-    _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8, checkpoint_every=3)
+    _, straight = _run(tiny_florence2_path, rows, tmp_path / "straight", max_steps=8, dtype=dtype)
+    _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8, checkpoint_every=3, dtype=dtype)
     # pretend the run died after step 3: keep only that checkpoint, then resume from it
     for ckpt in training.checkpoint_dirs(tmp_path / "interrupted"):
         if ckpt.name != "checkpoint-3":
             import shutil
             shutil.rmtree(ckpt)
     _, resumed = _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8,
-                      resume=tmp_path / "interrupted" / "checkpoint-3")
+                      resume=tmp_path / "interrupted" / "checkpoint-3", dtype=dtype)
     assert len(resumed) == 8  # history restored from the checkpoint, then continued
     assert resumed[:3] == pytest.approx(straight[:3], rel=1e-6)
     assert resumed[3:] == pytest.approx(straight[3:], rel=1e-5)

@@ -225,18 +225,20 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
     return target
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> TrainState:
-    """Restore everything :func:`save_checkpoint` wrote; return the saved :class:`TrainState`."""
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
+                    config: TrainConfig | None = None) -> TrainState:
+    """Restore everything :func:`save_checkpoint` wrote; return the saved :class:`TrainState`.
+
+    The data position is stored per process (micro-batches of ``batch_size`` rows each).
+    If this run has another number of processes or another ``config.batch_size``, the
+    position is converted through the number of rows already seen in the epoch, which is
+    exact because every global batch is a slice of the same seeded permutation; a
+    position that does not fall on a boundary of the new global batch is refused.
+    """
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
     rank, world_size = world()
-    saved_world = saved.get("world_size", 1)
-    if saved_world != world_size:
-        raise ValueError(
-            f"Checkpoint {file} was written by {saved_world} process(es) but this run has {world_size}: "
-            "the data position is counted per process, so resume with the same number of processes"
-        )
     params = dict(unwrap(model).named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
     if set(saved["trainable"]) != expected:
@@ -245,6 +247,18 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> Tr
             f"Checkpoint {file} does not match the model's trainable parameters "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): freeze the same parts as the run that wrote it"
         )
+    state = TrainState(**saved["state"])
+    saved_world, saved_batch = saved.get("world_size", 1), saved["config"]["batch_size"]
+    batch_size = config.batch_size if config is not None else saved_batch
+    if (saved_world, saved_batch) != (world_size, batch_size):
+        rows_seen = state.batch_in_epoch * saved_batch * saved_world
+        if rows_seen % (batch_size * world_size):
+            raise ValueError(
+                f"Checkpoint {file} stopped {rows_seen} rows into epoch {state.epoch} (batch {saved_batch} x "
+                f"{saved_world} process(es)), which is not a whole number of global batches of "
+                f"{batch_size} x {world_size}: resume with the same global batch or process count"
+            )
+        state.batch_in_epoch = rows_seen // (batch_size * world_size)
     with torch.no_grad():
         for name, tensor in saved["trainable"].items():
             params[name].copy_(tensor)
@@ -252,8 +266,10 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler) -> Tr
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
-    _set_rng_state(saved.get("rng_per_rank", [saved["rng"]])[rank] if world_size > 1 else saved["rng"])
-    return TrainState(**saved["state"])
+    # each process gets back its own RNG state when the process count is unchanged, else rank 0's
+    rng_states = saved.get("rng_per_rank", [saved["rng"]])
+    _set_rng_state(rng_states[rank] if len(rng_states) == world_size else saved["rng"])
+    return state
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total: int):
@@ -318,7 +334,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     state = TrainState()
     last_saved = -1
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler, config)
         last_saved = state.step
     autocast = (torch.autocast(config.device, dtype=getattr(torch, config.dtype))
                 if config.dtype != "float32" else nullcontext())
