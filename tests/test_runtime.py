@@ -1,0 +1,63 @@
+"""Presets: dtype and attention by compute capability, batching by GPU memory, tiny switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlm_helpers import runtime
+
+T4 = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 14.7, True, False)
+A100 = runtime.HardwareProfile("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 39.4, True, False)
+A100_FLASH = runtime.HardwareProfile("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 39.4, True, True)
+L4 = runtime.HardwareProfile("cuda", "NVIDIA L4", (8, 9), 22.0, True, True)
+CPU = runtime.HardwareProfile("cpu", None, None, None, False, False)
+
+
+def test_t4_gets_fp16_with_scaler_sdpa_and_accumulation():
+    preset = runtime.choose_preset(T4, "florence2-docvqa")
+    assert (preset.name, preset.dtype, preset.attn_implementation) == ("t4", "float16", "sdpa")
+    assert preset.use_grad_scaler and preset.gradient_checkpointing
+    assert preset.batch_size * preset.grad_accum == 6  # the blog's effective batch
+
+
+def test_a100_gets_bf16_and_the_blogs_batch_of_six():
+    preset = runtime.choose_preset(A100, "florence2-docvqa")
+    assert (preset.name, preset.dtype, preset.attn_implementation) == ("a100", "bfloat16", "sdpa")
+    assert (preset.batch_size, preset.grad_accum) == (6, 1) and not preset.use_grad_scaler
+
+
+def test_flash_attention_only_when_installed_and_ampere():
+    assert runtime.choose_preset(A100_FLASH, "idefics2-qlora-docvqa").attn_implementation == "flash_attention_2"
+    assert runtime.choose_preset(A100_FLASH, "idefics2-qlora-docvqa", allow_flash_attn=False).attn_implementation == "sdpa"
+    t4_with_flash = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 14.7, True, True)
+    assert runtime.choose_preset(t4_with_flash, "idefics2-qlora-docvqa").attn_implementation == "sdpa"
+
+
+def test_small_ampere_card_uses_bf16_but_the_16gb_batching():
+    preset = runtime.choose_preset(L4, "idefics2-qlora-docvqa")
+    assert preset.dtype == "bfloat16" and preset.name == "t4"
+
+
+def test_cpu_is_fp32_and_tiny_keeps_the_hardware_dtype():
+    assert runtime.choose_preset(CPU, "phi3-aircraft").dtype == "float32"
+    tiny_on_t4 = runtime.choose_preset(T4, "phi3-aircraft", tiny=True)
+    assert tiny_on_t4.tiny and tiny_on_t4.dtype == "float16" and tiny_on_t4.name == "tiny"
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="Unknown recipe"):
+        runtime.choose_preset(CPU, "llama-chat")
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False)])
+def test_tiny_switch(value, expected):
+    assert runtime.is_tiny({"VLM_TINY": value}) is expected
+    assert runtime.is_tiny({}) is False
+
+
+def test_describe_is_one_readable_line_that_names_the_mode():
+    line = runtime.describe(T4, runtime.choose_preset(T4, "florence2-docvqa"))
+    assert "\n" not in line and "Tesla T4" in line and "7.5" in line and "float16" in line and "FULL" in line
+    tiny = runtime.describe(CPU, runtime.choose_preset(CPU, "florence2-docvqa", tiny=True))
+    assert "TINY" in tiny and "CPU" in tiny
+    assert "tiny random model" in runtime.mode_label(True)
