@@ -60,7 +60,9 @@ IDEFICS2_LORA_TARGETS = (
 #: nothing there; and the CLIP tower (q/k/v_proj, out_proj, fc1/2) and the projector
 #: (linear_1/2) are left out. (The plain list ``["qkv_proj", "o_proj", "gate_up_proj",
 #: "down_proj"]`` happens to select the same modules; the anchored regex says so explicitly.)
-LLAVA_PHI3_LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
+LLAVA_PHI3_LORA_TARGETS = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
+)
 
 #: Names of the vision encoder inside the supported models (kept frozen by :func:`add_lora`).
 _VISION_ENCODERS = ("vision_model", "vision_tower")
@@ -174,14 +176,17 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    checkpoint_kwargs = {"use_reentrant": False}
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=checkpoint_kwargs)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.requires_grad_(False)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+    if gradient_checkpointing:
+        # transformers 5.23 renamed gradient_checkpointing_enable (a deprecated alias until v6)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
     model = get_peft_model(model, config)
@@ -217,6 +222,11 @@ def save_adapter(model, processor, path: str | Path) -> Path:
     return path
 
 
+def _has_processor(path: str | Path) -> bool:
+    """Whether :func:`save_adapter` stored a processor (tokenizer included) in ``path``."""
+    return (Path(path) / "tokenizer_config.json").exists()
+
+
 def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, preset: Preset, quantize_4bit: bool,
                  **load_kwargs):
     """Load the base model as :func:`load_chat_vlm` does, put the saved adapter on it (frozen, for
@@ -231,7 +241,7 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, prese
     model, processor = load_chat_vlm(base_checkpoint, preset=preset, quantize_4bit=quantize_4bit, **load_kwargs)
     model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
     model.eval()
-    if (Path(adapter_path) / "processor_config.json").exists() or (Path(adapter_path) / "tokenizer_config.json").exists():
+    if _has_processor(adapter_path):
         processor = AutoProcessor.from_pretrained(adapter_path)
     return model, processor
 
@@ -255,6 +265,6 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)
-    source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").exists() else base_checkpoint
+    source = adapter_path if _has_processor(adapter_path) else base_checkpoint
     AutoProcessor.from_pretrained(source).save_pretrained(out_dir)
     return out_dir

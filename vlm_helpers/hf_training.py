@@ -7,7 +7,9 @@ its arguments the way the series needs them:
 
 - current argument names (transformers 5.x): ``eval_strategy``, float ``warmup_steps`` (a
   fraction of the run when < 1; ``warmup_ratio`` is gone), ``dtype`` flags from the preset
-  (``fp16`` on a T4, ``bf16`` from compute capability 8.0, neither on CPU);
+  (``fp16`` on a T4, ``bf16`` from compute capability 8.0, neither on CPU), and gradient
+  checkpointing with ``use_reentrant=False`` when the preset asks for it (called
+  ``activation_checkpointing`` from transformers 5.23 on);
 - ``remove_unused_columns=False``: our collator needs the raw ``image``/``question`` columns,
   which the Trainer would otherwise drop because the model's ``forward`` does not name them;
 - ``paged_adamw_8bit`` on GPU (QLoRA's optimizer: 8-bit states, paged to CPU on memory spikes),
@@ -122,8 +124,7 @@ def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1
         fp16=preset.dtype == "float16",
         bf16=preset.dtype == "bfloat16",
         use_cpu=not on_gpu,
-        gradient_checkpointing=preset.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if preset.gradient_checkpointing else None,
+        **_checkpointing_arguments(TrainingArguments, preset.gradient_checkpointing),
         remove_unused_columns=False,
         eval_strategy="no",
         logging_steps=logging_steps,
@@ -134,10 +135,17 @@ def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1
         seed=seed,
         dataloader_num_workers=dataloader_num_workers,
         dataloader_pin_memory=on_gpu,
-        disable_tqdm=True if preset.tiny else None,
     )
     arguments.update(overrides)
     return TrainingArguments(**arguments)
+
+
+def _checkpointing_arguments(arguments_class, enabled: bool) -> dict:
+    """Gradient checkpointing flags; transformers 5.23 renamed them ``activation_checkpointing*``
+    (the old names still work there, with a deprecation warning, until v6)."""
+    name = ("activation_checkpointing" if "activation_checkpointing" in arguments_class.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def history_from_log(log_history: Sequence[dict]) -> list[dict]:

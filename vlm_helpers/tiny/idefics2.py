@@ -16,6 +16,14 @@ Architecture (same module tree as the 8B model, only smaller)::
 Every ``nn.Linear`` has ``in_features % 64 == 0`` and ``out_features % 32 == 0``: bitsandbytes'
 CPU 4-bit kernels crash on other shapes, and QLoRA quantizes the vision tower and connector too
 (only ``lm_head`` is kept in full precision by transformers).
+
+Weights are drawn with std 0.1 (``init_std``), not transformers' 0.02. At width 64 the default
+gives a model that hardly fine-tunes: next-token logits with a std of 0.16 that another question
+moves by 18% (RMS change / std) and another image by 0.04% (the perceiver's latents, initialised
+to ones, drown the image); 150 QLoRA steps on 400 synthetic DocVQA rows (lr 1e-2, trainable
+``lm_head``) reach ANLS 0.0-0.03. With std 0.1: logit std 0.8, question 59%, image 7%, and the same
+run reaches ANLS 0.17-0.23 (3 seeds) from 0.0 zero-shot. It still answers from the question alone
+(the most common answer per question scores 0.24): even 500 steps did not teach it to read the page.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ def build_tiny_idefics2(
     seed: int = 0,
     do_image_splitting: bool = False,
     corpus=(),
+    init_std: float = 0.1,
 ) -> Path:
     """Build a tiny random Idefics2 + processor and save both to ``save_dir``; return the path.
 
@@ -84,6 +93,7 @@ def build_tiny_idefics2(
         do_image_splitting: stored in the image processor config. With True every image becomes
             4 crops + the full image, i.e. 5 x (latents + 2) image-related tokens.
         corpus: extra texts for the tokenizer (e.g. the synthetic dataset's questions).
+        init_std: std of the random ``nn.Linear`` / ``nn.Embedding`` weights (see module docstring).
     """
     import torch
     from transformers import (
@@ -127,6 +137,7 @@ def build_tiny_idefics2(
 
     torch.manual_seed(seed)
     model = Idefics2ForConditionalGeneration(config)
+    _reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_utterance_id],
@@ -142,6 +153,21 @@ def build_tiny_idefics2(
     )
     processor.save_pretrained(save_dir)
     return save_dir
+
+
+def _reinit_weights(model, std: float) -> None:
+    """Redraw every Linear and Embedding weight from N(0, std); biases and padding rows to zero."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
 
 
 def _idefics2_image_processor(do_image_splitting: bool):

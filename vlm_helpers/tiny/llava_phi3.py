@@ -22,6 +22,13 @@ dropped by ``vision_feature_select_strategy="default"``): 336/14 -> 576 for the 
 Every ``nn.Linear`` has ``in_features % 64 == 0`` and ``out_features % 32 == 0`` (bitsandbytes'
 CPU 4-bit kernels need that; QLoRA quantizes vision tower and projector too, only ``lm_head`` is
 skipped).
+
+Weights are drawn with std 0.1 (``init_std``), not transformers' 0.02. At width 64 the default
+gives next-token logits with a std of 0.16 that another question moves by 14% (RMS change / std)
+and another image by 8%; 150 QLoRA steps on 400 synthetic DocVQA rows (lr 1e-2, trainable
+``lm_head``) reach ANLS 0.075, always answering "letter" to "What type of document is this?".
+With std 0.1: logit std 0.8, question 39%, image 15%, ANLS 0.2, and the document type is read
+from the page (5 of 7 right).
 """
 
 from __future__ import annotations
@@ -71,13 +78,14 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=()) -> Path:
+def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), init_std: float = 0.1) -> Path:
     """Build a tiny random LLaVA-Phi-3 + processor and save both to ``save_dir``; return the path.
 
     Args:
         save_dir: output folder (created if needed).
         seed: torch seed for the random weights (the tokenizer does not depend on it).
         corpus: extra texts for the tokenizer (e.g. the synthetic dataset's captions).
+        init_std: std of the random ``nn.Linear`` / ``nn.Embedding`` weights (see module docstring).
     """
     import torch
     from transformers import (
@@ -125,6 +133,7 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=()) -> 
 
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    _reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[end_id, tokenizer.eos_token_id],
@@ -143,6 +152,21 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=()) -> 
     )
     processor.save_pretrained(save_dir)
     return save_dir
+
+
+def _reinit_weights(model, std: float) -> None:
+    """Redraw every Linear and Embedding weight from N(0, std); biases and padding rows to zero."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
 
 
 def _clip_image_processor(image_size: int):

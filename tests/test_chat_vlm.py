@@ -1,0 +1,426 @@
+"""Chat-VLM fine-tuning pieces of notebooks 03 (Idefics2 QLoRA) and 04 (LLaVA-Phi-3):
+the chat collator's loss mask, 4-bit loading + LoRA, a Trainer run, adapter save/load/merge,
+and the Trainer argument helpers. Everything runs on the tiny models, on CPU, in about 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+from vlm_helpers.chat_collator import ChatVLMCollator, describe_sample, detect_end_of_turn, vision_token_ids
+from vlm_helpers.collators import IGNORE_INDEX, supervised_text
+from vlm_helpers.runtime import HardwareProfile, choose_preset, override
+
+pytest.importorskip("peft")
+bnb = pytest.importorskip("bitsandbytes")
+
+from vlm_helpers.chat_models import (  # noqa: E402
+    IDEFICS2_LORA_TARGETS,
+    LLAVA_PHI3_LORA_TARGETS,
+    add_lora,
+    load_adapter,
+    load_chat_vlm,
+    lora_module_names,
+    lora_report,
+    merge_for_export,
+    save_adapter,
+)
+from vlm_helpers.hf_training import (  # noqa: E402
+    history_from_log,
+    make_training_arguments,
+    secret,
+    train_with_trainer,
+    validate_report_to,
+)
+
+MODELS = {
+    "idefics2": {
+        "recipe": "idefics2-qlora-docvqa",
+        "end_of_turn": "<end_of_utterance>",
+        "vision_tokens": {"<image>", "<fake_token_around_image>"},
+        "targets": IDEFICS2_LORA_TARGETS,
+        "n_lora": 2 * 7 + 3 + 2 * 7,  # text layers + modality_projection + perceiver layers
+        "text_linear": r"model\.text_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+    },
+    "llava-phi3": {
+        "recipe": "phi3-aircraft",
+        "end_of_turn": "<|end|>",
+        "vision_tokens": {"<image>"},
+        "targets": LLAVA_PHI3_LORA_TARGETS,
+        "n_lora": 2 * 4,  # qkv_proj, o_proj, gate_up_proj, down_proj in 2 decoder layers
+        "text_linear": r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+    },
+}
+CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False)
+INSTRUCTION = "Answer briefly."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On this 2-core box, two intra-op threads contending with anything else ran ~100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def chat_paths(tiny_cache):
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    return {name: tiny_checkpoint(name, tiny_cache) for name in MODELS}
+
+
+def preset_for(name: str):
+    return choose_preset(CPU, MODELS[name]["recipe"], tiny=True)
+
+
+def make_rows() -> list[dict]:
+    """Four rows whose answers have 1 to 4 words; one has two acceptable answers."""
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    answers = [["7"], ["Acme Corp"], ["March 10, 1990", "03/10/1990"], ["The annual budget review"]]
+    questions = ["What is the page number?", "What is the name of the company?", "What is the date?",
+                 "What is the subject?"]
+    return [
+        {"questionId": 100 + i, "question": q, "answers": a, "image": Image.new("RGB", (40 + 12 * i, 64), c)}
+        for i, (q, a, c) in enumerate(zip(questions, answers, colours))
+    ]
+
+
+@pytest.fixture(scope="module")
+def docvqa_rows():
+    from vlm_helpers.data.docvqa import docvqa_dataset
+
+    return {"train": docvqa_dataset("train", tiny=True, max_samples=48),
+            "validation": list(docvqa_dataset("validation", tiny=True, max_samples=6))}
+
+
+# ----------------------------------------------------------------------------------------------
+# The collator
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_collator_supervises_answer_and_end_of_turn_only(chat_paths, name):
+    from transformers import AutoProcessor
+
+    spec = MODELS[name]
+    processor = AutoProcessor.from_pretrained(chat_paths[name])
+    tokenizer = processor.tokenizer
+    padding_side = tokenizer.padding_side
+    assert detect_end_of_turn(processor) == spec["end_of_turn"]
+    assert vision_token_ids(processor) == set(tokenizer.convert_tokens_to_ids(sorted(spec["vision_tokens"])))
+
+    collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    rows = make_rows()
+    batch = collator(rows)
+    input_ids, attention, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert labels.shape == input_ids.shape and "pixel_values" in batch
+    if name == "idefics2":
+        assert "pixel_attention_mask" in batch  # images of different sizes are padded
+
+    # Each row learns exactly its own answer followed by the end-of-turn token.
+    for i, row in enumerate(rows):
+        expected = collator.target(row, i)
+        assert expected in row["answers"]
+        assert supervised_text(labels[i], tokenizer) == expected + spec["end_of_turn"]
+    assert len({int(n) for n in labels.ne(IGNORE_INDEX).sum(1)}) == 4  # different answer lengths
+
+    # Never supervised: image tokens, fake image tokens, padding.
+    for token_id in collator.vision_ids:
+        assert bool((input_ids == token_id).any())
+        assert bool((labels[input_ids == token_id] == IGNORE_INDEX).all())
+    assert bool((labels[attention == 0] == IGNORE_INDEX).all())
+
+    # Right padding for training: ones then zeros, the supervised span ends before the padding.
+    lengths = attention.sum(1)
+    assert bool((lengths < input_ids.shape[1]).any())
+    for i, length in enumerate(lengths.tolist()):
+        assert attention[i, :length].all() and not attention[i, length:].any()
+        last_supervised = int(labels[i].ne(IGNORE_INDEX).nonzero().max())
+        assert input_ids[i, last_supervised] == collator.end_of_turn_id
+        assert last_supervised < length
+
+    text = describe_sample(batch, tokenizer, row=1)
+    assert f"[{spec['end_of_turn']}]" in text and "[<image>" not in text
+
+    # Generation inputs: prompt only, LEFT padded, no labels; the tokenizer is left as it was.
+    inputs = collator.generation_inputs(rows)
+    assert "labels" not in inputs
+    assert bool(inputs["attention_mask"][:, -1].all()) and not bool(inputs["attention_mask"][:, 0].all())
+    for i, row in enumerate(rows):
+        prompt = inputs["input_ids"][i][inputs["attention_mask"][i].bool()]
+        assert torch.equal(prompt, input_ids[i, : len(prompt)])  # the prompt is a prefix of the chat
+        assert bool((labels[i, : len(prompt)] == IGNORE_INDEX).all())
+    assert tokenizer.padding_side == padding_side
+
+
+def test_collator_names_the_row_with_no_answer(chat_paths):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(chat_paths["idefics2"])
+    collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    rows = make_rows()
+    rows[2]["answers"] = []
+    with pytest.raises(ValueError, match=r"row 2 of the batch \(questionId=102\).*empty"):
+        collator(rows)
+    rows[2]["answers"] = ["  "]
+    with pytest.raises(ValueError, match=r"row 2 of the batch \(questionId=102\)"):
+        collator(rows)
+
+    # Captions: one string per row instead of a list, and no question.
+    captions = ChatVLMCollator(processor, instruction="Describe the image.", question_key=None,
+                               answer_key="caption", id_key="id")
+    rows = [{"id": "a", "caption": "A red page.", "image": make_rows()[0]["image"]},
+            {"id": "b", "caption": "", "image": make_rows()[1]["image"]}]
+    assert supervised_text(captions(rows[:1])["labels"][0], processor.tokenizer) == "A red page.<end_of_utterance>"
+    with pytest.raises(ValueError, match=r"row 1 of the batch \(id='b'\)"):
+        captions(rows)
+
+
+def test_collator_max_length(chat_paths):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(chat_paths["idefics2"])
+    rows = make_rows()
+    full = ChatVLMCollator(processor, instruction=INSTRUCTION)(rows)
+    prompt_width = int(ChatVLMCollator(processor, instruction=INSTRUCTION).generation_inputs(rows[3:])
+                       ["attention_mask"].sum())
+    cut = ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=prompt_width + 2)(rows)
+    assert cut["input_ids"].shape[1] == prompt_width + 2 < full["input_ids"].shape[1]
+    assert torch.equal(cut["labels"], full["labels"][:, : prompt_width + 2])
+    with pytest.raises(ValueError, match="max_length"):
+        ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=prompt_width - 1)(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4-bit loading + LoRA
+# ----------------------------------------------------------------------------------------------
+
+
+def _lora_grads(model):
+    return {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
+
+
+def _nonzero(grad) -> bool:
+    return grad is not None and bool(grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_4bit_lora_trains_adapters_only(chat_paths, name):
+    spec = MODELS[name]
+    model, processor = load_chat_vlm(chat_paths[name], preset=preset_for(name), quantize_4bit=True)
+    text_linears = [m for n, m in model.named_modules() if re.fullmatch(spec["text_linear"], n)]
+    assert text_linears and all(isinstance(m, bnb.nn.Linear4bit) for m in text_linears)
+    assert not any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+
+    collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    rows = make_rows()
+    # Generate BEFORE training, as notebook 03 does for its zero-shot score: without the CPU
+    # workaround in load_chat_vlm this would cut most LoRA weights off from their gradients.
+    with torch.no_grad():
+        model.generate(**collator.generation_inputs(rows[:2]), max_new_tokens=2, do_sample=False)
+
+    model = add_lora(model, target_modules=spec["targets"], dropout=0.0, quantized=True)
+    names = lora_module_names(model)
+    assert len(names) == spec["n_lora"] and all(re.fullmatch(spec["targets"], n) for n in names)
+    assert not any(re.search(r"vision_model|vision_tower|multi_modal_projector", n) for n in names)
+    if name == "llava-phi3":  # decoder projections only
+        assert {n.rsplit(".", 1)[1] for n in names} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert f"LoRA on {spec['n_lora']} modules" in lora_report(model)
+
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert all(p.requires_grad for p in lora.values())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(lora)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in lora.items()}
+    optimizer = torch.optim.AdamW(lora.values(), lr=1e-2, weight_decay=0.0)
+    batch = collator(rows)
+    model.train()
+
+    # Step 1: lora_B starts at zero, so lora_A's gradient (which is multiplied by B) is exactly zero;
+    # every lora_B must get one.
+    loss = model(**batch).loss
+    assert math.isfinite(loss.item())
+    loss.backward()
+    missing = [n for n, g in _lora_grads(model).items() if "lora_B" in n and not _nonzero(g)]
+    assert not missing, missing
+    optimizer.step()
+    optimizer.zero_grad()
+
+    # Step 2: B is no longer zero, so every LoRA matrix, A and B, gets a gradient.
+    model(**batch).loss.backward()
+    missing = [n for n, g in _lora_grads(model).items() if not _nonzero(g)]
+    assert not missing, missing
+    optimizer.step()
+
+    assert all(not torch.equal(lora_before[n], p) for n, p in lora.items())
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before, after[n]) for n, before in frozen_before.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer run, adapter round trip, merge
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(chat_paths, docvqa_rows, tmp_path_factory):
+    """Tiny Idefics2 in 4-bit + LoRA (+ a trainable lm_head), 24 Trainer steps with generation
+    evaluations in between (eval mode + no_grad in the middle of 4-bit training); adapter saved."""
+    from vlm_helpers.evaluation import generate_predictions
+    from vlm_helpers.metrics import anls
+
+    path = chat_paths["idefics2"]
+    preset = preset_for("idefics2")
+    model, processor = load_chat_vlm(path, preset=preset, quantize_4bit=True)
+    model = add_lora(model, target_modules=IDEFICS2_LORA_TARGETS, dropout=0.0, quantized=True,
+                     modules_to_save=["lm_head"])
+    collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    eval_rows = docvqa_rows["validation"][:3]
+
+    def eval_fn(step: int) -> dict:
+        predictions = generate_predictions(model, processor, collator, eval_rows, max_new_tokens=4)
+        return {"anls": anls(predictions, [row["answers"] for row in eval_rows])}
+
+    out = tmp_path_factory.mktemp("trainer")
+    args = make_training_arguments(preset, output_dir=str(out / "run"), learning_rate=1e-2, max_steps=24,
+                                   warmup_steps=0.1, logging_steps=1, save_steps=None, seed=0)
+    _, history = train_with_trainer(model, docvqa_rows["train"], collator, args, eval_fn=eval_fn, eval_every=8)
+    adapter = save_adapter(model, processor, out / "adapter")
+    return {"model": model, "processor": processor, "collator": collator, "history": history,
+            "adapter": adapter, "base": path, "out": out}
+
+
+def predict(model, processor, collator, rows) -> tuple[list[str], list[list[int]], torch.Tensor]:
+    """Greedy predictions, 5 forced greedy tokens (so empty answers still compare something) and the
+    prompts' next-token logits. The round-trip test's fresh process imports this same function."""
+    from vlm_helpers.evaluation import generate_predictions
+
+    predictions = generate_predictions(model, processor, collator, rows, batch_size=3, max_new_tokens=6)
+    inputs = collator.generation_inputs(rows)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1].float()
+        tokens = model.generate(**inputs, min_new_tokens=5, max_new_tokens=5, do_sample=False)
+    return predictions, tokens[:, inputs["input_ids"].shape[1]:].tolist(), logits
+
+
+def test_trainer_lowers_the_loss(trained_adapter):
+    history = trained_adapter["history"]
+    assert [h["step"] for h in history] == list(range(1, 25))
+    assert all({"step", "loss", "lr", "grad_norm"} <= set(h) for h in history)
+    assert [h["step"] for h in history if "anls" in h] == [8, 16, 24]
+    first, last = (sum(h["loss"] for h in part) / 4 for part in (history[:4], history[-4:]))
+    assert last < first - 1.0, (first, last)
+
+
+def test_adapter_round_trip_in_a_fresh_process(trained_adapter, docvqa_rows):
+    rows = docvqa_rows["validation"][:3]
+    predictions, tokens, logits = predict(trained_adapter["model"], trained_adapter["processor"],
+                                          trained_adapter["collator"], rows)
+    assert (trained_adapter["adapter"] / "adapter_config.json").exists()
+    assert (trained_adapter["adapter"] / "adapter_model.safetensors").stat().st_size < 1e6  # not the base
+
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_chat_vlm import INSTRUCTION, predict, preset_for
+        from vlm_helpers.chat_collator import ChatVLMCollator
+        from vlm_helpers.chat_models import load_adapter
+        from vlm_helpers.data.docvqa import docvqa_dataset
+
+        model, processor = load_adapter({str(trained_adapter["base"])!r}, {str(trained_adapter["adapter"])!r},
+                                        preset=preset_for("idefics2"), quantize_4bit=True)
+        collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+        rows = list(docvqa_dataset("validation", tiny=True, max_samples=6))[:3]
+        predictions, tokens, logits = predict(model, processor, collator, rows)
+        print(json.dumps({{"predictions": predictions, "tokens": tokens, "logits": logits.tolist()}}))
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["predictions"] == predictions and fresh["tokens"] == tokens
+    torch.testing.assert_close(torch.tensor(fresh["logits"]), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_for_export_matches_the_unmerged_adapter(trained_adapter, docvqa_rows):
+    from transformers import AutoModelForImageTextToText
+
+    rows = docvqa_rows["validation"][3:6]
+    collator = trained_adapter["collator"]
+    unmerged, processor = load_adapter(trained_adapter["base"], trained_adapter["adapter"],
+                                       preset=preset_for("idefics2"), quantize_4bit=False)
+    expected = predict(unmerged, processor, collator, rows)
+
+    out = merge_for_export(trained_adapter["base"], trained_adapter["adapter"], trained_adapter["out"] / "merged",
+                           dtype=torch.float32)
+    merged = AutoModelForImageTextToText.from_pretrained(out)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    predictions, tokens, logits = predict(merged, processor, collator, rows)
+    assert (predictions, tokens) == expected[:2]
+    torch.testing.assert_close(logits, expected[2], atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer arguments, trackers and secrets
+# ----------------------------------------------------------------------------------------------
+
+
+def test_training_arguments_follow_the_preset(tmp_path):
+    cpu = make_training_arguments(preset_for("idefics2"), output_dir=str(tmp_path), max_steps=5, warmup_steps=0.1)
+    assert (cpu.fp16, cpu.bf16, cpu.optim.value, cpu.remove_unused_columns) == (False, False, "adamw_torch", False)
+    assert cpu.eval_strategy.value == "no" and cpu.warmup_steps == 0.1 and cpu.report_to == []
+
+    t4 = HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)
+    preset = choose_preset(t4, "idefics2-qlora-docvqa")
+    gpu = make_training_arguments(preset, output_dir=str(tmp_path), max_steps=5)
+    assert (gpu.fp16, gpu.bf16, gpu.optim.value) == (True, False, "paged_adamw_8bit")
+    # transformers 5.23 calls it activation_checkpointing; the old names mirror the new ones
+    assert gpu.gradient_checkpointing and gpu.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert (gpu.per_device_train_batch_size, gpu.gradient_accumulation_steps) == (preset.batch_size, preset.grad_accum)
+    assert not cpu.gradient_checkpointing
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():  # TrainingArguments refuses bf16 on CPU
+        bf16 = make_training_arguments(override(preset, dtype="bfloat16"), output_dir=str(tmp_path), max_steps=5)
+        assert (bf16.fp16, bf16.bf16) == (False, True)
+
+
+def test_report_to_and_secrets(monkeypatch):
+    assert validate_report_to("none") == ["none"]
+    assert validate_report_to(" None ") == ["none"]
+    for bad in ("wandbb", "comet_ml", ["none", "wandb"], []):
+        with pytest.raises(ValueError, match="report_to"):
+            validate_report_to(bad)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="wandb"):  # no key (or no package): refused before training
+        validate_report_to("wandb")
+
+    monkeypatch.setenv("VLM_TEST_SECRET", "s3cr3t")
+    assert secret("VLM_TEST_SECRET") == "s3cr3t"
+    monkeypatch.delenv("VLM_TEST_SECRET")
+    assert secret("VLM_TEST_SECRET") is None
+
+
+def test_history_from_log_has_the_training_loop_shape():
+    log = [
+        {"loss": 6.5, "grad_norm": 0.3, "learning_rate": 1e-3, "epoch": 0.1, "step": 5},
+        {"anls": 0.2, "step": 5},
+        {"loss": 5.0, "grad_norm": 0.2, "learning_rate": 5e-4, "epoch": 0.2, "step": 10},
+        {"train_runtime": 3.0, "train_loss": 5.7, "epoch": 0.2, "step": 10},
+    ]
+    assert history_from_log(log) == [
+        {"step": 5, "loss": 6.5, "grad_norm": 0.3, "lr": 1e-3, "epoch": 0.1, "anls": 0.2},
+        {"step": 10, "loss": 5.0, "grad_norm": 0.2, "lr": 5e-4, "epoch": 0.2},
+    ]
