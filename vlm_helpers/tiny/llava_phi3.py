@@ -35,33 +35,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The chat format (Phi-3 turns with LLaVA's <image> placeholder) lives with the real loader,
+# so the tiny model and xtuner/llava-phi-3-mini-hf use the very same template.
+from vlm_helpers.phi3_vision import PHI3_LLAVA_CHAT_TEMPLATE
+
 from .chat_tokenizer import build_byte_fallback_tokenizer
 
 __all__ = ["PHI3_LLAVA_CHAT_TEMPLATE", "TINY_LLAVA_PHI3_SIZES", "build_tiny_llava_phi3"]
-
-# Phi-3 chat format with LLaVA's image placeholder, as in the xtuner/llava-phi-3-mini-hf model card
-# ("<|user|>\n<image>\nWhat are these?<|end|>\n<|assistant|>\n"):
-#   "<|user|>\n<image>\nDescribe the image.<|end|>\n<|assistant|>\nA Boeing 737.<|end|>\n"
-# An image part becomes "<image>\n"; every turn is "<|role|>\n ... <|end|>\n"; the generation
-# prompt is "<|assistant|>\n". No bos_token here: the tokenizer adds "<s>" itself
-# (add_bos_token=True), so writing it in the template would give two.
-# The checkpoint's own template (copied from Phi-3-mini into tokenizer_config.json) only accepts
-# string content, so notebook 04 sets this one on the processor for the real model as well.
-PHI3_LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' }}"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "{{ '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 
 SPECIAL_TOKENS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<image>"]
 
