@@ -76,9 +76,10 @@ def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: i
     Loading it back is the job of :func:`vlm_helpers.models.load_florence2`, exactly as in full mode.
     """
     import torch
-    from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config,
-                              Florence2ForConditionalGeneration, Florence2Processor,
-                              Florence2VisionConfig)
+    from transformers import (BartConfig, Florence2Config, Florence2ForConditionalGeneration,
+                              Florence2Processor, Florence2VisionConfig)
+
+    from vlm_helpers.tiny.common import image_processor_class
 
     save_dir = Path(save_dir)
     tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))
@@ -103,7 +104,7 @@ def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: i
     model.generation_config.max_new_tokens = 20
     model.generation_config.num_beams = 1
     num_image_tokens = (image_size // 32) ** 2 + 1
-    image_processor = CLIPImageProcessorPil(
+    image_processor = image_processor_class("CLIPImageProcessor")(
         size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},
         do_center_crop=False, image_seq_length=num_image_tokens,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],

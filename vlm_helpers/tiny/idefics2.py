@@ -31,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat_tokenizer import build_byte_fallback_tokenizer
+from .common import image_processor_class, reinit_weights
 
 __all__ = ["IDEFICS2_CHAT_TEMPLATE", "TINY_IDEFICS2_SIZES", "build_tiny_idefics2"]
 
@@ -137,7 +138,7 @@ def build_tiny_idefics2(
 
     torch.manual_seed(seed)
     model = Idefics2ForConditionalGeneration(config)
-    _reinit_weights(model, init_std)
+    reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_utterance_id],
@@ -155,31 +156,9 @@ def build_tiny_idefics2(
     return save_dir
 
 
-def _reinit_weights(model, std: float) -> None:
-    """Redraw every Linear and Embedding weight from N(0, std); biases and padding rows to zero."""
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std)
-                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
-
-
 def _idefics2_image_processor(do_image_splitting: bool):
     """Idefics2ImageProcessor, or its PIL twin when torchvision is absent (same outputs)."""
-    import importlib.util
-
-    import transformers
-
-    name = "Idefics2ImageProcessor"
-    if importlib.util.find_spec("torchvision") is None:
-        name = "Idefics2ImageProcessorPil"  # avoids the "falling back to Pil" warning
-    cls = getattr(transformers, name)
+    cls = image_processor_class("Idefics2ImageProcessor")
     return cls(
         size=dict(TINY_IDEFICS2_SIZES["image_processor"]),
         do_image_splitting=do_image_splitting,

@@ -40,6 +40,7 @@ from pathlib import Path
 from vlm_helpers.phi3_vision import PHI3_LLAVA_CHAT_TEMPLATE
 
 from .chat_tokenizer import build_byte_fallback_tokenizer
+from .common import image_processor_class, reinit_weights
 
 __all__ = ["PHI3_LLAVA_CHAT_TEMPLATE", "TINY_LLAVA_PHI3_SIZES", "build_tiny_llava_phi3"]
 
@@ -113,7 +114,7 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
 
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    _reinit_weights(model, init_std)
+    reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[end_id, tokenizer.eos_token_id],
@@ -134,31 +135,9 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
     return save_dir
 
 
-def _reinit_weights(model, std: float) -> None:
-    """Redraw every Linear and Embedding weight from N(0, std); biases and padding rows to zero."""
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std)
-                if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
-
-
 def _clip_image_processor(image_size: int):
     """CLIPImageProcessor, or its PIL twin when torchvision is absent (same outputs)."""
-    import importlib.util
-
-    import transformers
-
-    name = "CLIPImageProcessor"
-    if importlib.util.find_spec("torchvision") is None:
-        name = "CLIPImageProcessorPil"  # avoids the "falling back to Pil" warning
-    cls = getattr(transformers, name)
+    cls = image_processor_class("CLIPImageProcessor")
     return cls(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
