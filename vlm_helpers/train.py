@@ -17,12 +17,15 @@ their environment. Each copy then
 
 * joins the process group: NCCL on GPUs, gloo on CPUs;
 * uses GPU ``LOCAL_RANK`` (``torch.cuda.set_device``), so ``"cuda"`` means its own GPU;
-* wraps the model in ``DistributedDataParallel`` (``env.wrap``), trains on its own slice
-  of every global batch (:func:`vlm_helpers.training.epoch_indices`);
+* wraps the model in ``DistributedDataParallel`` (``env.wrap``), or with ``--fsdp`` (or
+  accelerate's FSDP config) shards it with FSDP2, and trains on its own slice of every
+  global batch (:func:`vlm_helpers.training.epoch_indices`). The HF Trainer recipes
+  leave the wrapping to the Trainer, which joins the same process group;
 * leaves logging, checkpoints, evaluation and ``results/`` to rank 0. Evaluation runs on
   rank 0 alone while the other ranks wait at a barrier: simple and exactly the
   single-process numbers, at the price of idle GPUs during evaluation (keep
-  ``--max-eval-samples`` moderate for frequent ``--eval-steps``);
+  ``--max-eval-samples`` moderate for frequent ``--eval-steps``). A sharded (FSDP)
+  model cannot run on one rank, so there every rank generates for the same rows;
 * meets the others at a barrier before leaving and destroys the process group.
 
 Without those variables (plain ``python -m vlm_helpers.train``) it is one ordinary process.
@@ -40,7 +43,7 @@ from pathlib import Path
 
 from vlm_helpers.recipes import RECIPES, REPORT_TO_CHOICES, RunSettings, check_report_to, get_recipe
 
-__all__ = ["Distributed", "build_parser", "init_distributed", "main", "resolve_settings", "shutdown_distributed"]
+__all__ = ["Distributed", "FSDPSettings", "build_parser", "fsdp_from_environment", "init_distributed", "main", "resolve_settings", "shutdown_distributed"]
 
 # --------------------------------------------------------------- distributed
 
@@ -54,6 +57,7 @@ class Distributed:
     local_rank: int = 0
     device: str = "cpu"  # "cuda" means this process's own GPU (set from LOCAL_RANK)
     backend: str | None = None  # "nccl", "gloo", or None when not distributed
+    fsdp: FSDPSettings | None = None  # shard with FSDP2 instead of replicating with DDP
 
     @property
     def enabled(self) -> bool:
@@ -85,14 +89,72 @@ class Distributed:
             if self.enabled and self.local_rank == 0:
                 self.barrier()
 
-    def wrap(self, model):
-        """``DistributedDataParallel(model)`` when distributed, else ``model`` unchanged."""
+    def wrap(self, model, *, shard: tuple[str, ...] = (), shard_methods: tuple[str, ...] = ()):
+        """Prepare ``model`` for data-parallel training; a single process gets it unchanged.
+
+        DDP (default): ``DistributedDataParallel(model)``, a full replica per process.
+        FSDP2 (``self.fsdp``): ``fully_shard`` on every submodule whose class name is in
+        ``shard`` (or in ``FSDP_TRANSFORMER_CLS_TO_WRAP``), then on the whole model, so each
+        process keeps 1/N of the weights, gradients and optimizer state. ``shard_methods``
+        (e.g. ``"generate"``) are methods that run the model outside ``forward``.
+        """
         if not self.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel
+        if self.fsdp is None:
+            from torch.nn.parallel import DistributedDataParallel
 
-        on_gpu = self.device.startswith("cuda")
-        return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
+            on_gpu = self.device.startswith("cuda")
+            return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
+
+        names = set(self.fsdp.layer_classes or shard)
+        found = [m for m in model.modules() if type(m).__name__ in names]
+        if not found:
+            raise ValueError(f"FSDP: no submodule of class {sorted(names)} in {type(model).__name__}")
+        options = dict(reshard_after_forward=self.fsdp.reshard_after_forward,
+                       offload_policy=CPUOffloadPolicy() if self.fsdp.offload_params else OffloadPolicy())
+        for module in found:
+            fully_shard(module, **options)
+        fully_shard(model, **options)
+        for method in shard_methods:
+            register_fsdp_forward_method(model, method)
+        self.log(f"FSDP2: {len(found)} blocks + the root sharded over {self.world_size} processes "
+                 f"(reshard after forward: {self.fsdp.reshard_after_forward}, CPU offload: {self.fsdp.offload_params})")
+        return model
+
+    def broadcast(self, value):
+        """``value`` from rank 0 on every rank (any picklable object; unchanged in a single process)."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def full_state_dict(self, model) -> dict:
+        """The full (unsharded) weights on rank 0, an empty dict elsewhere (a collective for FSDP).
+
+        Tied weights appear once, under the name ``named_parameters()`` gives them (as
+        ``save_pretrained`` would write them from an unsharded model).
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        keep = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+        return {name: tensor for name, tensor in full.items() if name in keep}
+
+    @contextmanager
+    def quiet_unless_main(self):
+        """Silence ``print`` on ranks other than 0 (for helpers that print results)."""
+        if self.is_main:
+            yield
+            return
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
 
     def log(self, message: str) -> None:
         """Print on rank 0 only, prefixed so the line is easy to find in launcher output."""
@@ -100,7 +162,43 @@ class Distributed:
             print(f"[vlm-train] {message}", flush=True)
 
 
-def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = None) -> Distributed:
+@dataclass(frozen=True)
+class FSDPSettings:
+    """How to shard with FSDP2 (from ``--fsdp`` or from ``accelerate launch``'s FSDP config)."""
+
+    reshard_after_forward: bool = True  # FULL_SHARD; False = SHARD_GRAD_OP (keeps weights gathered until backward)
+    offload_params: bool = False  # keep shards in CPU memory (slow; for models that do not fit otherwise)
+    layer_classes: tuple[str, ...] = ()  # blocks to shard separately; empty = the recipe's choice
+
+
+def fsdp_from_environment(environ: dict | None = None) -> FSDPSettings | None:
+    """Read the FSDP settings ``accelerate launch --config_file configs/accelerate_fsdp.yaml`` exports.
+
+    ``ACCELERATE_USE_FSDP=true`` switches FSDP on; ``FSDP_RESHARD_AFTER_FORWARD`` (FSDP2
+    configs) or ``FSDP_SHARDING_STRATEGY`` (FSDP1 configs: FULL_SHARD / SHARD_GRAD_OP) say
+    whether weights are resharded after forward; ``FSDP_OFFLOAD_PARAMS`` and
+    ``FSDP_TRANSFORMER_CLS_TO_WRAP`` are honoured; other FSDP options are not used here.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return None
+    strategy = environ.get("FSDP_SHARDING_STRATEGY", "").upper()
+    if strategy in ("3", "NO_SHARD", "4", "HYBRID_SHARD", "5", "_HYBRID_SHARD_ZERO2"):
+        raise ValueError(f"FSDP_SHARDING_STRATEGY={strategy} is not supported by vlm-train: use FULL_SHARD or "
+                         "SHARD_GRAD_OP (or no FSDP at all: plain DDP is the default under torchrun)")
+    reshard = environ.get("FSDP_RESHARD_AFTER_FORWARD")
+    if reshard is not None and reshard.lower() in ("true", "false"):
+        reshard_after_forward = reshard.lower() == "true"
+    else:
+        reshard_after_forward = strategy not in ("2", "SHARD_GRAD_OP")
+    classes = tuple(c.strip() for c in environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip())
+    return FSDPSettings(reshard_after_forward=reshard_after_forward,
+                        offload_params=environ.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true",
+                        layer_classes=classes)
+
+
+def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = None,
+                     fsdp: FSDPSettings | None = None) -> Distributed:
     """Join the process group if a launcher (torchrun, accelerate launch) started us.
 
     Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; picks NCCL with one GPU per process when
@@ -122,9 +220,9 @@ def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = No
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
-        return Distributed(rank, world_size, local_rank, "cuda", "nccl")
+        return Distributed(rank, world_size, local_rank, "cuda", "nccl", fsdp)
     dist.init_process_group("gloo", timeout=timeout)
-    return Distributed(rank, world_size, local_rank, "cpu", "gloo")
+    return Distributed(rank, world_size, local_rank, "cpu", "gloo", fsdp)
 
 
 def shutdown_distributed(env: Distributed, *, ok: bool) -> None:
@@ -190,9 +288,10 @@ def _defaults_table() -> str:
     for recipe in RECIPES.values():
         for mode, d in (("full", recipe.full), ("tiny", recipe.tiny)):
             batch = (f"{d.batch_size} x {d.grad_accum}" if d.batch_size is not None else "from GPU preset")
-            ckpt = f"every {d.checkpoint_every}" if d.checkpoint_every else "at the end"
+            ckpt = (f"checkpoint every {d.checkpoint_every}" if d.checkpoint_every else
+                    "checkpoint at the end" if recipe.trainer == "loop" else "adapter at the end")
             lines.append(f"  {recipe.name:22s} {mode}: lr {d.learning_rate:g}, {d.epochs} epoch(s), batch {batch}, "
-                         f"warm-up {d.warmup_steps}, checkpoint {ckpt}")
+                         f"warm-up {d.warmup_steps:g}, {ckpt}")
     return "\n".join(lines)
 
 
@@ -217,14 +316,24 @@ examples:
       --epochs 10 --eval-steps 10000 --batch-size 6
   accelerate launch --multi_gpu --num_processes 4 -m vlm_helpers.train --recipe florence2-docvqa
 
+  # the same with fully sharded weights, gradients and optimizer state (FSDP2) instead of DDP
+  torchrun --nproc_per_node 4 -m vlm_helpers.train --recipe florence2-docvqa --fsdp
+  accelerate launch --config_file configs/accelerate_fsdp.yaml -m vlm_helpers.train --recipe florence2-docvqa
+
+  # Idefics2 QLoRA on 2 GPUs (the HF Trainer does the DDP; each GPU holds its own 4-bit copy)
+  torchrun --nproc_per_node 2 -m vlm_helpers.train --recipe idefics2-qlora-docvqa --max-steps 178
+
   # continue the newest checkpoint in the output folder (after a Colab disconnect, or to train longer)
   vlm-train --recipe florence2-docvqa --output-dir outputs/florence --resume --max-steps 20000
 
 notes:
   * --max-steps, when given, overrides --epochs.
   * Batch sizes are per process: one optimizer step sees processes x --batch-size x --grad-accum rows.
-  * The run writes checkpoints, history.json and model/ (the fine-tuned model and processor) to
-    --output-dir, and predictions + metrics to --results-dir (read by notebook 05).
+  * The run writes checkpoints, history.json and final/ (florence2-docvqa: the fine-tuned model) or
+    adapter/ (the chat recipes: the LoRA adapter) to --output-dir, and predictions + metrics to
+    --results-dir (read by notebook 05).
+  * --resume and --fsdp work with florence2-docvqa (the series' own training loop); the chat recipes
+    train with the HF Trainer, which takes accelerate's FSDP/DeepSpeed config but no --resume here yet.
   * VLM_TINY=1 in the environment is the same as --tiny. VLM_CACHE says where tiny models are built.
   * Multi-GPU and multi-node recipes: docs/scaling_out.md.
 """
@@ -265,20 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--grad-accum", type=_positive_int, default=None, metavar="K",
                      help="micro-batches accumulated per optimizer step")
     how.add_argument("--lr", type=_positive_float, default=None, metavar="LR", help="peak learning rate")
-    how.add_argument("--warmup-steps", type=_non_negative_int, default=None, metavar="N",
-                     help="linear warm-up steps before the linear decay")
+    how.add_argument("--warmup-steps", type=_non_negative_float, default=None, metavar="N",
+                     help="linear warm-up steps before the linear decay (HF Trainer recipes: a value below 1 "
+                          "is a fraction of the run)")
     how.add_argument("--weight-decay", type=_non_negative_float, default=None, metavar="W", help="AdamW weight decay")
     how.add_argument("--seed", type=int, default=0, help="seed for data order, answer picks and synthetic data")
 
     out = parser.add_argument_group("evaluation, checkpoints and output")
     out.add_argument("--eval-steps", type=_positive_int, default=None, metavar="N",
-                     help="also evaluate (generation + ANLS, rank 0) every N steps; there is always a final evaluation")
+                     help="also evaluate (generation + the task's metric, on rank 0) every N steps; "
+                          "there is always a final evaluation")
+    out.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+                     help="beam width when generating answers for evaluation (default: the recipe's)")
+    out.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
+                     help="longest generated answer, in tokens (default: the recipe's)")
     out.add_argument("--output-dir", type=Path, default=None,
-                     help="checkpoints, history.json and the final model (default: outputs/<recipe>-<dataset>)")
+                     help="checkpoints, history.json and the final model or adapter (default: outputs/<recipe>-<dataset>)")
     out.add_argument("--results-dir", type=Path, default=None,
                      help="where predictions and metrics go (default: $VLM_RESULTS_DIR or ./results)")
     out.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
-                     help="save a checkpoint every N steps; the last step is always saved too")
+                     help="save a checkpoint every N steps (florence2-docvqa: the last step is always saved too)")
     out.add_argument("--keep-checkpoints", type=_positive_int, default=2, metavar="N",
                      help="keep only the newest N checkpoints (default: %(default)s)")
     out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
@@ -288,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"experiment tracker(s): {', '.join(REPORT_TO_CHOICES)} (keys come from the environment, "
                           "e.g. WANDB_API_KEY)")
     out.add_argument("--logging-steps", type=_positive_int, default=10, metavar="N",
-                     help="print the loss every N steps (default: %(default)s)")
+                     help="print the loss every N steps; the HF Trainer recipes also record it only every N "
+                          "steps, averaged (default: %(default)s)")
 
     adv = parser.add_argument_group("advanced")
     adv.add_argument("--num-workers", type=_non_negative_int, default=None, metavar="N",
@@ -297,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop rows that fail validation (and list them) instead of stopping at the first one")
     adv.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: only when the output is a terminal)")
+    adv.add_argument("--fsdp", action="store_true",
+                     help="under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2, "
+                          "full shard) instead of replicating them (DDP). accelerate launch with "
+                          "configs/accelerate_fsdp.yaml switches this on by itself")
     adv.add_argument("--dist-timeout-minutes", type=_positive_float, default=60.0, metavar="M",
                      help="how long ranks wait for each other, e.g. while rank 0 evaluates (default: %(default)s)")
     adv.add_argument("--write-weight-digests", action="store_true",
@@ -329,6 +449,11 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     defaults = recipe.defaults(tiny)
     output_dir = args.output_dir or Path("outputs") / f"{recipe.name}-{dataset}{'-tiny' if tiny else ''}"
     resume = _check_resume(args, output_dir, parser)
+    warmup = args.warmup_steps if args.warmup_steps is not None else defaults.warmup_steps
+    if recipe.trainer == "loop":
+        if warmup != int(warmup):
+            parser.error(f"--warmup-steps: {recipe.name} counts warm-up in whole steps, got {warmup:g}")
+        warmup = int(warmup)
 
     from vlm_helpers.results import default_results_dir
 
@@ -341,13 +466,14 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         results_dir=args.results_dir or default_results_dir(),
         learning_rate=args.lr or defaults.learning_rate, epochs=args.epochs or defaults.epochs,
         max_steps=args.max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else defaults.warmup_steps,
+        warmup_steps=warmup,
         weight_decay=args.weight_decay if args.weight_decay is not None else defaults.weight_decay,
         eval_steps=args.eval_steps or defaults.eval_steps,
         checkpoint_every=args.checkpoint_every or defaults.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples or defaults.max_eval_samples,
+        num_beams=args.num_beams or defaults.num_beams, max_new_tokens=args.max_new_tokens or defaults.max_new_tokens,
         cauldron_subsets=subsets, resume=resume, report_to=tuple(args.report_to), seed=args.seed,
         num_workers=args.num_workers if args.num_workers is not None else (2 if preset.device == "cuda" else 0),
         logging_steps=args.logging_steps, skip_bad_rows=args.skip_bad_rows,
@@ -359,6 +485,16 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
     """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing."""
     from vlm_helpers.training import CHECKPOINT_FILE, latest_checkpoint
 
+    if get_recipe(args.recipe).trainer == "hf":
+        if args.resume is not None:
+            parser.error(f"--resume is not available for {args.recipe} yet: it trains with the HF Trainer through "
+                         "vlm_helpers.hf_training.train_with_trainer, which takes no resume_from_checkpoint; "
+                         "start a new run in a new --output-dir")
+        previous = sorted(output_dir.glob("checkpoint-*")) + sorted(output_dir.glob("adapter"))
+        if previous:
+            parser.error(f"--output-dir {output_dir} already holds {previous[0].name} from an earlier run: "
+                         "choose another --output-dir")
+        return None
     existing = latest_checkpoint(output_dir)
     if args.resume is None:
         if existing is not None:
@@ -388,14 +524,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = resolve_settings(args, parser)
     recipe = get_recipe(settings.recipe)
-    env = init_distributed(timeout_minutes=args.dist_timeout_minutes)
+    fsdp = None
+    if settings.recipe == "florence2-docvqa":  # the recipes on the HF Trainer read accelerate's FSDP variables themselves
+        try:
+            fsdp = FSDPSettings() if args.fsdp else fsdp_from_environment()
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.fsdp:
+        parser.error(f"--fsdp shards the florence2-docvqa recipe's own training loop; {settings.recipe} trains with "
+                     "the HF Trainer: launch it with accelerate launch --config_file configs/accelerate_fsdp.yaml")
+    env = init_distributed(timeout_minutes=args.dist_timeout_minutes, fsdp=fsdp)
     try:
-        from vlm_helpers.runtime import describe, detect_hardware
+        from vlm_helpers import runtime
 
-        env.log(describe(detect_hardware(), settings.preset))
+        # as in every notebook's first cell: seeds, and one torch thread for tiny models on a CPU
+        profile, _ = runtime.setup(settings.recipe, tiny=settings.tiny, seed=settings.seed)
+        env.log(runtime.describe(profile, settings.preset))
         env.log(f"recipe {recipe.name} on {settings.dataset}"
                 + (f" ({','.join(settings.cauldron_subsets)})" if settings.cauldron_subsets else "")
-                + f", {env.world_size} process(es), backend {env.backend or 'none'}, output {settings.output_dir}"
+                + f", {env.world_size} process(es), backend {env.backend or 'none'}"
+                + (", FSDP2" if env.fsdp and env.enabled else ", DDP" if env.enabled else "")
+                + f", output {settings.output_dir}"
                 + (f", resuming {settings.resume}" if settings.resume else ""))
         if env.is_main:
             settings.output_dir.mkdir(parents=True, exist_ok=True)

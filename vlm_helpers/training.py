@@ -17,9 +17,12 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
    (one per process), written atomically; the last ``keep_checkpoints`` kept;
 6. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``).
 
-Under torchrun the caller wraps the model in ``DistributedDataParallel`` first; the
-loop then shards the data by rank, all-reduces token counts, lets rank 0 alone write
-files, and returns on every rank only after rank 0 has finished writing.
+Under torchrun the caller wraps the model in ``DistributedDataParallel`` (or shards it
+with FSDP2's ``fully_shard``) first; the loop then shards the data by rank, all-reduces
+token counts, lets rank 0 alone write files, and returns on every rank only after rank 0
+has finished writing. With FSDP2 the parameters are ``DTensor`` shards: checkpoints
+gather them into full tensors first (on every rank), so a checkpoint has the same
+format whether it was written by one process, DDP or FSDP, and loads into any of them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -168,9 +171,49 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _is_dtensor(value) -> bool:
+    """True for the sharded ``DTensor`` parameters and states that FSDP2 creates."""
+    return type(value).__name__ == "DTensor" and hasattr(value, "full_tensor")
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A full CPU copy of ``tensor``; for a DTensor shard this all-gathers (every rank must call it)."""
+    tensor = tensor.detach()
+    return (tensor.full_tensor() if _is_dtensor(tensor) else tensor).cpu().clone()
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when FSDP2 sharded ``model``'s parameters (each rank holds only a slice)."""
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters that train (the frozen rest is the base checkpoint's)."""
-    return {name: p.detach().cpu().clone() for name, p in unwrap(model).named_parameters() if p.requires_grad}
+    """Only the parameters that train (the frozen rest is the base checkpoint's), as full tensors.
+
+    For an FSDP2-sharded model this is a collective: call it on every rank.
+    """
+    return {name: _full(p) for name, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def _full_optimizer_state(optimizer) -> dict:
+    """``optimizer.state_dict()`` with sharded states gathered into full tensors (collective if sharded).
+
+    The live optimizer state is left untouched: ``state_dict()`` shares its per-parameter
+    dicts, so they are copied before anything is replaced.
+    """
+    saved = optimizer.state_dict()
+    saved["state"] = {index: {key: (_full(value) if _is_dtensor(value) else value)
+                              for key, value in sorted(per_param.items())}
+                      for index, per_param in sorted(saved["state"].items())}
+    return saved
+
+
+def _shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of ``full`` laid out as ``param`` (a DTensor), without communication."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(param.device_mesh.device_type), param.device_mesh, param.placements,
+                             src_data_rank=None)  # every rank read the same file: no broadcast needed
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -196,19 +239,21 @@ def _gather_rng_states() -> list[dict]:
 
 
 def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
-                    rng_states: list[dict] | None = None) -> Path:
+                    rng_states: list[dict] | None = None, *, trainable: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
 
     ``rng_states``: one RNG state per rank (see :func:`_gather_rng_states`); by default
-    this process's state only.
+    this process's state only. ``trainable``/``optimizer_state``: already gathered full
+    states (FSDP); by default taken from ``model`` and ``optimizer`` here.
     """
     rng_states = rng_states if rng_states is not None else [_rng_state()]
     target = Path(config.output_dir) / f"checkpoint-{state.step}"
     staging = target.with_name(target.name + ".tmp")
     staging.mkdir(parents=True, exist_ok=True)
     torch.save({
-        "trainable": trainable_state_dict(model),
-        "optimizer": optimizer.state_dict(),
+        "trainable": trainable if trainable is not None else trainable_state_dict(model),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "state": asdict(state),
@@ -261,8 +306,16 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
         state.batch_in_epoch = rows_seen // (batch_size * world_size)
     with torch.no_grad():
         for name, tensor in saved["trainable"].items():
-            params[name].copy_(tensor)
+            param = params[name]
+            param.copy_(_shard_like(tensor, param) if _is_dtensor(param) else tensor)
     optimizer.load_state_dict(saved["optimizer"])
+    for group in optimizer.param_groups:  # FSDP2: full moment tensors back into this rank's shards
+        for param in group["params"]:
+            if _is_dtensor(param):
+                per_param = optimizer.state.get(param, {})
+                for key, value in per_param.items():
+                    if torch.is_tensor(value) and not _is_dtensor(value) and value.shape == param.shape:
+                        per_param[key] = _shard_like(value, param)
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
@@ -356,7 +409,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
             batch = {k: v.to(config.device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels")
             # DDP averages gradients over processes, so scale by world_size to get a global token mean
-            sync = model.no_sync() if (world_size > 1 and index < len(window) - 1) else nullcontext()
+            sync = _no_gradient_sync(model) if (world_size > 1 and index < len(window) - 1) else nullcontext()
             with sync:
                 with autocast:
                     logits = model(**batch, labels=labels if not causal else None).logits \
@@ -382,7 +435,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
         record = {"step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                   "tokens": int(step_tokens)}
         if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
+            record["grad_norm"] = float(grad_norm.full_tensor() if _is_dtensor(grad_norm) else grad_norm)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"Loss became {step_loss} at step {state.step}; lower the learning rate")
         if eval_fn is not None and config.eval_every and state.step % config.eval_every == 0:
@@ -411,10 +464,33 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
 
 
 def _checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig, rank: int) -> None:
-    """Called on every rank: gather each rank's RNG state, then rank 0 writes the checkpoint."""
+    """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint."""
     rng_states = _gather_rng_states()
+    trainable = optimizer_state = None
+    if is_sharded(model):  # all-gathers: every rank takes part, rank 0 keeps the result
+        trainable, optimizer_state = trainable_state_dict(model), _full_optimizer_state(optimizer)
     if rank == 0:
-        save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states)
+        save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states, trainable=trainable,
+                        optimizer_state=optimizer_state)
+
+
+@contextmanager
+def _no_gradient_sync(model: nn.Module):
+    """Skip the gradient all-reduce for a micro-batch that is not the last of its step.
+
+    DDP spells it ``model.no_sync()``; an FSDP2 module ``set_requires_gradient_sync(False)``.
+    """
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def save_history(history: list[dict], path: str | Path) -> None:

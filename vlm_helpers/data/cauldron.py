@@ -51,7 +51,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 

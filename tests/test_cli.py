@@ -1,0 +1,272 @@
+"""The ``vlm-train`` command line: real 2-process DDP and FSDP2 on CPU (torchrun + gloo), resume, errors.
+
+Every run uses the tiny Florence-2 and synthetic data, one torch thread per process
+(two threads per process on a busy 2-core machine were measured up to 100x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlm_helpers import train
+from vlm_helpers.training import checkpoint_dirs, load_history
+
+REPO = Path(__file__).resolve().parents[1]
+# small data so each run takes seconds: 48 training questions, 4 to evaluate on
+SMALL = ["--tiny", "--max-train-samples", "48", "--max-eval-samples", "4", "--logging-steps", "100"]
+
+
+def _env(tiny_cache: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VLM_CACHE=str(tiny_cache),
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    env.pop("VLM_TINY", None)
+    return env
+
+
+def _torchrun(args: list[str], env: dict, nproc: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "vlm_helpers.train", *args]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def _max_weight_difference(model_dir: Path, other_dir: Path) -> float:
+    """Largest absolute difference between two saved models' weights.
+
+    ``k_proj.bias`` is left out: softmax ignores a constant added to every key, so its true
+    gradient is 0 and what it gets is rounding noise, which Adam blows up to full-size steps.
+    """
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(model_dir / "model.safetensors"), load_file(other_dir / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    return max(float((ours[k] - theirs[k]).abs().max()) for k in ours if not k.endswith("k_proj.bias"))
+
+
+def _losses(output_dir: Path) -> list[float]:
+    return [record["loss"] for record in load_history(output_dir / "history.json")]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tiny_florence2_path):
+    return _env(Path(tiny_florence2_path).parent)  # the tiny model is already built there
+
+
+@pytest.fixture(scope="module")
+def ddp_run(cli_env, tmp_path_factory):
+    """torchrun, 2 processes x batch 2, 6 steps, evaluation (rank 0) at steps 3 and 6."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = _torchrun([*SMALL, "--recipe", "florence2-docvqa", "--max-steps", "6", "--batch-size", "2",
+                        "--eval-steps", "3", "--output-dir", str(out), "--results-dir", str(out / "results"),
+                        "--write-weight-digests"], cli_env)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_florence2_path, tmp_path_factory, monkeypatch_module):
+    """The same 6 steps in one process with batch 4 (= the same global batch), in this process."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert train.main([*SMALL, "--max-steps", "6", "--batch-size", "4", "--output-dir", str(out),
+                       "--results-dir", str(out / "results"), "--write-weight-digests"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_resumed(single_run, tmp_path_factory, monkeypatch_module):
+    """``single_run`` continued in one process from its checkpoint-6 to step 8."""
+    out = tmp_path_factory.mktemp("single-resumed") / "run"
+    shutil.copytree(single_run, out)
+    assert train.main([*SMALL, "--max-steps", "8", "--batch-size", "4", "--output-dir", str(out),
+                       "--results-dir", str(out / "results"), "--resume"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module(tiny_florence2_path):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VLM_CACHE", str(Path(tiny_florence2_path).parent))
+    mp.delenv("VLM_TINY", raising=False)
+    yield mp
+    mp.undo()
+
+
+def test_two_process_run_completes_with_in_sync_replicas_and_one_checkpoint(ddp_run):
+    out, result = ddp_run
+    assert "2 process(es), backend gloo" in result.stdout
+    digests = [json.loads((out / f"weights-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert digests[0]["step"] == digests[1]["step"] == 6
+    assert digests[0]["tensors"] > 0
+    assert digests[0]["sha256"] == digests[1]["sha256"], "DDP replicas ended with different weights"
+    assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-6"]  # rank 0 alone wrote exactly one
+    history = load_history(out / "history.json")
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert "eval_anls" in history[2] and "eval_anls" in history[5] and "eval_anls" not in history[0]
+    assert json.loads((out / "run_settings.json").read_text())["world_size"] == 2
+    metrics = json.loads((out / "results" / "docvqa__florence2__finetuned.metrics.json").read_text())
+    assert metrics["mode"] == "tiny" and metrics["samples"] == 4
+    assert (out / "final" / "config.json").exists()
+    assert result.stdout.count("after fine-tuning: anls") == 1  # evaluation printed by rank 0 only
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(ddp_run, single_run):
+    out, _ = ddp_run
+    ddp, one = load_history(out / "history.json"), load_history(single_run / "history.json")
+    assert [r["tokens"] for r in ddp] == [r["tokens"] for r in one]  # same rows in every step
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert [r["grad_norm"] for r in ddp] == pytest.approx([r["grad_norm"] for r in one], rel=1e-4)
+    assert _max_weight_difference(out / "final", single_run / "final") < 1e-5
+    assert one[-1]["loss"] < one[0]["loss"]
+
+
+def test_resume_continues_a_two_process_run(ddp_run, single_resumed, cli_env, tmp_path):
+    out, _ = ddp_run
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(out, resumed_dir)
+    _torchrun([*SMALL, "--max-steps", "8", "--batch-size", "2", "--output-dir", str(resumed_dir),
+               "--results-dir", str(resumed_dir / "results"), "--resume"], cli_env)
+    before, after = _losses(out), _losses(resumed_dir)
+    assert len(after) == 8
+    assert after[:6] == before  # restored from checkpoint-6, not recomputed
+    assert [p.name for p in checkpoint_dirs(resumed_dir)] == ["checkpoint-6", "checkpoint-8"]
+    # the same resume in one process (batch 4) continues identically
+    assert after[6:] == pytest.approx(_losses(single_resumed)[6:], rel=1e-4)
+
+
+def test_fsdp_two_processes_match_one_process_and_resume_anywhere(cli_env, single_run, single_resumed,
+                                                                   monkeypatch_module, tmp_path):
+    out = tmp_path / "fsdp"
+    result = _torchrun([*SMALL, "--fsdp", "--max-steps", "6", "--batch-size", "2", "--eval-steps", "3",
+                        "--output-dir", str(out), "--results-dir", str(out / "results"), "--write-weight-digests"],
+                       cli_env)
+    assert "backend gloo, FSDP2" in result.stdout and "sharded over 2 processes" in result.stdout
+    digests = [json.loads((out / f"weights-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert digests[0]["sha256"] == digests[1]["sha256"]
+    assert _max_weight_difference(out / "final", single_run / "final") < 1e-5  # gathered from the shards
+    assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-6"]
+    fsdp, one = load_history(out / "history.json"), load_history(single_run / "history.json")
+    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    # the checkpoint holds full tensors: it resumes in ONE process (batch 4 = the same global batch)
+    assert train.main([*SMALL, "--max-steps", "8", "--batch-size", "4", "--output-dir", str(out),
+                       "--results-dir", str(out / "results"), "--resume"]) == 0
+    assert _losses(out) == pytest.approx(_losses(single_resumed), rel=1e-4)
+
+
+def test_fsdp_settings_from_accelerate_environment():
+    assert train.fsdp_from_environment({}) is None
+    assert train.fsdp_from_environment({"ACCELERATE_USE_FSDP": "false"}) is None
+    exported = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+                "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_OFFLOAD_PARAMS": "false",
+                "FSDP_TRANSFORMER_CLS_TO_WRAP": "BartEncoderLayer,BartDecoderLayer"}
+    settings = train.fsdp_from_environment(exported)
+    assert settings == train.FSDPSettings(True, False, ("BartEncoderLayer", "BartDecoderLayer"))
+    v1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP", "FSDP_OFFLOAD_PARAMS": "true"}
+    assert train.fsdp_from_environment(v1) == train.FSDPSettings(False, True, ())
+    with pytest.raises(ValueError, match="HYBRID_SHARD is not supported"):
+        train.fsdp_from_environment({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"})
+
+
+def test_cauldron_dataset_trains(monkeypatch_module, tmp_path, capsys):
+    out = tmp_path / "cauldron"
+    assert train.main([*SMALL, "--dataset", "cauldron", "--cauldron-subsets", "docvqa,chartqa", "--max-steps", "3",
+                       "--output-dir", str(out), "--results-dir", str(out / "results")]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe florence2-docvqa on cauldron (docvqa,chartqa)" in printed
+    assert len(_losses(out)) == 3
+    assert (out / "results" / "docvqa__florence2-cauldron__finetuned.metrics.json").exists()
+
+
+def test_idefics2_qlora_recipe_trains_with_the_hf_trainer(monkeypatch_module, tmp_path):
+    # one process here to keep the suite short; under torchrun the HF Trainer joins the same
+    # process group (checked by hand: 2 processes, identical LoRA weights on both ranks)
+    out = tmp_path / "idefics2"
+    assert train.main([*SMALL, "--recipe", "idefics2-qlora-docvqa", "--max-steps", "4", "--logging-steps", "1",
+                       "--output-dir", str(out), "--results-dir", str(out / "results")]) == 0
+    history = load_history(out / "history.json")
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert json.loads((out / "results" / "docvqa__idefics2__finetuned.metrics.json").read_text())["samples"] == 4
+
+
+def test_phi3_aircraft_recipe_trains_and_scores_captions(monkeypatch_module, tmp_path):
+    out = tmp_path / "phi3"
+    assert train.main(["--recipe", "phi3-aircraft", "--tiny", "--max-steps", "3", "--max-eval-samples", "4",
+                       "--output-dir", str(out), "--results-dir", str(out / "results")]) == 0
+    metrics = json.loads((out / "results" / "captioning__phi3__finetuned.metrics.json").read_text())
+    assert {"rouge1", "tag_f1"} <= set(metrics["metrics"]) and metrics["samples"] == 4
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def _usage_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "phi3-aircraft", "--dataset", "cauldron"], "phi3-aircraft trains on aircraft, not --dataset cauldron"),
+    (["--recipe", "florence2-docvqa", "--dataset", "aircraft"], "trains on docvqa or cauldron"),
+    (["--max-steps", "0"], "--max-steps: must be a positive whole number"),
+    (["--max-steps", "-5"], "--max-steps: must be a positive whole number"),
+    (["--batch-size", "two"], "--batch-size: expected a whole number"),
+    (["--lr", "0"], "--lr: must be greater than 0"),
+    (["--cauldron-subsets", "docvqa"], "--cauldron-subsets only applies to --dataset cauldron"),
+    (["--dataset", "cauldron", "--cauldron-subsets", "docvqa,nope"], "unknown Cauldron subset"),
+    (["--report-to", "mlflow"], "--report-to: unknown tracker"),
+    (["--recipe", "llava"], "invalid choice: 'llava'"),
+    (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
+    (["--recipe", "idefics2-qlora-docvqa", "--resume"], "--resume is not available for idefics2-qlora-docvqa yet"),
+])
+def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
+    err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)
+    assert message in err
+    assert "usage: vlm-train" in err
+
+
+def test_resume_needs_a_checkpoint_and_fresh_runs_refuse_to_overwrite(ddp_run, tmp_path, capsys):
+    out, _ = ddp_run
+    err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "empty"), "--resume"], capsys)
+    assert "holds no checkpoint" in err
+    err = _usage_error(["--tiny", "--output-dir", str(tmp_path), "--resume", str(tmp_path / "checkpoint-3")], capsys)
+    assert "no training_state.pt in that folder" in err
+    err = _usage_error(["--tiny", "--output-dir", str(out), "--max-steps", "10"], capsys)
+    assert "already holds checkpoint-6: pass --resume" in err
+    err = _usage_error(["--tiny", "--output-dir", str(out), "--resume", "--max-steps", "6"], capsys)
+    assert "already at step 6" in err
+
+
+def test_help_explains_recipes_defaults_and_launchers():
+    result = subprocess.run([sys.executable, "-m", "vlm_helpers.train", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0
+    text = result.stdout
+    for expected in ("usage: vlm-train", "--recipe", "--cauldron-subsets", "--resume", "florence2-docvqa",
+                     "idefics2-qlora-docvqa", "phi3-aircraft", "torchrun --nproc_per_node",
+                     "accelerate launch --multi_gpu", "lr 1e-06", "lr 0.003", "--max-steps, when given, overrides"):
+        assert expected in text, expected
+
+
+def test_validation_stops_at_or_skips_a_bad_row(capsys):
+    from types import SimpleNamespace
+
+    import datasets
+
+    from vlm_helpers.data.docvqa import make_synthetic_docvqa
+    from vlm_helpers.recipes import _validated
+
+    rows = make_synthetic_docvqa(4, seed=0).to_list()
+    rows[2]["answers"] = []  # what DocVQA's test split looks like
+    data = datasets.Dataset.from_list(rows, features=make_synthetic_docvqa(1, seed=0).features)
+    env = train.Distributed()
+    with pytest.raises(ValueError, match="row 2.*empty list"):
+        _validated(data, "train", SimpleNamespace(skip_bad_rows=False), env)
+    kept = _validated(data, "train", SimpleNamespace(skip_bad_rows=True), env)
+    assert kept.num_rows == 3 and "skipped 1" in capsys.readouterr().out
