@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from vlm_helpers import train
-from vlm_helpers.training import checkpoint_dirs, load_history
+from vlm_helpers.checkpoints import checkpoint_dirs
+from vlm_helpers.training import load_history
 
 REPO = Path(__file__).resolve().parents[1]
 # small data so each run takes seconds: 48 training questions, 4 to evaluate on

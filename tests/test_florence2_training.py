@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_helpers import collators, models, training
+from vlm_helpers import checkpoints, collators, models, training
 from vlm_helpers.data.docvqa import make_synthetic_docvqa
 
 
@@ -95,7 +95,7 @@ def test_resume_continues_the_same_loss_curve(tiny_florence2_path, rows, tmp_pat
     _, straight = _run(tiny_florence2_path, rows, tmp_path / "straight", max_steps=8, dtype=dtype)
     _run(tiny_florence2_path, rows, tmp_path / "interrupted", max_steps=8, checkpoint_every=3, dtype=dtype)
     # pretend the run died after step 3: keep only that checkpoint, then resume from it
-    for ckpt in training.checkpoint_dirs(tmp_path / "interrupted"):
+    for ckpt in checkpoints.checkpoint_dirs(tmp_path / "interrupted"):
         if ckpt.name != "checkpoint-3":
             import shutil
             shutil.rmtree(ckpt)

@@ -162,7 +162,7 @@ def weights_digest(model) -> dict:
 
     FSDP shards are gathered first (a collective: call it on every rank).
     """
-    from vlm_helpers.training import _full, unwrap
+    from vlm_helpers.distributed import full_copy as _full, unwrap
 
     digest = hashlib.sha256()
     total = 0.0
@@ -300,7 +300,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     DistributedDataParallel (or sharded with FSDP2); evaluation runs on rank 0 only while
     the others wait (on every rank, same rows, when the model is sharded).
     """
-    from vlm_helpers import collators, evaluation, models, results, training
+    from vlm_helpers import checkpoints, collators, distributed, evaluation, models, results, training
     from vlm_helpers.data.docvqa import docvqa_dataset
 
     preset = settings.preset
@@ -342,7 +342,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     model_label = "florence2" if settings.dataset == "docvqa" else f"florence2-{settings.dataset}"
     model_name = "tiny-random-florence2" if settings.tiny else models.FLORENCE2_MODEL_ID
 
-    sharded = training.is_sharded(train_model)
+    sharded = distributed.is_sharded(train_model)
 
     def evaluate_on_rank0(title: str) -> tuple[list[dict], dict] | None:
         """Rank 0 generates for the whole validation set while the other ranks wait at a barrier.
@@ -354,7 +354,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         if env.is_main or sharded:
             with env.quiet_unless_main():
                 result = evaluation.evaluate(
-                    training.unwrap(train_model), processor, generation_collator, eval_rows, task="docvqa",
+                    distributed.unwrap(train_model), processor, generation_collator, eval_rows, task="docvqa",
                     model_name=model_name, tiny=settings.tiny, device=env.device, dtype=preset.dtype,
                     batch_size=2 * settings.batch_size, num_beams=settings.num_beams,
                     max_new_tokens=settings.max_new_tokens, title=title)
@@ -382,7 +382,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     summary: dict[str, Any] = {"recipe": settings.recipe, "dataset": settings.dataset, "steps": state.step,
                                "world_size": env.world_size, "output_dir": str(settings.output_dir),
                                "final_loss": state.history[-1]["loss"] if state.history else None,
-                               "checkpoint": str(training.latest_checkpoint(settings.output_dir))}
+                               "checkpoint": str(checkpoints.latest_checkpoint(settings.output_dir))}
     final = evaluate_on_rank0("[vlm-train] after fine-tuning")
     model_dir = settings.output_dir / "final"
     full_weights = env.full_state_dict(train_model) if sharded else None  # FSDP: gathered on every rank
@@ -391,7 +391,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         metrics_file = results.write_run(settings.results_dir, task="docvqa", model=model_label, stage="finetuned",
                                          mode="tiny" if settings.tiny else "full", notebook="vlm-train",
                                          metrics=scores, records=records, history=state.history)
-        training.unwrap(train_model).save_pretrained(model_dir, state_dict=full_weights)
+        distributed.unwrap(train_model).save_pretrained(model_dir, state_dict=full_weights)
         processor.save_pretrained(model_dir)
         summary.update(metrics={k: v for k, v in scores.items()}, metrics_file=str(metrics_file),
                        model_dir=str(model_dir))

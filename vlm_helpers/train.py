@@ -483,7 +483,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
     """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing."""
-    from vlm_helpers.training import CHECKPOINT_FILE, latest_checkpoint
+    from vlm_helpers.checkpoints import CHECKPOINT_FILE, latest_checkpoint
 
     if get_recipe(args.recipe).trainer == "hf":
         if args.resume is not None:

@@ -14,15 +14,14 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
 4. gradient clipping, AdamW, a linear schedule with warm-up;
 5. every ``checkpoint_every`` steps (and after the last step with ``checkpoint_at_end``):
    trainable weights, optimizer, scheduler, scaler, step, data position and RNG states
-   (one per process), written atomically; the last ``keep_checkpoints`` kept;
+   (one per process), written atomically; the last ``keep_checkpoints`` kept
+   (:mod:`vlm_helpers.checkpoints`);
 6. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``).
 
 Under torchrun the caller wraps the model in ``DistributedDataParallel`` (or shards it
 with FSDP2's ``fully_shard``) first; the loop then shards the data by rank, all-reduces
 token counts, lets rank 0 alone write files, and returns on every rank only after rank 0
-has finished writing. With FSDP2 the parameters are ``DTensor`` shards: checkpoints
-gather them into full tensors first (on every rank), so a checkpoint has the same
-format whether it was written by one process, DDP or FSDP, and loads into any of them.
+has finished writing (the details are in :mod:`vlm_helpers.distributed`).
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,10 +39,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vlm_helpers.checkpoints import checkpoint_all_ranks, latest_checkpoint, load_checkpoint
 from vlm_helpers.collators import IGNORE_INDEX
-
-CHECKPOINT_FILE = "training_state.pt"
-
+from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
 
 @dataclass
 class TrainConfig:
@@ -80,17 +76,6 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
     history: list[dict] = field(default_factory=list)
 
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)``: ``(0, 1)`` unless torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def epoch_indices(num_rows: int, *, seed: int, epoch: int, batch_size: int, rank: int = 0,
@@ -149,180 +134,13 @@ def supervised_tokens(labels: torch.Tensor, *, causal: bool) -> int:
     return int((labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum())
 
 
-def _all_reduce_sum(value: float, device: str) -> float:
-    if world()[1] == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item())
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _is_dtensor(value) -> bool:
-    """True for the sharded ``DTensor`` parameters and states that FSDP2 creates."""
-    return type(value).__name__ == "DTensor" and hasattr(value, "full_tensor")
 
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A full CPU copy of ``tensor``; for a DTensor shard this all-gathers (every rank must call it)."""
-    tensor = tensor.detach()
-    return (tensor.full_tensor() if _is_dtensor(tensor) else tensor).cpu().clone()
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """True when FSDP2 sharded ``model``'s parameters (each rank holds only a slice)."""
-    return any(_is_dtensor(p) for p in model.parameters())
-
-
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters that train (the frozen rest is the base checkpoint's), as full tensors.
-
-    For an FSDP2-sharded model this is a collective: call it on every rank.
-    """
-    return {name: _full(p) for name, p in unwrap(model).named_parameters() if p.requires_grad}
-
-
-def _full_optimizer_state(optimizer) -> dict:
-    """``optimizer.state_dict()`` with sharded states gathered into full tensors (collective if sharded).
-
-    The live optimizer state is left untouched: ``state_dict()`` shares its per-parameter
-    dicts, so they are copied before anything is replaced.
-    """
-    saved = optimizer.state_dict()
-    saved["state"] = {index: {key: (_full(value) if _is_dtensor(value) else value)
-                              for key, value in sorted(per_param.items())}
-                      for index, per_param in sorted(saved["state"].items())}
-    return saved
-
-
-def _shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """This rank's slice of ``full`` laid out as ``param`` (a DTensor), without communication."""
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(full.to(param.device_mesh.device_type), param.device_mesh, param.placements,
-                             src_data_rank=None)  # every rank read the same file: no broadcast needed
-
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders in ``output_dir``, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / CHECKPOINT_FILE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``output_dir``, or None."""
-    found = checkpoint_dirs(output_dir)
-    return found[-1] if found else None
-
-
-def _gather_rng_states() -> list[dict]:
-    """Every process's RNG state, in rank order (a collective: all ranks must call it)."""
-    rank, world_size = world()
-    if world_size == 1:
-        return [_rng_state()]
-    states: list = [None] * world_size
-    dist.all_gather_object(states, _rng_state())
-    return states
-
-
-def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
-                    rng_states: list[dict] | None = None, *, trainable: dict | None = None,
-                    optimizer_state: dict | None = None) -> Path:
-    """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
-
-    ``rng_states``: one RNG state per rank (see :func:`_gather_rng_states`); by default
-    this process's state only. ``trainable``/``optimizer_state``: already gathered full
-    states (FSDP); by default taken from ``model`` and ``optimizer`` here.
-    """
-    rng_states = rng_states if rng_states is not None else [_rng_state()]
-    target = Path(config.output_dir) / f"checkpoint-{state.step}"
-    staging = target.with_name(target.name + ".tmp")
-    staging.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "trainable": trainable if trainable is not None else trainable_state_dict(model),
-        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "state": asdict(state),
-        "rng": rng_states[0],
-        "rng_per_rank": rng_states,
-        "world_size": len(rng_states),
-        "config": asdict(config),
-    }, staging / CHECKPOINT_FILE)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    for old in checkpoint_dirs(config.output_dir)[: -config.keep_checkpoints]:
-        shutil.rmtree(old)
-    return target
-
-
-def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
-                    config: TrainConfig | None = None) -> TrainState:
-    """Restore everything :func:`save_checkpoint` wrote; return the saved :class:`TrainState`.
-
-    The data position is stored per process (micro-batches of ``batch_size`` rows each).
-    If this run has another number of processes or another ``config.batch_size``, the
-    position is converted through the number of rows already seen in the epoch, which is
-    exact because every global batch is a slice of the same seeded permutation; a
-    position that does not fall on a boundary of the new global batch is refused.
-    """
-    path = Path(path)
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
-    saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
-    rank, world_size = world()
-    params = dict(unwrap(model).named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
-    if set(saved["trainable"]) != expected:
-        missing, extra = expected - set(saved["trainable"]), set(saved["trainable"]) - expected
-        raise ValueError(
-            f"Checkpoint {file} does not match the model's trainable parameters "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): freeze the same parts as the run that wrote it"
-        )
-    state = TrainState(**saved["state"])
-    saved_world, saved_batch = saved.get("world_size", 1), saved["config"]["batch_size"]
-    batch_size = config.batch_size if config is not None else saved_batch
-    if (saved_world, saved_batch) != (world_size, batch_size):
-        rows_seen = state.batch_in_epoch * saved_batch * saved_world
-        if rows_seen % (batch_size * world_size):
-            raise ValueError(
-                f"Checkpoint {file} stopped {rows_seen} rows into epoch {state.epoch} (batch {saved_batch} x "
-                f"{saved_world} process(es)), which is not a whole number of global batches of "
-                f"{batch_size} x {world_size}: resume with the same global batch or process count"
-            )
-        state.batch_in_epoch = rows_seen // (batch_size * world_size)
-    with torch.no_grad():
-        for name, tensor in saved["trainable"].items():
-            param = params[name]
-            param.copy_(_shard_like(tensor, param) if _is_dtensor(param) else tensor)
-    optimizer.load_state_dict(saved["optimizer"])
-    for group in optimizer.param_groups:  # FSDP2: full moment tensors back into this rank's shards
-        for param in group["params"]:
-            if _is_dtensor(param):
-                per_param = optimizer.state.get(param, {})
-                for key, value in per_param.items():
-                    if torch.is_tensor(value) and not _is_dtensor(value) and value.shape == param.shape:
-                        per_param[key] = _shard_like(value, param)
-    scheduler.load_state_dict(saved["scheduler"])
-    if scaler is not None and saved["scaler"] is not None:
-        scaler.load_state_dict(saved["scaler"])
-    # each process gets back its own RNG state when the process count is unchanged, else rank 0's
-    rng_states = saved.get("rng_per_rank", [saved["rng"]])
-    _set_rng_state(rng_states[rank] if len(rng_states) == world_size else saved["rng"])
-    return state
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total: int):
@@ -387,7 +205,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     state = TrainState()
     last_saved = -1
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler, config)
+        state = TrainState(**load_checkpoint(resume_from, model, optimizer, scheduler, scaler, config))
         last_saved = state.step
     autocast = (torch.autocast(config.device, dtype=getattr(torch, config.dtype))
                 if config.dtype != "float32" else nullcontext())
@@ -401,7 +219,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     while state.step < total:
         window = [next(stream) for _ in range(config.grad_accum)]
         local_tokens = sum(supervised_tokens(batch["labels"], causal=causal) for _, _, batch in window)
-        step_tokens = _all_reduce_sum(local_tokens, config.device)
+        step_tokens = all_reduce_sum(local_tokens, config.device)
         if step_tokens == 0:
             raise ValueError(f"Step {state.step + 1} has no supervised token: check the collator's labels")
         loss_sum = 0.0
@@ -409,7 +227,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
             batch = {k: v.to(config.device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels")
             # DDP averages gradients over processes, so scale by world_size to get a global token mean
-            sync = _no_gradient_sync(model) if (world_size > 1 and index < len(window) - 1) else nullcontext()
+            sync = no_gradient_sync(model) if (world_size > 1 and index < len(window) - 1) else nullcontext()
             with sync:
                 with autocast:
                     logits = model(**batch, labels=labels if not causal else None).logits \
@@ -431,11 +249,11 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.epoch, state.batch_in_epoch = window[-1][0], window[-1][1]
-        step_loss = _all_reduce_sum(loss_sum, config.device) / step_tokens
+        step_loss = all_reduce_sum(loss_sum, config.device) / step_tokens
         record = {"step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                   "tokens": int(step_tokens)}
         if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm.full_tensor() if _is_dtensor(grad_norm) else grad_norm)
+            record["grad_norm"] = float(grad_norm.full_tensor() if is_dtensor(grad_norm) else grad_norm)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"Loss became {step_loss} at step {state.step}; lower the learning rate")
         if eval_fn is not None and config.eval_every and state.step % config.eval_every == 0:
@@ -449,12 +267,12 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
         if log_fn is not None and rank == 0:
             log_fn(record)
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-            _checkpoint(model, optimizer, scheduler, scaler, state, config, rank)
+            checkpoint_all_ranks(model, optimizer, scheduler, scaler, state, config, rank)
             last_saved = state.step
         if rank == 0:
             save_history(state.history, output_dir / "history.json")
     if config.checkpoint_at_end and state.step != last_saved:
-        _checkpoint(model, optimizer, scheduler, scaler, state, config, rank)
+        checkpoint_all_ranks(model, optimizer, scheduler, scaler, state, config, rank)
     if progress is not None:
         progress.close()
     if world_size > 1:  # nobody returns while rank 0 is still writing checkpoint or history
@@ -463,34 +281,6 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     return state
 
 
-def _checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig, rank: int) -> None:
-    """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint."""
-    rng_states = _gather_rng_states()
-    trainable = optimizer_state = None
-    if is_sharded(model):  # all-gathers: every rank takes part, rank 0 keeps the result
-        trainable, optimizer_state = trainable_state_dict(model), _full_optimizer_state(optimizer)
-    if rank == 0:
-        save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states, trainable=trainable,
-                        optimizer_state=optimizer_state)
-
-
-@contextmanager
-def _no_gradient_sync(model: nn.Module):
-    """Skip the gradient all-reduce for a micro-batch that is not the last of its step.
-
-    DDP spells it ``model.no_sync()``; an FSDP2 module ``set_requires_gradient_sync(False)``.
-    """
-    if hasattr(model, "no_sync"):
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:
-        yield
 
 
 def save_history(history: list[dict], path: str | Path) -> None:

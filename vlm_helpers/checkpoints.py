@@ -1,0 +1,183 @@
+"""Checkpoints that resume the *same* loss curve: what is saved, how, and how it is read back.
+
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` (used by :func:`vlm_helpers.training.train`
+and the command line). A checkpoint is one file, ``checkpoint-<step>/training_state.pt``:
+the trainable weights (the frozen rest is the base checkpoint's), optimizer, scheduler and
+gradient-scaler states, the training position and every process's RNG state. It is written
+to a temporary folder and renamed into place, so a crash never leaves half a checkpoint.
+With FSDP2 the sharded tensors are gathered first, so one format serves one process, DDP
+and FSDP alike.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vlm_helpers.distributed import full_copy, is_dtensor, is_sharded, shard_like, unwrap, world
+
+if TYPE_CHECKING:
+    from vlm_helpers.training import TrainConfig, TrainState
+
+CHECKPOINT_FILE = "training_state.pt"
+
+
+def rng_state() -> dict:
+    """This process's Python, torch and (if present) CUDA RNG states."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore RNG states saved by :func:`rng_state`."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+def gather_rng_states() -> list[dict]:
+    """Every process's RNG state, in rank order (a collective: all ranks must call it)."""
+    rank, world_size = world()
+    if world_size == 1:
+        return [rng_state()]
+    states: list = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters that train (the frozen rest is the base checkpoint's), as full tensors.
+
+    For an FSDP2-sharded model this is a collective: call it on every rank.
+    """
+    return {name: full_copy(p) for name, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def full_optimizer_state(optimizer) -> dict:
+    """``optimizer.state_dict()`` with sharded states gathered into full tensors (collective if sharded).
+
+    The live optimizer state is left untouched: ``state_dict()`` shares its per-parameter
+    dicts, so they are copied before anything is replaced.
+    """
+    saved = optimizer.state_dict()
+    saved["state"] = {index: {key: (full_copy(value) if is_dtensor(value) else value)
+                              for key, value in sorted(per_param.items())}
+                      for index, per_param in sorted(saved["state"].items())}
+    return saved
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders in ``output_dir``, oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / CHECKPOINT_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``, or None."""
+    found = checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
+                    rng_states: list[dict] | None = None, *, trainable: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
+
+    ``rng_states``: one RNG state per rank (see :func:`gather_rng_states`); by default
+    this process's state only. ``trainable``/``optimizer_state``: already gathered full
+    states (FSDP); by default taken from ``model`` and ``optimizer`` here.
+    """
+    rng_states = rng_states if rng_states is not None else [rng_state()]
+    target = Path(config.output_dir) / f"checkpoint-{state.step}"
+    staging = target.with_name(target.name + ".tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "trainable": trainable if trainable is not None else trainable_state_dict(model),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": asdict(state),
+        "rng": rng_states[0],
+        "rng_per_rank": rng_states,
+        "world_size": len(rng_states),
+        "config": asdict(config),
+    }, staging / CHECKPOINT_FILE)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    for old in checkpoint_dirs(config.output_dir)[: -config.keep_checkpoints]:
+        shutil.rmtree(old)
+    return target
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
+                    config: TrainConfig | None = None) -> dict:
+    """Restore everything :func:`save_checkpoint` wrote; return the saved training state as a dict
+    (the fields of :class:`vlm_helpers.training.TrainState`).
+
+    The data position is stored per process (micro-batches of ``batch_size`` rows each).
+    If this run has another number of processes or another ``config.batch_size``, the
+    position is converted through the number of rows already seen in the epoch, which is
+    exact because every global batch is a slice of the same seeded permutation; a
+    position that does not fall on a boundary of the new global batch is refused.
+    """
+    path = Path(path)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
+    rank, world_size = world()
+    params = dict(unwrap(model).named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    if set(saved["trainable"]) != expected:
+        missing, extra = expected - set(saved["trainable"]), set(saved["trainable"]) - expected
+        raise ValueError(
+            f"Checkpoint {file} does not match the model's trainable parameters "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}): freeze the same parts as the run that wrote it"
+        )
+    state = dict(saved["state"])
+    saved_world, saved_batch = saved.get("world_size", 1), saved["config"]["batch_size"]
+    batch_size = config.batch_size if config is not None else saved_batch
+    if (saved_world, saved_batch) != (world_size, batch_size):
+        rows_seen = state["batch_in_epoch"] * saved_batch * saved_world
+        if rows_seen % (batch_size * world_size):
+            raise ValueError(
+                f"Checkpoint {file} stopped {rows_seen} rows into epoch {state['epoch']} (batch {saved_batch} x "
+                f"{saved_world} process(es)), which is not a whole number of global batches of "
+                f"{batch_size} x {world_size}: resume with the same global batch or process count"
+            )
+        state["batch_in_epoch"] = rows_seen // (batch_size * world_size)
+    with torch.no_grad():
+        for name, tensor in saved["trainable"].items():
+            param = params[name]
+            param.copy_(shard_like(tensor, param) if is_dtensor(param) else tensor)
+    optimizer.load_state_dict(saved["optimizer"])
+    for group in optimizer.param_groups:  # FSDP2: full moment tensors back into this rank's shards
+        for param in group["params"]:
+            if is_dtensor(param):
+                per_param = optimizer.state.get(param, {})
+                for key, value in per_param.items():
+                    if torch.is_tensor(value) and not is_dtensor(value) and value.shape == param.shape:
+                        per_param[key] = shard_like(value, param)
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    # each process gets back its own RNG state when the process count is unchanged, else rank 0's
+    rng_states = saved.get("rng_per_rank", [saved["rng"]])
+    set_rng_state(rng_states[rank] if len(rng_states) == world_size else saved["rng"])
+    return state
+
+def checkpoint_all_ranks(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig, rank: int) -> None:
+    """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint."""
+    rng_states = gather_rng_states()
+    trainable = optimizer_state = None
+    if is_sharded(model):  # all-gathers: every rank takes part, rank 0 keeps the result
+        trainable, optimizer_state = trainable_state_dict(model), full_optimizer_state(optimizer)
+    if rank == 0:
+        save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states, trainable=trainable,
+                        optimizer_state=optimizer_state)
