@@ -424,3 +424,28 @@ def test_history_from_log_has_the_training_loop_shape():
         {"step": 5, "loss": 6.5, "grad_norm": 0.3, "lr": 1e-3, "epoch": 0.1, "anls": 0.2},
         {"step": 10, "loss": 5.0, "grad_norm": 0.2, "lr": 5e-4, "epoch": 0.2},
     ]
+
+
+def test_generation_stops_at_the_end_of_turn_token_even_if_the_config_forgets_it(chat_paths):
+    """A real checkpoint's generation config may list only eos; the collator's stop ids reach generate."""
+    from transformers import AutoProcessor
+
+    from vlm_helpers.evaluation import generate_predictions
+
+    processor = AutoProcessor.from_pretrained(chat_paths["llava-phi3"])
+    collator = ChatVLMCollator(processor, instruction="Describe.", question_key=None, answer_key="answers")
+    captured = {}
+
+    class RecordingModel(torch.nn.Module):
+        config = type("Config", (), {"is_encoder_decoder": False})()
+        dtype = torch.float32
+
+        def generate(self, **kwargs):
+            captured.update(kwargs)
+            prompt = kwargs["input_ids"]
+            return torch.cat([prompt, torch.full((prompt.shape[0], 1), collator.end_of_turn_id)], dim=1)
+
+    rows = [{"image": make_rows()[0]["image"], "answers": ["x"], "questionId": 1}]
+    assert generate_predictions(RecordingModel(), processor, collator, rows) == [""]
+    assert captured["eos_token_id"][0] == collator.end_of_turn_id
+    assert processor.tokenizer.eos_token_id in captured["eos_token_id"]

@@ -249,3 +249,39 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- caption and prompt columns for the chat collator -------------------------------------
+
+
+def test_with_captions_adds_target_and_prompt(raw_train: Dataset, raw_test: Dataset) -> None:
+    from vlm_helpers.data.validation import DataValidationError, clean_dataset
+
+    splits = A.with_captions(A.prepare_splits(raw_train, raw_test))
+    assert isinstance(splits, DatasetDict) and list(splits) == ["train", "validation", "test"]
+    assert A.split_sizes(splits) == {"train": 64, "validation": 16, "test": 20}
+    for ds in splits.values():
+        assert ds.column_names[-2:] == [A.CAPTION_COLUMN, A.PROMPT_COLUMN]
+        assert ds[A.CAPTION_COLUMN] == [", ".join(tags) for tags in ds[A.TAGS_COLUMN]]
+        assert set(ds[A.PROMPT_COLUMN]) == {A.AIRCRAFT_PROMPT}
+    row = splits["train"][0]
+    assert row[A.CAPTION_COLUMN] == A.caption_target(row)
+
+    # The rows pass the series' validation with the captioning column names.
+    columns = {"question_key": A.PROMPT_COLUMN, "answer_key": A.CAPTION_COLUMN, "answers_may_be_str": True,
+               "id_key": "id"}
+    clean, report = clean_dataset(splits["test"], split="test", **columns)
+    assert (report.kept, report.skipped) == (20, 0) and len(clean) == 20
+
+    # A second call replaces the columns; prompt and separator can be changed.
+    again = A.with_captions(splits["test"], prompt="Tags?", sep=",")
+    assert again.column_names.count(A.CAPTION_COLUMN) == 1
+    assert again[0][A.CAPTION_COLUMN] == ",".join(again[0][A.TAGS_COLUMN]) and again[0][A.PROMPT_COLUMN] == "Tags?"
+    with pytest.raises(ValueError, match="prompt"):
+        A.with_captions(splits["test"], prompt=" ")
+
+    # A row without tags gets an empty caption, which validation refuses, naming the row.
+    untagged = A.with_captions(raw_test.select(range(3)).map(
+        lambda r, i: {A.TAGS_COLUMN: [] if i == 1 else r[A.TAGS_COLUMN]}, with_indices=True))
+    with pytest.raises(DataValidationError, match=r"row 1.*'caption' is an empty string"):
+        clean_dataset(untagged, split="test", **columns)

@@ -131,6 +131,18 @@ class ChatVLMCollator:
         if self.end_of_turn_id in self.vision_ids:
             raise ValueError(f"end_of_turn {self.end_of_turn!r} is an image token")
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the end-of-turn token, then the tokenizer's eos.
+
+        :func:`vlm_helpers.evaluation.generate_predictions` passes them to ``generate``, so a
+        checkpoint whose generation config forgets the end-of-turn token still stops there.
+        """
+        ids = [self.end_of_turn_id]
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id != self.end_of_turn_id:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
     # ------------------------------------------------------------------ text
     def messages(self, row: dict, answer: str | None = None) -> list[dict]:
         """The chat for one row: the user turn, plus the assistant turn when ``answer`` is given."""

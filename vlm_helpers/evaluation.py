@@ -35,6 +35,8 @@ def generate_predictions(model, processor, collator, rows: Sequence[dict], *, ba
     autocast = torch.autocast(device, dtype=getattr(torch, dtype)) if dtype != "float32" else nullcontext()
     tokenizer = getattr(processor, "tokenizer", processor)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    # chat collators know their end-of-turn token; stop there even if the checkpoint's config does not
+    stop = {"eos_token_id": collator.stop_token_ids} if hasattr(collator, "stop_token_ids") else {}
     starts = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -47,7 +49,8 @@ def generate_predictions(model, processor, collator, rows: Sequence[dict], *, ba
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with autocast:
-            output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
+            output = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+                                    **stop)
         if not encoder_decoder:  # decoder-only: the prompt comes back first (left-padded, same width)
             output = output[:, inputs["input_ids"].shape[1]:]
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)

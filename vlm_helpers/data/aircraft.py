@@ -18,7 +18,8 @@ FGVC-Aircraft as the target text. The pipeline, step by step:
    validation part gets ``ceil(0.2 * n)`` rows).
 4. **Test** = the filtered *test* repo, untouched.
 5. **Target** text = the row's tags joined by commas (:func:`caption_target`), asked for
-   with :data:`AIRCRAFT_PROMPT`.
+   with :data:`AIRCRAFT_PROMPT`. :func:`with_captions` stores both as columns (``caption``,
+   ``prompt``), the form the chat collator and the row validation read.
 
 The article reports 108 / 28 / 16 rows (train / validation / test), i.e. 136 filtered
 train rows and 16 filtered test rows (:data:`ARTICLE_SPLIT_SIZES`).
@@ -35,7 +36,6 @@ Importing this module loads neither ``datasets`` nor Pillow; both are imported o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -66,6 +66,10 @@ FILTER_VALUES: tuple[str, ...] = tuple(f"boeing {t}" for t in TARGET_TYPES)
 #: Column holding the CLIP ViT-L/14 tags: a list of lowercase strings per image.
 TAGS_COLUMN = "clip_tags_ViT_L_14"
 IMAGE_COLUMN = "image"
+
+#: Columns added by :func:`with_captions`: the target text and the instruction.
+CAPTION_COLUMN = "caption"
+PROMPT_COLUMN = "prompt"
 
 #: Separator used by :func:`caption_target`. The article joins with a bare ``","``;
 #: ``", "`` reads better and ROUGE tokenisation ignores the difference.
@@ -144,6 +148,26 @@ def filter_boeing(
 def caption_target(row: Mapping[str, Any], *, sep: str = TAG_SEPARATOR) -> str:
     """The caption the model learns to produce: the row's CLIP tags joined by ``sep``."""
     return sep.join(row[TAGS_COLUMN])
+
+
+def with_captions(ds, *, prompt: str = AIRCRAFT_PROMPT, sep: str = TAG_SEPARATOR):
+    """Add the two text columns a chat collator reads: ``caption`` and ``prompt``.
+
+    ``caption`` is :func:`caption_target` of each row (the tags joined by ``sep``), the text
+    the model learns and is scored against; ``prompt`` is the instruction, the same for every
+    row. With them a row is a (prompt, image, caption) triple that
+    :func:`vlm_helpers.data.validation.clean_dataset` can check
+    (``question_key=PROMPT_COLUMN, answer_key=CAPTION_COLUMN, answers_may_be_str=True``).
+    Only the tag column is read, so images are not decoded. Existing columns of these names
+    are replaced. Works on a ``Dataset`` or on each split of a ``DatasetDict``.
+    """
+    if isinstance(ds, Mapping):  # DatasetDict
+        return type(ds)({name: with_captions(split, prompt=prompt, sep=sep) for name, split in ds.items()})
+    if not prompt.strip():
+        raise ValueError("prompt must not be empty")
+    captions = [sep.join(tags) for tags in ds[TAGS_COLUMN]]
+    ds = ds.remove_columns([c for c in (CAPTION_COLUMN, PROMPT_COLUMN) if c in ds.column_names])
+    return ds.add_column(CAPTION_COLUMN, captions).add_column(PROMPT_COLUMN, [prompt] * len(captions))
 
 
 def split_train_val(ds: Dataset, test_size: float = 0.2, seed: int = 42) -> DatasetDict:
@@ -563,9 +587,11 @@ __all__ = [
     "AIRCRAFT_LOOKS",
     "AIRCRAFT_PROMPT",
     "ARTICLE_SPLIT_SIZES",
+    "CAPTION_COLUMN",
     "FGVC_VARIANTS",
     "FILTER_VALUES",
     "IMAGE_COLUMN",
+    "PROMPT_COLUMN",
     "ROW_CYCLE",
     "TAGS_COLUMN",
     "TAG_SEPARATOR",
@@ -585,4 +611,5 @@ __all__ = [
     "split_sizes",
     "split_train_val",
     "synthetic_kinds",
+    "with_captions",
 ]

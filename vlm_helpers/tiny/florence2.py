@@ -99,8 +99,9 @@ def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: i
     )
     config = Florence2Config(text_config=text_config, vision_config=vision_config,
                              image_token_id=tokenizer.image_token_id)
-    torch.manual_seed(seed)
-    model = Florence2ForConditionalGeneration(config)
+    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = Florence2ForConditionalGeneration(config)
     model.generation_config.max_new_tokens = 20
     model.generation_config.num_beams = 1
     num_image_tokens = (image_size // 32) ** 2 + 1

@@ -136,9 +136,10 @@ def build_tiny_idefics2(
         tie_word_embeddings=False,
     )
 
-    torch.manual_seed(seed)
-    model = Idefics2ForConditionalGeneration(config)
-    reinit_weights(model, init_std)
+    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = Idefics2ForConditionalGeneration(config)
+        reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_utterance_id],

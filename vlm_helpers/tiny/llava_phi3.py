@@ -112,9 +112,10 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
         tie_word_embeddings=False,
     )
 
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    reinit_weights(model, init_std)
+    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+        reinit_weights(model, init_std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[end_id, tokenizer.eos_token_id],
