@@ -3,6 +3,8 @@
 Taught in ``notebooks/02_florence2_docvqa.ipynb``.
 
 * :func:`load_docvqa` reads ``HuggingFaceM4/DocumentVQA`` from the Hub (full mode).
+* :func:`load_docvqa_1200` reads ``nielsr/docvqa_1200_examples``, the 1,200-question subset
+  the Idefics2 QLoRA article trains on (notebook 03), renamed to DocVQA's column names.
 * :func:`make_synthetic_docvqa` draws documents with Pillow and asks questions
   about them, with exactly the real dataset's columns and feature types (tiny mode).
 * :func:`docvqa_dataset` picks one of the two, so everything downstream has one code path.
@@ -31,13 +33,18 @@ from PIL import Image as PILImage
 from vlm_helpers.data.render import LAYOUTS, DocumentSpec, Fonts, load_fonts, render_document
 
 __all__ = [
+    "DOCVQA_1200_ID",
+    "DOCVQA_1200_SPLITS",
     "DOCVQA_FEATURES",
+    "DOCVQA_ID",
     "QUESTION_TEMPLATES",
     "TINY_NUM_ROWS",
     "QuestionTemplate",
     "SyntheticDocument",
+    "docvqa_1200_rows",
     "docvqa_dataset",
     "load_docvqa",
+    "load_docvqa_1200",
     "make_synthetic_docvqa",
     "sample_document",
     "synthetic_split_seed",
@@ -56,6 +63,17 @@ DOCVQA_FEATURES = Features(
         "answers": List(Value("string")),
     }
 )
+
+DOCVQA_ID = "HuggingFaceM4/DocumentVQA"
+
+#: The Idefics2 QLoRA article's data: 1,000 train + 200 test questions drawn from DocVQA, in
+#: another schema: ``id`` (str), ``image``, ``query`` (``{"de", "en", "es", "fr", "it"}``),
+#: ``answers`` (list of str), plus OCR ``words`` / ``bounding_boxes`` and a matched ``answer`` span.
+DOCVQA_1200_ID = "nielsr/docvqa_1200_examples"
+
+#: Our split name -> the split of ``nielsr/docvqa_1200_examples``. It has no "validation"; its
+#: 200 "test" questions come with answers, so they serve as our validation rows.
+DOCVQA_1200_SPLITS = {"train": "train", "validation": "test"}
 
 #: Rows per synthetic split when ``docvqa_dataset(..., tiny=True)`` gets no ``max_samples``.
 TINY_NUM_ROWS = {"train": 200, "validation": 50}
@@ -302,7 +320,7 @@ def load_docvqa(
     *,
     max_samples: int | None = None,
     streaming: bool = False,
-    dataset_id: str = "HuggingFaceM4/DocumentVQA",
+    dataset_id: str = DOCVQA_ID,
     cache_dir: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load real DocVQA from the Hugging Face Hub (needs internet; Colab "full" mode).
@@ -325,8 +343,45 @@ def load_docvqa(
     return datasets.load_dataset(dataset_id, split=split_spec, cache_dir=cache_dir)
 
 
+def docvqa_1200_rows(dataset: datasets.Dataset, *, language: str = "en") -> datasets.Dataset:
+    """Turn rows of ``nielsr/docvqa_1200_examples`` into DocVQA-style rows.
+
+    Keeps ``image`` and ``answers``; ``query[language]`` becomes ``question`` and ``id`` becomes
+    ``questionId`` (a string, as in that dataset); the OCR columns are dropped. Only the small
+    columns are read: no page image is decoded or re-encoded.
+    """
+    questions = [query[language] for query in dataset["query"]]
+    ids = [str(row_id) for row_id in dataset["id"]]
+    rows = dataset.select_columns(["image", "answers"])
+    rows = rows.add_column("question", questions).add_column("questionId", ids)
+    return rows.select_columns(["questionId", "question", "answers", "image"])
+
+
+def load_docvqa_1200(
+    split: str = "train",
+    *,
+    max_samples: int | None = None,
+    language: str = "en",
+    dataset_id: str = DOCVQA_1200_ID,
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
+    """Load the Idefics2 article's DocVQA subset (about 150 MB) with DocVQA's column names.
+
+    ``split`` is "train" (1,000 questions) or "validation" (the set's 200 "test" questions,
+    see :data:`DOCVQA_1200_SPLITS`); ``max_samples`` keeps the first rows. Needs the Hub.
+    """
+    if split not in DOCVQA_1200_SPLITS:
+        raise ValueError(f"{dataset_id} has splits {sorted(DOCVQA_1200_SPLITS)} here, not {split!r}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    source = DOCVQA_1200_SPLITS[split]
+    split_spec = f"{source}[:{max_samples}]" if max_samples is not None else source
+    return docvqa_1200_rows(datasets.load_dataset(dataset_id, split=split_spec, cache_dir=cache_dir),
+                            language=language)
+
+
 def docvqa_dataset(
-    split: str, *, tiny: bool, max_samples: int | None = None, seed: int = 0
+    split: str, *, tiny: bool, max_samples: int | None = None, seed: int = 0, dataset_id: str = DOCVQA_ID
 ) -> datasets.Dataset:
     """DocVQA rows for ``split``: synthetic when ``tiny`` is true, real otherwise.
 
@@ -334,10 +389,14 @@ def docvqa_dataset(
     seed derived from ``seed`` and the split name, so "train" and "validation"
     never share pages but follow the same question/answer distribution. Only
     "train" and "validation" exist in tiny mode. Full mode calls
-    :func:`load_docvqa` (non-streaming); ``seed`` is unused there.
+    :func:`load_docvqa` (non-streaming) for ``dataset_id``, or :func:`load_docvqa_1200`
+    when ``dataset_id`` is :data:`DOCVQA_1200_ID`; ``seed`` is unused there, and
+    ``dataset_id`` is unused in tiny mode.
     """
     if not tiny:
-        return load_docvqa(split, max_samples=max_samples)
+        if dataset_id == DOCVQA_1200_ID:
+            return load_docvqa_1200(split, max_samples=max_samples)
+        return load_docvqa(split, max_samples=max_samples, dataset_id=dataset_id)
     if split not in TINY_NUM_ROWS:
         raise ValueError(
             f"synthetic DocVQA has splits {sorted(TINY_NUM_ROWS)}, not {split!r} "
