@@ -44,12 +44,13 @@ LLAVA_PHI3_MODEL_ID = "xtuner/llava-phi-3-mini-hf"
 
 #: LoRA targets for Idefics2: every projection of the Mistral text model and of the connector
 #: (``modality_projection`` MLP + ``perceiver_resampler``), none in the SigLIP vision encoder.
-#: The article wrote ``.*(text_model|modality_projection|perceiver_resampler).*(down_proj|...|o_proj).*$``.
-#: In transformers 5.x the module tree is ``model.vision_model`` / ``model.connector.{modality_projection,
-#: perceiver_resampler}`` / ``model.text_model``, and that regex still selects the same modules, but
-#: only by substring: ``.*`` on both sides also accepts any future module whose name merely
-#: *contains* those words. This one is anchored on the module path (PEFT matches a string with
-#: ``re.fullmatch`` against names like ``model.text_model.layers.0.self_attn.q_proj``).
+#: The article wrote ``.*(text_model|modality_projection|perceiver_resampler).*(k_proj|q_proj|v_proj|o_proj).*|lm_head$``:
+#: attention projections only (no MLP, so ``modality_projection``'s gate/up/down never matched),
+#: plus ``lm_head`` (its 7,589,912 trainable parameters are exactly 32 text + 3 perceiver layers of
+#: q/k/v/o plus lm_head). We also adapt the MLPs, where most of a layer's weights are, and leave
+#: ``lm_head`` frozen. The pattern is anchored on the module path of transformers 5.x
+#: (``model.text_model...``, ``model.connector.{modality_projection,perceiver_resampler}...``);
+#: PEFT matches a string with ``re.fullmatch``.
 #: Idefics2-8b: 32 text layers x 7 + 3 + 3 perceiver layers x 7 = 248 adapted modules.
 IDEFICS2_LORA_TARGETS = (
     r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

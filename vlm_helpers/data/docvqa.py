@@ -33,6 +33,7 @@ from PIL import Image as PILImage
 from vlm_helpers.data.render import LAYOUTS, DocumentSpec, Fonts, load_fonts, render_document
 
 __all__ = [
+    "CHAT_INSTRUCTION",
     "DOCVQA_1200_ID",
     "DOCVQA_1200_SPLITS",
     "DOCVQA_FEATURES",
@@ -65,6 +66,10 @@ DOCVQA_FEATURES = Features(
 )
 
 DOCVQA_ID = "HuggingFaceM4/DocumentVQA"
+
+#: The text chat models (Idefics2) see before the image and question, in training and in
+#: evaluation alike (notebooks 01 and 03): the Idefics2 QLoRA article's instruction.
+CHAT_INSTRUCTION = "Answer briefly."
 
 #: The Idefics2 QLoRA article's data: 1,000 train + 200 test questions drawn from DocVQA, in
 #: another schema: ``id`` (str), ``image``, ``query`` (``{"de", "en", "es", "fr", "it"}``),
