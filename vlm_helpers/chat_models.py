@@ -234,12 +234,16 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, prese
     inference) and return ``(model, processor)``; the processor saved with the adapter wins.
 
     Load the base exactly as during training (same ``quantize_4bit``): the adapter learned
-    corrections to the 4-bit-rounded weights.
+    corrections to the 4-bit-rounded weights. A 4-bit base also gets the dtype treatment
+    :func:`add_lora` gave it for training (norms and embeddings upcast to fp32), so on a GPU
+    the reloaded model computes what the trained one did, not a fp16 variant of it.
     """
-    from peft import PeftModel
+    from peft import PeftModel, prepare_model_for_kbit_training
     from transformers import AutoProcessor
 
     model, processor = load_chat_vlm(base_checkpoint, preset=preset, quantize_4bit=quantize_4bit, **load_kwargs)
+    if quantize_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
     model.eval()
     if _has_processor(adapter_path):

@@ -128,6 +128,23 @@ def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, mod
     return records, scores
 
 
+def generation_eval_fn(model, processor, collator, rows: Sequence[dict], *, task: str, prefix: str = "val_",
+                       references_key: str = "answers", **generate_kwargs) -> Callable[[int], dict[str, float]]:
+    """A callback for training loops: at a given step, generate for ``rows`` and score them.
+
+    Returns ``f(step) -> {"val_anls": ...}`` (DocVQA) or ``{"val_rouge1", "val_tag_f1", ...}``
+    (captioning): the same generation-based scores as the final evaluation, never the argmax
+    of teacher-forced logits. ``generate_kwargs`` go to :func:`generate_predictions`.
+    """
+    def evaluate_at(step: int) -> dict[str, float]:
+        predictions = generate_predictions(model, processor, collator, rows, **generate_kwargs)
+        records = prediction_records(rows, predictions, model_name="", mode="tiny", references_key=references_key)
+        scores = SCORERS[task](records)
+        return {prefix + name: value for name, value in scores.items() if name != "samples"}
+
+    return evaluate_at
+
+
 def format_scores(scores: dict, *, tiny: bool, title: str) -> str:
     """One printable line of scores, always ending with the tiny/full mode label."""
     from vlm_helpers.runtime import mode_label
