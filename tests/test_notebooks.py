@@ -80,6 +80,14 @@ def test_each_notebook_runs_in_tiny_mode_and_labels_its_numbers(series, name):
     assert TINY_LABEL in outputs_text(executed[name])
 
 
+def test_idefics2_notebook_really_takes_the_4bit_path(series):
+    _, executed, errors = series
+    assert "03_idefics2_qlora_docvqa.ipynb" not in errors
+    text = outputs_text(executed["03_idefics2_qlora_docvqa.ipynb"])
+    line = next(line for line in text.splitlines() if "linear layers stored in 4-bit NF4" in line)
+    assert int(line.split()[0]) > 0 and "not quantized: lm_head" in line
+
+
 def _table(results_dir: Path) -> dict[tuple[str, str], dict]:
     runs = find_runs(results_dir)
     assert all(run.mode == "tiny" for run in runs)

@@ -24,6 +24,7 @@ from vlm_helpers.runtime import Preset
 
 __all__ = [
     "IDEFICS2_LORA_TARGETS",
+    "quantization_report",
     "IDEFICS2_MODEL_ID",
     "LLAVA_PHI3_LORA_TARGETS",
     "LLAVA_PHI3_MODEL_ID",
@@ -196,6 +197,21 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
         if trainable:
             raise ValueError(f"LoRA reached the vision encoder {name} ({trainable[:3]}...): narrow target_modules")
     return model
+
+
+def quantization_report(model: nn.Module) -> str:
+    """How many linear layers are stored in 4-bit (bitsandbytes ``Linear4bit``), and which are not.
+
+    The line notebooks 03 and 04 print after loading, so the 4-bit path is visibly taken.
+    """
+    four_bit, plain = 0, []
+    for name, module in model.named_modules():
+        if type(module).__name__ == "Linear4bit":
+            four_bit += 1
+        elif isinstance(module, nn.Linear):
+            plain.append(name)
+    shown = ", ".join(plain[:4]) + (f" and {len(plain) - 4} more" if len(plain) > 4 else "")
+    return f"{four_bit} linear layers stored in 4-bit NF4; not quantized: {shown or 'none'}"
 
 
 def lora_module_names(model: nn.Module) -> list[str]:
