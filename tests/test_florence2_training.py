@@ -140,3 +140,24 @@ def test_collator_runs_in_dataloader_worker_processes(model_and_processor, rows)
         for key in expected:
             assert torch.equal(got[key], expected[key]), key
             assert got[key].device.type == "cpu"
+
+
+def test_frozen_vision_tower_stays_in_eval_mode_during_training(tiny_florence2_path, rows, tmp_path):
+    model, processor = models.load_florence2(tiny_florence2_path)
+    vision = models.florence2_vision_modules(model)[0]
+    models.freeze(vision)
+    model.train()
+    assert models.frozen_to_eval(model) == ["model.vision_tower"]
+    assert not vision.training and model.model.language_model.training
+    modes = []
+    original_forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        modes.append((model.training, vision.training))
+        return original_forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    config = training.TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2, batch_size=4,
+                                  progress=False)
+    training.train(model, rows, collators.Florence2Collator(processor), config)
+    assert modes and all(m == (True, False) for m in modes)

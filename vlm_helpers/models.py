@@ -94,3 +94,27 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         if param.requires_grad:
             trainable += numel
     return ParameterCount(trainable, total)
+
+
+def frozen_to_eval(model: nn.Module) -> list[str]:
+    """Put every fully frozen submodule in eval mode; return their names (top-most only).
+
+    ``model.train()`` switches *all* submodules to training mode, frozen ones included, so
+    dropout and stochastic depth (DaViT's ``drop_path_rate``) keep perturbing the features of
+    a vision tower that cannot adapt to them. Call this after every ``model.train()``; the
+    training loop of :mod:`vlm_helpers.training` does.
+    """
+    names: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+            names.append(prefix)
+            return
+        for child_name, child in module.named_children():
+            visit(child, f"{prefix}.{child_name}" if prefix else child_name)
+
+    for child_name, child in model.named_children():
+        visit(child, child_name)
+    return names

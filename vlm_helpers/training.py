@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from vlm_helpers.checkpoints import checkpoint_all_ranks, latest_checkpoint, load_checkpoint
 from vlm_helpers.collators import IGNORE_INDEX
 from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
+from vlm_helpers.models import frozen_to_eval
 
 @dataclass
 class TrainConfig:
@@ -215,6 +216,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
 
         progress = tqdm(total=total, initial=state.step, desc="training", unit="step")
     model.train()
+    frozen_to_eval(model)  # frozen parts (the vision tower) keep dropout / drop-path off
     stream = _micro_batches(dataset, collator, config, state, rank, world_size)
     while state.step < total:
         window = [next(stream) for _ in range(config.grad_accum)]
@@ -260,6 +262,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
             model.eval()
             record.update(eval_fn(state.step))
             model.train()
+            frozen_to_eval(model)
         state.history.append(record)
         if progress is not None:
             progress.update(1)
