@@ -1,7 +1,8 @@
 """The ``vlm-train`` command line: real 2-process DDP and FSDP2 on CPU (torchrun + gloo), resume, errors.
 
-Every run uses the tiny Florence-2 and synthetic data, one torch thread per process
-(two threads per process on a busy 2-core machine were measured up to 100x slower).
+Every run uses tiny models (Florence-2; Idefics2 and LLaVA-Phi-3 for the HF Trainer recipes) and
+synthetic data, one torch thread per process (two threads per process on a busy 2-core machine
+were measured up to 100x slower).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from vlm_helpers import train
 from vlm_helpers.checkpoints import checkpoint_dirs
+from vlm_helpers.hf_training import trainer_checkpoint_dirs
 from vlm_helpers.training import load_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +207,68 @@ def test_phi3_aircraft_recipe_trains_and_scores_captions(monkeypatch_module, tmp
     assert (out / "adapter" / "adapter_config.json").exists()
 
 
+def _digests(output_dir: Path) -> list[dict]:
+    return [json.loads((output_dir / f"weights-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+# the HF Trainer recipes: 16 rows = 2 steps of 2 processes x batch 4 per epoch, one question to evaluate
+CHAT_SMALL = ["--tiny", "--max-train-samples", "16", "--max-eval-samples", "1", "--logging-steps", "1"]
+
+
+@pytest.mark.parametrize("recipe, metrics_file", [("idefics2-qlora-docvqa", "docvqa__idefics2__finetuned"),
+                                                  ("phi3-aircraft", "captioning__phi3__finetuned")])
+def test_hf_trainer_recipe_two_processes_one_checkpoint_and_resume(recipe, metrics_file, cli_env, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = [*CHAT_SMALL, "--recipe", recipe, "--output-dir", str(out), "--results-dir", str(out / "results"),
+              "--write-weight-digests"]
+    result = _torchrun([*common, "--max-steps", "6"], cli_env)
+    assert "2 process(es), backend gloo" in result.stdout
+    digests = _digests(out)
+    assert digests[0]["step"] == digests[1]["step"] == 6 and digests[0]["tensors"] > 0
+    assert digests[0]["sha256"] == digests[1]["sha256"], "the Trainer's DDP replicas ended with different weights"
+    assert [p.name for p in trainer_checkpoint_dirs(out)] == ["checkpoint-6"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {p.name for p in (out / "checkpoint-6").iterdir()}
+    before = load_history(out / "history.json")
+    assert [r["step"] for r in before] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "results" / f"{metrics_file}.metrics.json").read_text())["samples"] == 1
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+    # mistakes are refused before any model loads
+    assert "already holds checkpoint-6: pass --resume" in _usage_error([*common, "--max-steps", "8"], capsys)
+    assert "already at step 6" in _usage_error([*common, "--resume", "--max-steps", "6"], capsys)
+    assert "no trainer_state.json in that folder" in _usage_error([*common, "--resume", str(out / "adapter")], capsys)
+
+    result = _torchrun([*common, "--max-steps", "8", "--resume"], cli_env)
+    assert "resuming from" in result.stdout and str(out / "checkpoint-6") in result.stdout
+    after = load_history(out / "history.json")
+    assert [r["step"] for r in after] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert after[:6] == before  # restored from checkpoint-6's trainer_state.json, not recomputed
+    resumed = _digests(out)
+    assert resumed[0]["step"] == 8 and resumed[0]["sha256"] == resumed[1]["sha256"] != digests[0]["sha256"]
+    assert [p.name for p in trainer_checkpoint_dirs(out)] == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_hf_trainer_resume_repeats_the_uninterrupted_run(monkeypatch_module, tmp_path):
+    """One process: steps 4-6 resumed from checkpoint-3 are those of the run that went straight on."""
+    run, resumed = tmp_path / "run", tmp_path / "resumed"
+    # one process x batch 4 over 16 rows: 4 steps per epoch, so checkpoint-3 is mid-epoch and 4-6 cross into epoch 2
+    common = [*CHAT_SMALL, "--recipe", "idefics2-qlora-docvqa", "--max-steps", "6", "--write-weight-digests"]
+    assert train.main([*common, "--checkpoint-every", "3", "--output-dir", str(run),
+                       "--results-dir", str(run / "results")]) == 0
+    assert [p.name for p in trainer_checkpoint_dirs(run)] == ["checkpoint-3", "checkpoint-6"]
+    resumed.mkdir()
+    shutil.copytree(run / "checkpoint-3", resumed / "checkpoint-3")
+    assert train.main([*common, "--output-dir", str(resumed), "--results-dir", str(resumed / "results"),
+                       "--resume", str(resumed / "checkpoint-3")]) == 0
+    assert _losses(resumed) == _losses(run)  # bit for bit: weights, optimizer, data position and RNG came back
+    assert _digests_one(resumed) == _digests_one(run)
+
+
+def _digests_one(output_dir: Path) -> str:
+    return json.loads((output_dir / "weights-rank0.json").read_text())["sha256"]
+
+
 def _usage_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         train.main(argv)
@@ -224,7 +288,7 @@ def _usage_error(argv: list[str], capsys) -> str:
     (["--report-to", "mlflow"], "--report-to: unknown tracker"),
     (["--recipe", "llava"], "invalid choice: 'llava'"),
     (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
-    (["--recipe", "idefics2-qlora-docvqa", "--resume"], "--resume is not available for idefics2-qlora-docvqa yet"),
+    (["--recipe", "idefics2-qlora-docvqa", "--resume"], "holds no checkpoint (checkpoint-<step>/trainer_state.json)"),
 ])
 def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)

@@ -15,7 +15,14 @@ its arguments the way the series needs them:
 - ``paged_adamw_8bit`` on GPU (QLoRA's optimizer: 8-bit states, paged to CPU on memory spikes),
   plain ``adamw_torch`` on CPU, where bitsandbytes' paged optimizers do not run;
 - the loss history comes back as ``[{"step", "loss", ...}]``, the shape :mod:`vlm_helpers.training`
-  writes, so plotting and ``results/`` code is shared.
+  writes, so plotting and ``results/`` code is shared;
+- checkpoints are the Trainer's own (``checkpoint-<step>/`` with the adapter, optimizer, scheduler,
+  each process's RNG state and ``trainer_state.json``, whose ``log_history`` is the loss curve so
+  far): ``save_at_end=True`` writes exactly one, after the last step, and
+  ``train_with_trainer(..., resume_from_checkpoint=...)`` continues from it;
+- under ``torchrun`` the Trainer wraps the model in DDP itself: gloo on CPU, and
+  ``find_unused_parameters=False`` because every trainable weight (LoRA on modules that run,
+  ``modules_to_save``) gets a gradient at every step.
 
 Evaluation is by *generation* + ANLS (:func:`vlm_helpers.evaluation.generate_predictions`), not
 the Trainer's teacher-forced ``eval_loss``: pass ``eval_fn`` to :func:`train_with_trainer`.
@@ -28,10 +35,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["REPORT_TO_CHOICES", "history_from_log", "make_training_arguments", "secret", "train_with_trainer",
-           "validate_report_to"]
+__all__ = ["REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
+           "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs", "validate_report_to"]
+
+#: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
+TRAINER_STATE_FILE = "trainer_state.json"
+
+#: ``save_steps`` for "only after the last step": never a multiple of a real step number, and with
+#: ``save_strategy="steps"`` the Trainer always saves once the run reaches ``max_steps``.
+_SAVE_ONLY_AT_END = 10**12
 
 #: Tracker -> (Python package it needs, environment variable holding its key, or None).
 REPORT_TO_CHOICES: dict[str, tuple[str | None, str | None]] = {
@@ -94,13 +110,18 @@ def validate_report_to(report_to: str | Sequence[str]) -> list[str]:
 def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1e-4, epochs: float = 1.0,
                             max_steps: int = -1, warmup_steps: float = 0, weight_decay: float = 0.01,
                             report_to: str | Sequence[str] = "none", logging_steps: int = 5,
-                            save_steps: int | None = None, save_total_limit: int = 1, seed: int = 0,
-                            max_grad_norm: float = 1.0, lr_scheduler_type: str = "linear",
+                            save_steps: int | None = None, save_total_limit: int = 1, save_at_end: bool = False,
+                            seed: int = 0, max_grad_norm: float = 1.0, lr_scheduler_type: str = "linear",
                             dataloader_num_workers: int | None = None, **overrides):
     """``TrainingArguments`` for a QLoRA/LoRA run on ``preset`` (batching, dtype, checkpointing).
 
-    ``save_steps=None`` saves no intermediate checkpoints (save the adapter yourself at the end).
+    Checkpoints (``checkpoint-<step>/`` in ``output_dir``, the newest ``save_total_limit`` kept):
+    ``save_steps=N`` saves every N steps and after the last one; ``save_steps=None`` saves none
+    (save the adapter yourself at the end), unless ``save_at_end=True``: then exactly one, after
+    the last step, which ``train_with_trainer(..., resume_from_checkpoint=...)`` can continue.
     ``warmup_steps`` below 1 is a fraction of the run (the article's 75 of 178 steps = 0.42).
+    Under ``torchrun`` on CPU the Trainer's DDP uses gloo; ``find_unused_parameters`` is off
+    (pass ``ddp_find_unused_parameters=True`` if you train a module that some steps skip).
     ``**overrides`` go straight to ``TrainingArguments`` (e.g. ``eval_strategy="steps"``).
     """
     from transformers import TrainingArguments
@@ -128,9 +149,13 @@ def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1
         remove_unused_columns=False,
         eval_strategy="no",
         logging_steps=logging_steps,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
+        save_strategy="steps" if save_steps or save_at_end else "no",
+        save_steps=save_steps or (_SAVE_ONLY_AT_END if save_at_end else 500),
         save_total_limit=save_total_limit,
+        # under torchrun on CPU: gloo (NCCL needs GPUs); one process must not name a backend, or
+        # accelerate sets up a process group that nothing launched
+        ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (and no extra graph walk)
         report_to=validate_report_to(report_to),
         seed=seed,
         dataloader_num_workers=dataloader_num_workers,
@@ -167,14 +192,39 @@ def history_from_log(log_history: Sequence[dict]) -> list[dict]:
     return [records[step] for step in sorted(records) if "loss" in records[step]]
 
 
+def trainer_checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete Trainer checkpoints (``checkpoint-<step>/`` holding ``trainer_state.json``), oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", p.name) and (p / TRAINER_STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete Trainer checkpoint in ``output_dir``, or None."""
+    found = trainer_checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+
 def train_with_trainer(model, train_rows, collator: Callable, args, *,
-                       eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None):
+                       eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None,
+                       resume_from_checkpoint: str | Path | bool | None = None):
     """Train with ``transformers.Trainer``; return ``(trainer, history)``.
 
     ``eval_fn(step) -> {"anls": ...}`` (e.g. generation + ANLS on validation rows) runs every
     ``eval_every`` optimizer steps in eval mode; its numbers join that step's history record.
+
+    ``resume_from_checkpoint`` (a ``checkpoint-<step>`` folder, or ``True`` for the newest in
+    ``args.output_dir``) continues that run: adapter weights, optimizer, scheduler, each process's
+    RNG state and the position in the data come back, and ``history`` starts with the checkpoint's
+    records (the losses logged before it, not recomputed). ``args.max_steps`` counts all steps,
+    those before the checkpoint included. This run's ``logging_steps``/``save_steps`` apply from
+    the resume on (the Trainer alone would keep the checkpoint's).
     """
     from transformers import Trainer, TrainerCallback
+
+    class CurrentIntervals(TrainerCallback):
+        def on_train_begin(self, arguments, state, control, **kwargs):
+            state.compute_steps(arguments, state.max_steps)  # a resumed state holds the old run's intervals
 
     class GenerationEval(TrainerCallback):
         def on_step_end(self, arguments, state, control, model=None, **kwargs):
@@ -185,8 +235,10 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                 model.train(was_training)
                 state.log_history.append({"step": state.global_step, **metrics})
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator,
-                      callbacks=[GenerationEval()] if eval_fn is not None else None)
-    trainer.train()
+    callbacks = [CurrentIntervals()] + ([GenerationEval()] if eval_fn is not None else [])
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator, callbacks=callbacks)
+    if isinstance(resume_from_checkpoint, Path):
+        resume_from_checkpoint = str(resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     return trainer, history_from_log(trainer.state.log_history)

@@ -21,7 +21,9 @@ loop, :func:`vlm_helpers.training.train`, on a model the recipe wraps with ``env
 ``trainer="hf"`` (idefics2-qlora-docvqa, phi3-aircraft) hands the model to the HF Trainer
 (:func:`vlm_helpers.hf_training.train_with_trainer`), which does its own DDP under
 torchrun; those share :func:`_run_chat_recipe` and differ only by a :class:`ChatSpec`
-and a data function.
+and a data function. Both kinds write a checkpoint after the last step (plus every
+``--checkpoint-every`` steps) and continue one with ``--resume``; the formats differ
+(``training_state.pt`` vs the Trainer's ``trainer_state.json`` + adapter + optimizer).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class Recipe:
     tiny: Defaults
     run: Callable[[RunSettings, Distributed], dict]
     # "loop": vlm_helpers.training (checkpoints hold training_state.pt; --resume, --fsdp);
-    # "hf": the HF Trainer (its own checkpoint format; no --resume from the command line yet)
+    # "hf": the HF Trainer (its own checkpoints, with trainer_state.json; --resume, no --fsdp)
     trainer: str = "loop"
 
     def defaults(self, tiny: bool) -> Defaults:
@@ -107,7 +109,7 @@ class RunSettings:
     num_beams: int
     max_new_tokens: int
     cauldron_subsets: tuple[str, ...]
-    resume: str | None  # a checkpoint folder, or None
+    resume: str | None  # a checkpoint folder (the recipe's format), or None
     report_to: tuple[str, ...]
     seed: int
     num_workers: int
@@ -452,10 +454,13 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     The HF Trainer does the distributed part itself under torchrun / accelerate launch
     (DDP, and FSDP/DeepSpeed from accelerate's config): the model is NOT wrapped here.
     A 4-bit model cannot move between devices, so each process loads it onto its own GPU.
+    The Trainer writes ``checkpoint-<step>/`` after the last step (and every ``--checkpoint-every``
+    steps); ``settings.resume`` continues one, and ``history.json`` then starts with the records
+    the checkpoint holds. Rank 0 alone writes ``history.json``, ``results/`` and ``adapter/``.
     """
     from vlm_helpers import chat_models, evaluation, models, results, runtime, training
     from vlm_helpers.chat_collator import ChatVLMCollator
-    from vlm_helpers.hf_training import make_training_arguments, train_with_trainer
+    from vlm_helpers.hf_training import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
     preset = runtime.override(settings.preset, batch_size=settings.batch_size, grad_accum=settings.grad_accum)
     with env.main_process_first():
@@ -482,7 +487,8 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         preset, output_dir=str(settings.output_dir), learning_rate=settings.learning_rate, epochs=settings.epochs,
         max_steps=settings.max_steps or -1, warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
         report_to=list(settings.report_to), logging_steps=settings.logging_steps,
-        save_steps=settings.checkpoint_every, save_total_limit=settings.keep_checkpoints, seed=settings.seed,
+        save_steps=settings.checkpoint_every, save_total_limit=settings.keep_checkpoints, save_at_end=True,
+        seed=settings.seed,
         dataloader_num_workers=settings.num_workers, disable_tqdm=not settings.progress)
     model_label = spec.results_model if settings.dataset in ("docvqa", "aircraft") else \
         f"{spec.results_model}-{settings.dataset}"
@@ -504,17 +510,19 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         return {f"eval_{k}": v for k, v in result[1].items() if k != "samples"} if result else {}
 
     env.log(f"training with the HF Trainer: {env.world_size} process(es) x batch {settings.batch_size} x "
-            f"accumulation {settings.grad_accum}, {len(train_rows)} training rows")
+            f"accumulation {settings.grad_accum}, {len(train_rows)} training rows"
+            + (f", resuming from {settings.resume}" if settings.resume else ""))
     trainer, history = train_with_trainer(model, train_rows, collator, args,
                                           eval_fn=evaluate_during_training if settings.eval_steps else None,
-                                          eval_every=settings.eval_steps)
+                                          eval_every=settings.eval_steps, resume_from_checkpoint=settings.resume)
     if settings.write_weight_digests:
         write_weight_digest(model, settings, env, trainer.state.global_step)
     final = evaluate_on_rank0("[vlm-train] after fine-tuning")
     summary: dict[str, Any] = {"recipe": settings.recipe, "dataset": settings.dataset,
                                "steps": trainer.state.global_step, "world_size": env.world_size,
                                "output_dir": str(settings.output_dir),
-                               "final_loss": history[-1]["loss"] if history else None}
+                               "final_loss": history[-1]["loss"] if history else None,
+                               "checkpoint": str(latest_trainer_checkpoint(settings.output_dir))}
     if env.is_main:
         records, scores = final
         training.save_history(history, settings.output_dir / "history.json")

@@ -288,8 +288,7 @@ def _defaults_table() -> str:
     for recipe in RECIPES.values():
         for mode, d in (("full", recipe.full), ("tiny", recipe.tiny)):
             batch = (f"{d.batch_size} x {d.grad_accum}" if d.batch_size is not None else "from GPU preset")
-            ckpt = (f"checkpoint every {d.checkpoint_every}" if d.checkpoint_every else
-                    "checkpoint at the end" if recipe.trainer == "loop" else "adapter at the end")
+            ckpt = f"checkpoint every {d.checkpoint_every}" if d.checkpoint_every else "checkpoint at the end"
             lines.append(f"  {recipe.name:22s} {mode}: lr {d.learning_rate:g}, {d.epochs} epoch(s), batch {batch}, "
                          f"warm-up {d.warmup_steps:g}, {ckpt}")
     return "\n".join(lines)
@@ -332,8 +331,10 @@ notes:
   * The run writes checkpoints, history.json and final/ (florence2-docvqa: the fine-tuned model) or
     adapter/ (the chat recipes: the LoRA adapter) to --output-dir, and predictions + metrics to
     --results-dir (read by notebook 05).
-  * --resume and --fsdp work with florence2-docvqa (the series' own training loop); the chat recipes
-    train with the HF Trainer, which takes accelerate's FSDP/DeepSpeed config but no --resume here yet.
+  * --resume works with every recipe (each continues its own checkpoint format: florence2-docvqa's
+    training_state.pt, the HF Trainer's trainer_state.json). --fsdp is for florence2-docvqa (the
+    series' own loop); the chat recipes train with the HF Trainer, which takes accelerate's
+    FSDP/DeepSpeed config instead.
   * VLM_TINY=1 in the environment is the same as --tiny. VLM_CACHE says where tiny models are built.
   * Multi-GPU and multi-node recipes: docs/scaling_out.md.
 """
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--results-dir", type=Path, default=None,
                      help="where predictions and metrics go (default: $VLM_RESULTS_DIR or ./results)")
     out.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
-                     help="save a checkpoint every N steps (florence2-docvqa: the last step is always saved too)")
+                     help="save a checkpoint every N steps (the last step is always saved too)")
     out.add_argument("--keep-checkpoints", type=_positive_int, default=2, metavar="N",
                      help="keep only the newest N checkpoints (default: %(default)s)")
     out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
@@ -482,20 +483,23 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
-    """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing."""
+    """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing.
+
+    A checkpoint is ``checkpoint-<step>/`` holding ``training_state.pt`` (florence2-docvqa's loop)
+    or ``trainer_state.json`` (the HF Trainer recipes).
+    """
     from vlm_helpers.checkpoints import CHECKPOINT_FILE, latest_checkpoint
+    from vlm_helpers.hf_training import TRAINER_STATE_FILE, latest_trainer_checkpoint
 
     if get_recipe(args.recipe).trainer == "hf":
-        if args.resume is not None:
-            parser.error(f"--resume is not available for {args.recipe} yet: it trains with the HF Trainer through "
-                         "vlm_helpers.hf_training.train_with_trainer, which takes no resume_from_checkpoint; "
-                         "start a new run in a new --output-dir")
+        state_file, existing = TRAINER_STATE_FILE, latest_trainer_checkpoint(output_dir)
+        # an incomplete checkpoint folder (a crash mid-save) or a saved adapter is an earlier run too
         previous = sorted(output_dir.glob("checkpoint-*")) + sorted(output_dir.glob("adapter"))
-        if previous:
+        if args.resume is None and existing is None and previous:
             parser.error(f"--output-dir {output_dir} already holds {previous[0].name} from an earlier run: "
                          "choose another --output-dir")
-        return None
-    existing = latest_checkpoint(output_dir)
+    else:
+        state_file, existing = CHECKPOINT_FILE, latest_checkpoint(output_dir)
     if args.resume is None:
         if existing is not None:
             parser.error(f"--output-dir {output_dir} already holds {existing.name}: pass --resume to continue "
@@ -503,14 +507,15 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
         return None
     if args.resume == "latest":
         if existing is None:
-            parser.error(f"--resume: {output_dir} holds no checkpoint (checkpoint-<step>/{CHECKPOINT_FILE}); "
+            parser.error(f"--resume: {output_dir} holds no checkpoint (checkpoint-<step>/{state_file}); "
                          "start without --resume, or pass --output-dir of the run to continue")
         checkpoint = existing
     else:
         checkpoint = Path(args.resume)
-        if not (checkpoint / CHECKPOINT_FILE).is_file():
-            parser.error(f"--resume {checkpoint}: no {CHECKPOINT_FILE} in that folder; "
-                         f"give a checkpoint-<step> folder, or --resume alone for the newest in --output-dir")
+        if not (checkpoint / state_file).is_file():
+            parser.error(f"--resume {checkpoint}: no {state_file} in that folder (a {args.recipe} checkpoint "
+                         f"has one); give a checkpoint-<step> folder, or --resume alone for the newest in "
+                         "--output-dir")
     step = checkpoint.name.rpartition("-")[2]
     if args.max_steps is not None and step.isdigit() and args.max_steps <= int(step):
         parser.error(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "
