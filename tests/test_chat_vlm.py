@@ -6,7 +6,6 @@ and the Trainer argument helpers. Everything runs on the tiny models, on CPU, in
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -16,6 +15,8 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
+
+from lora_checks import assert_two_steps_train_lora_only
 
 from vlm_helpers.chat_collator import ChatVLMCollator, describe_sample, detect_end_of_turn, vision_token_ids
 from vlm_helpers.collators import IGNORE_INDEX, supervised_text
@@ -208,14 +209,6 @@ def test_collator_max_length(chat_paths):
 # ----------------------------------------------------------------------------------------------
 
 
-def _lora_grads(model):
-    return {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
-
-
-def _nonzero(grad) -> bool:
-    return grad is not None and bool(grad.abs().sum() > 0)
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_4bit_lora_trains_adapters_only(chat_paths, name):
     spec = MODELS[name]
@@ -239,34 +232,9 @@ def test_4bit_lora_trains_adapters_only(chat_paths, name):
         assert {n.rsplit(".", 1)[1] for n in names} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert f"LoRA on {spec['n_lora']} modules" in lora_report(model)
 
-    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
-    assert all(p.requires_grad for p in lora.values())
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(lora)
-    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
-    lora_before = {n: p.detach().clone() for n, p in lora.items()}
-    optimizer = torch.optim.AdamW(lora.values(), lr=1e-2, weight_decay=0.0)
-    batch = collator(rows)
-    model.train()
-
-    # Step 1: lora_B starts at zero, so lora_A's gradient (which is multiplied by B) is exactly zero;
-    # every lora_B must get one.
-    loss = model(**batch).loss
-    assert math.isfinite(loss.item())
-    loss.backward()
-    missing = [n for n, g in _lora_grads(model).items() if "lora_B" in n and not _nonzero(g)]
-    assert not missing, missing
-    optimizer.step()
-    optimizer.zero_grad()
-
-    # Step 2: B is no longer zero, so every LoRA matrix, A and B, gets a gradient.
-    model(**batch).loss.backward()
-    missing = [n for n, g in _lora_grads(model).items() if not _nonzero(g)]
-    assert not missing, missing
-    optimizer.step()
-
-    assert all(not torch.equal(lora_before[n], p) for n, p in lora.items())
-    after = dict(model.named_parameters())
-    assert all(torch.equal(before, after[n]) for n, before in frozen_before.items())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if "lora_" in n}
+    assert_two_steps_train_lora_only(model, collator(make_rows()))
 
 
 # ----------------------------------------------------------------------------------------------

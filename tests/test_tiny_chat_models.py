@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_checks import assert_two_steps_train_lora_only, lora_grads, nonzero
+
 from vlm_helpers.tiny.chat_tokenizer import build_byte_fallback_tokenizer
 from vlm_helpers.tiny.idefics2 import build_tiny_idefics2
 from vlm_helpers.tiny.llava_phi3 import build_tiny_llava_phi3
@@ -131,14 +133,6 @@ def _lora_model(model, spec):
     return model
 
 
-def _lora_grads(model):
-    return {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
-
-
-def _nonzero(grad):
-    return grad is not None and bool(grad.abs().sum() > 0)
-
-
 # ----------------------------------------------------------------------------------------------
 # Tokenizer
 # ----------------------------------------------------------------------------------------------
@@ -226,29 +220,7 @@ def test_4bit_lora_training_step(tiny_dirs, name):
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert len(lora) == 2 * spec["n_lora_modules"]
     assert all(re.search(r"\.(text_model|connector|language_model)\.", n) for n in lora)
-    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
-    lora_before = {n: p.detach().clone() for n, p in lora.items()}
-    batch = _batch(processor, spec)
-    optimizer = torch.optim.AdamW(lora.values(), lr=1e-2, weight_decay=0.0)
-
-    # Step 1. lora_B starts at zero, so only lora_B can get a gradient (lora_A's is B^T @ ... = 0).
-    loss = model(**batch).loss
-    assert math.isfinite(loss.item())
-    loss.backward()
-    grads = _lora_grads(model)
-    assert all(_nonzero(g) for n, g in grads.items() if "lora_B" in n), [n for n, g in grads.items() if not _nonzero(g)]
-    optimizer.step()
-    optimizer.zero_grad()
-
-    # Step 2: now every LoRA matrix, A and B, gets a gradient.
-    model(**batch).loss.backward()
-    missing = [n for n, g in _lora_grads(model).items() if not _nonzero(g)]
-    assert not missing, missing
-    optimizer.step()
-
-    assert all(not torch.equal(lora_before[n], p) for n, p in lora.items())
-    after = dict(model.named_parameters())
-    assert all(torch.equal(before, after[n]) for n, before in frozen_before.items())
+    assert_two_steps_train_lora_only(model, _batch(processor, spec))
 
     # Inference with the adapter (generate always runs under no_grad).
     model.eval()
@@ -276,7 +248,7 @@ def test_4bit_cpu_eval_before_training_trap(tiny_dirs):
     def first_step_lora_b_grads(model):
         model = _lora_model(model, spec)
         model(**batch).loss.backward()
-        return {n: _nonzero(g) for n, g in _lora_grads(model).items() if "lora_B" in n}
+        return {n: nonzero(g) for n, g in lora_grads(model).items() if "lora_B" in n}
 
     # Workaround: switch the repacking off right after loading; eval first, then train.
     model = _disable_bnb_cpu_packing(
