@@ -346,15 +346,31 @@ class _FakeStream:
         return self
 
 
-def test_load_docvqa_slices_split(monkeypatch):
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "ds")
-    assert load_docvqa("validation", max_samples=500) == "ds"
-    assert load_docvqa("train", cache_dir="/tmp/cache") == "ds"
-    assert calls == [
-        (("HuggingFaceM4/DocumentVQA",), {"split": "validation[:500]", "cache_dir": None}),
-        (("HuggingFaceM4/DocumentVQA",), {"split": "train", "cache_dir": "/tmp/cache"}),
-    ]
+def test_load_docvqa_reads_a_small_sample_by_streaming(tmp_path):
+    """max_samples streams the first rows of one split from a local parquet repository: nothing is
+    prepared in the cache (a split slice would download and prepare every split first)."""
+    repo, cache = _parquet_repo(tmp_path), tmp_path / "cache"
+    rows = load_docvqa("validation", max_samples=5, dataset_id=str(repo), cache_dir=str(cache))
+    assert isinstance(rows, datasets.Dataset) and len(rows) == 5
+    assert rows.features == REAL_DOCVQA_FEATURES
+    assert rows["questionId"] == list(range(100, 105))
+    assert isinstance(rows[0]["image"], Image.Image)
+    assert not list(cache.rglob("*.arrow")), "streaming must not prepare an Arrow cache of the splits"
+    whole = load_docvqa("validation", dataset_id=str(repo), cache_dir=str(cache))
+    assert len(whole) == 12 and list(cache.rglob("*.arrow"))  # without a limit: the usual download
+
+
+def _parquet_repo(tmp_path):
+    """A local dataset repository in the Hub's layout: data/<split>-0000i-of-00002.parquet."""
+    repo = tmp_path / "DocumentVQA"
+    (repo / "data").mkdir(parents=True)
+    for split, first_id in (("train", 0), ("validation", 100)):
+        rows = make_synthetic_docvqa(12, seed=first_id).map(
+            lambda row, i: {"questionId": first_id + i}, with_indices=True)
+        for shard in range(2):
+            rows.shard(2, shard, contiguous=True).to_parquet(
+                str(repo / "data" / f"{split}-{shard:05d}-of-00002.parquet"))
+    return repo
 
 
 def test_load_docvqa_streams_and_takes(monkeypatch):
@@ -369,11 +385,13 @@ def test_load_docvqa_streams_and_takes(monkeypatch):
 
 def test_docvqa_dataset_picks_source(monkeypatch):
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append(kwargs["split"]) or "real")
-    assert docvqa_dataset("train", tiny=False, max_samples=100) == "real"
-    assert calls == ["train[:100]"]
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: calls.append((kwargs["split"], kwargs.get("streaming")))
+                        or make_synthetic_docvqa(3, seed=1).to_iterable_dataset())
+    assert len(docvqa_dataset("train", tiny=False, max_samples=2)) == 2
+    assert calls == [("train", True)]
     assert len(docvqa_dataset("train", tiny=True, max_samples=5)) == 5
-    assert calls == ["train[:100]"]  # tiny mode never touches the Hub
+    assert calls == [("train", True)]  # tiny mode never touches the Hub
     with pytest.raises(ValueError, match="test"):
         docvqa_dataset("test", tiny=True)
     assert docvqa.synthetic_split_seed(0, "train") != docvqa.synthetic_split_seed(0, "validation")

@@ -58,11 +58,11 @@ def fake_hub(monkeypatch):
     """Replace ``datasets.load_dataset``; record (dataset id, split) of every call."""
     calls = []
 
-    def load_dataset(dataset_id, *, split, cache_dir=None, **kwargs):
-        calls.append((dataset_id, split))
-        source, _, limit = split.partition("[:")
-        n = int(limit.rstrip("]")) if limit else {"train": 10, "test": 4}[source]
-        return fake_1200(n, prefix=source)
+    def load_dataset(dataset_id, name=None, *, split, cache_dir=None, streaming=False, **kwargs):
+        calls.append((dataset_id, split + (" (streamed)" if streaming else "")))
+        assert "[:" not in split, "a split slice makes datasets download every split first"
+        rows = fake_1200({"train": 10, "test": 4, "validation": 6}[split], prefix=split)
+        return rows.to_iterable_dataset() if streaming else rows
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return calls
@@ -89,7 +89,7 @@ def test_image_bytes_are_passed_through_untouched():
 def test_load_maps_validation_to_the_test_split(fake_hub):
     train = load_docvqa_1200("train")
     validation = load_docvqa_1200("validation", max_samples=3)
-    assert fake_hub == [(DOCVQA_1200_ID, "train"), (DOCVQA_1200_ID, "test[:3]")]
+    assert fake_hub == [(DOCVQA_1200_ID, "train"), (DOCVQA_1200_ID, "test (streamed)")]
     assert len(train) == 10 and len(validation) == 3
     assert validation[0]["questionId"] == "test_0"
     with pytest.raises(ValueError, match="splits"):
@@ -100,11 +100,11 @@ def test_load_maps_validation_to_the_test_split(fake_hub):
 
 def test_docvqa_dataset_full_mode_option(fake_hub):
     rows = docvqa_dataset("validation", tiny=False, max_samples=2, dataset_id=DOCVQA_1200_ID)
-    assert fake_hub == [(DOCVQA_1200_ID, "test[:2]")]
+    assert fake_hub == [(DOCVQA_1200_ID, "test (streamed)")]
     assert rows.column_names == ["questionId", "question", "answers", "image"]
     # the default is still HuggingFaceM4/DocumentVQA, and tiny mode never touches the Hub
     docvqa_dataset("train", tiny=False, max_samples=5)
-    assert fake_hub[-1] == (docvqa.DOCVQA_ID, "train[:5]")
+    assert fake_hub[-1] == (docvqa.DOCVQA_ID, "train (streamed)")
     assert len(docvqa_dataset("train", tiny=True, max_samples=3, dataset_id=DOCVQA_1200_ID)) == 3
     assert len(fake_hub) == 2
 

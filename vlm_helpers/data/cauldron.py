@@ -57,6 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import datasets
 from datasets import Features, Image, List, Value
 
+from vlm_helpers.data.hub import first_rows
 from vlm_helpers.data.docvqa import QUESTION_TEMPLATES, make_synthetic_docvqa
 
 __all__ = [
@@ -179,15 +180,15 @@ def load_cauldron(
 
     Returns a ``DatasetDict`` keyed by subset name, each with the real columns
     (:data:`CAULDRON_FEATURES`). ``max_samples`` keeps the first rows *of each subset*
-    (raw rows, i.e. images; each usually carries several questions) via a split slice
-    such as ``"train[:100]"``. Every config has only a ``train`` split.
+    (raw rows, i.e. images; each usually carries several questions), read by streaming
+    (:func:`vlm_helpers.data.hub.first_rows`) so that only the files holding them are
+    downloaded. Every config has only a ``train`` split.
     """
     subsets = check_subsets(subsets)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    split_spec = f"{split}[:{max_samples}]" if max_samples is not None else split
     return datasets.DatasetDict(
-        {name: datasets.load_dataset(dataset_id, name, split=split_spec, cache_dir=cache_dir) for name in subsets}
+        {name: first_rows(dataset_id, split, max_samples, name=name, cache_dir=cache_dir) for name in subsets}
     )
 
 

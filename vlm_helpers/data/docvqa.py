@@ -30,6 +30,7 @@ import datasets
 from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 
+from vlm_helpers.data.hub import first_rows
 from vlm_helpers.data.render import LAYOUTS, DocumentSpec, Fonts, load_fonts, render_document
 
 __all__ = [
@@ -330,12 +331,13 @@ def load_docvqa(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load real DocVQA from the Hugging Face Hub (needs internet; Colab "full" mode).
 
-    * ``streaming=False``: returns a ``Dataset``; ``max_samples`` becomes a split
-      slice such as ``"train[:500]"``. Note that the whole dataset (about 10 GB of
-      parquet) is downloaded and prepared before the slice is taken.
+    * ``streaming=False``: returns a ``Dataset``. With ``max_samples`` only the first rows are
+      read, by streaming (:func:`vlm_helpers.data.hub.first_rows`): a split slice such as
+      ``"validation[:100]"`` would make ``datasets`` download and prepare every split of
+      the repository first (about 10 GB). Without it the whole split is downloaded.
     * ``streaming=True``: returns an ``IterableDataset`` that reads rows lazily;
-      ``max_samples`` keeps the first rows with ``.take``. Much faster for a
-      quick run, but the rows can be iterated only, not indexed.
+      ``max_samples`` keeps the first rows with ``.take``. The rows can be iterated
+      only, not indexed.
 
     The ``test`` split has no answers; train on ``train``, evaluate on ``validation``.
     """
@@ -344,8 +346,7 @@ def load_docvqa(
     if streaming:
         dataset = datasets.load_dataset(dataset_id, split=split, streaming=True, cache_dir=cache_dir)
         return dataset.take(max_samples) if max_samples is not None else dataset
-    split_spec = f"{split}[:{max_samples}]" if max_samples is not None else split
-    return datasets.load_dataset(dataset_id, split=split_spec, cache_dir=cache_dir)
+    return first_rows(dataset_id, split, max_samples, cache_dir=cache_dir)
 
 
 def docvqa_1200_rows(dataset: datasets.Dataset, *, language: str = "en") -> datasets.Dataset:
@@ -379,9 +380,7 @@ def load_docvqa_1200(
         raise ValueError(f"{dataset_id} has splits {sorted(DOCVQA_1200_SPLITS)} here, not {split!r}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    source = DOCVQA_1200_SPLITS[split]
-    split_spec = f"{source}[:{max_samples}]" if max_samples is not None else source
-    return docvqa_1200_rows(datasets.load_dataset(dataset_id, split=split_spec, cache_dir=cache_dir),
+    return docvqa_1200_rows(first_rows(dataset_id, DOCVQA_1200_SPLITS[split], max_samples, cache_dir=cache_dir),
                             language=language)
 
 
