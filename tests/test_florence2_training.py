@@ -51,7 +51,7 @@ def test_frozen_vision_tower_gets_no_gradient_and_does_not_move(model_and_proces
     assert len(changed) > len(decoder_before) // 2
 
 
-def test_labels_mask_padding_and_supervise_answer_plus_end_token(model_and_processor, rows):
+def test_labels_mask_padding_and_supervise_start_answer_and_end_token(model_and_processor, rows):
     _, processor = model_and_processor
     collate = collators.Florence2Collator(processor)
     batch = collate(rows[:6])
@@ -64,10 +64,31 @@ def test_labels_mask_padding_and_supervise_answer_plus_end_token(model_and_proce
         assert torch.all(labels[: len(supervised)] != collators.IGNORE_INDEX)
         assert torch.all(labels[len(supervised):] == collators.IGNORE_INDEX)
         assert tokenizer.pad_token_id not in supervised.tolist()
-        assert collators.supervised_text(labels, tokenizer) == row["answers"][0] + tokenizer.eos_token
+        assert collators.supervised_text(labels, tokenizer) == tokenizer.bos_token + row["answers"][0] + tokenizer.eos_token
     assert len(lengths) > 1, "the sample should mix answer lengths so that padding exists"
     shown = collators.format_supervision(batch["labels"][0], batch["labels"][0], tokenizer)
-    assert "[</s>]" in shown
+    assert "[</s>]" in shown and shown.startswith("[<s>]")
+
+
+def test_training_decoder_prefix_is_the_one_generation_forces(model_and_processor, rows):
+    """The decoder reads shift_right(labels) in training and [decoder_start, forced_bos, ...] when
+    generating (the real generation config forces <s>): the first answer token must sit at the same
+    position in both. Labels without <s> (the old collator) put it one position earlier."""
+    from transformers.models.bart.modeling_bart import shift_tokens_right
+
+    model, processor = model_and_processor
+    real = {"forced_bos_token_id": 0}  # florence-community/Florence-2-base-ft's generation_config.json
+    assert real["forced_bos_token_id"] == processor.tokenizer.bos_token_id
+    # the tiny checkpoint generates with the real generation config
+    assert model.generation_config.forced_bos_token_id == real["forced_bos_token_id"]
+    labels = collators.Florence2Collator(processor)(rows[:2])["labels"]
+    start = model.config.text_config.decoder_start_token_id
+    decoder_inputs = shift_tokens_right(labels, model.config.text_config.pad_token_id, start)
+    assert decoder_inputs[:, :2].tolist() == [[start, real["forced_bos_token_id"]]] * 2
+    # and generation really starts that way
+    inputs = collators.Florence2Collator(processor).generation_inputs(rows[:1])
+    generated = model.generate(**inputs, max_new_tokens=3, num_beams=1, do_sample=False)
+    assert generated[0, :2].tolist() == [start, real["forced_bos_token_id"]]
 
 
 def test_collator_refuses_a_row_without_answers(model_and_processor, rows):

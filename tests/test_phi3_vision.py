@@ -37,25 +37,46 @@ def test_opt_in_is_accepted_on_an_old_enough_transformers_and_native_ids_always_
     check_model_choice("/some/local/llava-folder")
 
 
-def test_prepare_llava_processor_restores_what_a_bare_checkpoint_lacks(tiny_cache):
+def test_the_checkpoint_alone_gives_one_image_token_too_few_and_load_chat_vlm_fixes_it(tiny_cache):
+    """Like xtuner/llava-phi-3-mini-hf, the tiny checkpoint has no processor_config.json: LlavaProcessor
+    then takes num_additional_image_tokens=0 (not None) and inserts (S/14)^2 - 1 image tokens for the
+    (S/14)^2 features of the CLIP tower. Filling only None fields (the old prepare_llava_processor) kept
+    that 0, and the first forward pass failed; the fields must be compared with the model's."""
+    import pytest
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from vlm_helpers.chat_models import load_chat_vlm
+    from vlm_helpers.runtime import HardwareProfile, choose_preset
     from vlm_helpers.tiny import tiny_checkpoint
 
     path = tiny_checkpoint("llava-phi3", tiny_cache)
+    assert not (path / "processor_config.json").exists()
     model = AutoModelForImageTextToText.from_pretrained(path)
-    processor = AutoProcessor.from_pretrained(path)
-    expected_tokens = processor(text="<image>hi", images=[_image()], return_tensors="pt")["input_ids"].shape[1]
-    processor.patch_size = None
-    processor.chat_template = "{{ messages[0]['content'] }}"  # string-only, like Phi-3-mini's
-    fixed = phi3_vision.prepare_llava_processor(processor, model)
-    assert set(fixed) == {"patch_size", "chat_template"}
-    assert processor(text="<image>hi", images=[_image()], return_tensors="pt")["input_ids"].shape[1] == expected_tokens
+    vision = model.config.vision_config
+    features = (vision.image_size // vision.patch_size) ** 2  # CLS dropped by the "default" strategy
+
+    raw = AutoProcessor.from_pretrained(path)
+    raw.patch_size = raw.patch_size or vision.patch_size  # what "only fill None" did
+    raw.vision_feature_select_strategy = raw.vision_feature_select_strategy or "default"
+    assert raw.num_additional_image_tokens == 0
+    assert phi3_vision.image_tokens_per_image(raw, vision.image_size) == features - 1
+    inputs = raw(text=["<image>hi"], images=[_image()], return_tensors="pt")
+    with pytest.raises(ValueError, match="do not match"), torch.no_grad():
+        model(**inputs)
+
+    preset = choose_preset(HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False),
+                           "phi3-aircraft", tiny=True)
+    model, processor = load_chat_vlm(path, preset=preset, quantize_4bit=False)
+    assert processor.num_additional_image_tokens == 1
+    assert phi3_vision.image_tokens_per_image(processor, vision.image_size) == features
+    with torch.no_grad():
+        model(**processor(text=["<image>hi"], images=[_image()], return_tensors="pt"))
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
         add_generation_prompt=True)
     assert prompt == "<|user|>\n<image>\nDescribe.<|end|>\n<|assistant|>\n"
-    assert phi3_vision.prepare_llava_processor(processor, model) == []
+    assert phi3_vision.prepare_llava_processor(processor, model) == []  # nothing left to change
 
 
 def _image():

@@ -33,6 +33,7 @@ __all__ = [
     "default_image_splitting",
     "disable_bnb_cpu_repacking",
     "load_adapter",
+    "load_chat_processor",
     "load_chat_vlm",
     "lora_module_names",
     "lora_report",
@@ -57,13 +58,16 @@ IDEFICS2_LORA_TARGETS = (
     r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
 
-#: LoRA targets for LLaVA-Phi-3: the Phi-3 decoder's projections only. Phi-3 fuses q/k/v into
-#: ``qkv_proj`` and gate/up into ``gate_up_proj``, so Llama-style names (``q_proj``...) match
-#: nothing there; and the CLIP tower (q/k/v_proj, out_proj, fc1/2) and the projector
-#: (linear_1/2) are left out. (The plain list ``["qkv_proj", "o_proj", "gate_up_proj",
-#: "down_proj"]`` happens to select the same modules; the anchored regex says so explicitly.)
+#: LoRA targets for LLaVA-Phi-3: every projection of the language model's decoder layers, none in
+#: the CLIP tower or the projector. xtuner converted Phi-3-mini to the **Llama layout** (its
+#: ``text_config`` is ``model_type: "llama"``): the decoder has separate ``q_proj``, ``k_proj``,
+#: ``v_proj``, ``o_proj`` and ``gate_proj``, ``up_proj``, ``down_proj``, not Phi-3's fused
+#: ``qkv_proj`` / ``gate_up_proj`` (those names match nothing in this checkpoint, so a list written
+#: for Microsoft's Phi-3 adapts only ``o_proj`` and ``down_proj``: 2 of 7 projection types). The
+#: CLIP tower has ``q_proj``/``k_proj``/``v_proj`` too, hence the anchor on ``language_model``.
+#: On the real model: 32 layers x 7 = 224 adapted modules (r=16: 29.9 M trainable parameters).
 LLAVA_PHI3_LORA_TARGETS = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 )
 
 #: Names of the vision encoder inside the supported models (kept frozen by :func:`add_lora`).
@@ -109,6 +113,38 @@ def disable_bnb_cpu_repacking(model: nn.Module) -> int:
     return count
 
 
+def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | None = None,
+                        image_longest_edge: int | None = None):
+    """The processor of a chat VLM, with Idefics2's image settings applied (see :func:`load_chat_vlm`).
+
+    ``do_image_splitting=None`` keeps the checkpoint's setting; both settings are Idefics2 only.
+    LLaVA processors get :func:`vlm_helpers.phi3_vision.prepare_llava_processor` (fields from the
+    model's config), so they insert as many image tokens as the vision tower yields features.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    model_type = AutoConfig.from_pretrained(checkpoint).model_type
+    processor_kwargs: dict = {}
+    if model_type == "idefics2":
+        if do_image_splitting is not None:
+            processor_kwargs["do_image_splitting"] = do_image_splitting
+        if image_longest_edge is not None:
+            from transformers import AutoImageProcessor
+
+            size = dict(AutoImageProcessor.from_pretrained(checkpoint).size)
+            processor_kwargs["size"] = {"longest_edge": image_longest_edge,
+                                        "shortest_edge": min(size.get("shortest_edge", image_longest_edge),
+                                                             image_longest_edge)}
+    elif do_image_splitting or image_longest_edge is not None:
+        raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
+    processor = AutoProcessor.from_pretrained(checkpoint, **processor_kwargs)
+    if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
+        from vlm_helpers.phi3_vision import prepare_llava_processor
+
+        prepare_llava_processor(processor, AutoConfig.from_pretrained(checkpoint))
+    return processor
+
+
 def load_chat_vlm(checkpoint: str | Path, *, preset: Preset, quantize_4bit: bool, device_map=None,
                   do_image_splitting: bool | None = None, image_longest_edge: int | None = None):
     """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
@@ -121,24 +157,17 @@ def load_chat_vlm(checkpoint: str | Path, *, preset: Preset, quantize_4bit: bool
         do_image_splitting: Idefics2 only; ``None`` means :func:`default_image_splitting`.
         image_longest_edge: Idefics2 only; resize images so the longest side is at most this
             (8B default 980 px; 490 cuts the vision encoder's work by 4 on a T4).
+
+    LLaVA checkpoints get :func:`vlm_helpers.phi3_vision.prepare_llava_processor`, so the processor
+    inserts exactly as many image tokens as the vision tower yields features.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     model_type = AutoConfig.from_pretrained(checkpoint).model_type
-    processor_kwargs: dict = {}
-    if model_type == "idefics2":
-        processor_kwargs["do_image_splitting"] = (default_image_splitting(preset) if do_image_splitting is None
-                                                  else do_image_splitting)
-        if image_longest_edge is not None:
-            from transformers import AutoImageProcessor
-
-            size = dict(AutoImageProcessor.from_pretrained(checkpoint).size)
-            processor_kwargs["size"] = {"longest_edge": image_longest_edge,
-                                        "shortest_edge": min(size.get("shortest_edge", image_longest_edge),
-                                                             image_longest_edge)}
-    elif do_image_splitting or image_longest_edge is not None:
-        raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
-    processor = AutoProcessor.from_pretrained(checkpoint, **processor_kwargs)
+    if model_type == "idefics2" and do_image_splitting is None:
+        do_image_splitting = default_image_splitting(preset)
+    processor = load_chat_processor(checkpoint, do_image_splitting=do_image_splitting,
+                                    image_longest_edge=image_longest_edge)
 
     if device_map is None:
         device_map = {"": 0} if preset.device == "cuda" else None

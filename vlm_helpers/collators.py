@@ -52,10 +52,18 @@ def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
 
 class Florence2Collator:
     """Batch DocVQA-style rows for Florence-2: encoder gets ``<DocVQA>`` + question + image,
-    the decoder learns the answer followed by ``</s>``; padding never reaches the loss.
+    the decoder learns ``<s>`` + the answer + ``</s>``; padding never reaches the loss.
 
     Rows need ``question``, ``image`` and ``answers`` (a list of strings). The model builds
-    its decoder inputs from ``labels`` by shifting them right, so we pass labels only.
+    its decoder inputs from ``labels`` by shifting them right behind ``decoder_start_token_id``
+    (``</s>``), so we pass labels only.
+
+    Why the labels start with ``<s>``: the published generation config of the Florence-2
+    checkpoints has ``forced_bos_token_id: 0``, so at inference the decoder always reads
+    ``[</s>, <s>, answer...]``. Labels without ``<s>`` would train it on ``[</s>, answer...]``,
+    with every answer token one position earlier than it will ever be generated. With ``<s>``
+    first, training and generation see the same prefix (the blog's ``tokenizer(answers)``
+    added it too).
     """
 
     def __init__(self, processor, *, task_prompt: str = DOCVQA_TASK_PROMPT, max_answer_tokens: int = 64,
@@ -77,10 +85,10 @@ class Florence2Collator:
         return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
 
     def target_ids(self, answer: str) -> list[int]:
-        """Token ids the decoder must produce: the answer (truncated) and the end token."""
+        """Token ids the decoder must produce: ``<s>``, the answer (truncated) and ``</s>``."""
         tokenizer = self.processor.tokenizer
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_answer_tokens - 1]
-        return ids + [tokenizer.eos_token_id]
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_answer_tokens - 2]
+        return [tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = self.generation_inputs(rows)

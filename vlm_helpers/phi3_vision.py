@@ -77,24 +77,53 @@ def check_model_choice(model_id: str, *, trust_remote_code: bool = False, revisi
             "(the rest of this series needs transformers 5).")
 
 
-def prepare_llava_processor(processor, model) -> list[str]:
-    """Fill in what a LLaVA-Phi-3 processor may lack; return the names of the fields set.
+#: Tokens a LLaVA vision tower puts before its patch features, by vision ``model_type``: CLIP has a
+#: CLS token (which ``vision_feature_select_strategy="default"`` drops again), SigLIP has none.
+ADDITIONAL_IMAGE_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
 
-    xtuner's checkpoint ships no processor config, and a ``LlavaProcessor`` without
-    ``patch_size`` fails when it expands ``<image>``. The values come from the model's
-    config, so they always agree with the weights. The chat template is set to
-    :data:`PHI3_LLAVA_CHAT_TEMPLATE`: the checkpoint's own (copied from Phi-3-mini) accepts
-    only plain-string messages, so it cannot place an image.
+
+def llava_processor_fields(model_config) -> dict:
+    """What a ``LlavaProcessor`` must be told so that it inserts as many ``<image>`` tokens as the
+    vision tower gives features: patch size, feature strategy and the CLS-like extra tokens."""
+    vision = model_config.vision_config
+    if vision.model_type not in ADDITIONAL_IMAGE_TOKENS:
+        raise ValueError(f"unknown LLaVA vision tower {vision.model_type!r}: add it to ADDITIONAL_IMAGE_TOKENS")
+    return {"patch_size": vision.patch_size,
+            "vision_feature_select_strategy": model_config.vision_feature_select_strategy,
+            "num_additional_image_tokens": ADDITIONAL_IMAGE_TOKENS[vision.model_type]}
+
+
+def prepare_llava_processor(processor, model_or_config) -> list[str]:
+    """Make a LLaVA-Phi-3 processor agree with its model; return what was changed (``"name: old -> new"``).
+
+    ``xtuner/llava-phi-3-mini-hf`` ships no ``processor_config.json``. ``LlavaProcessor`` then
+    falls back to ``patch_size=None`` (it cannot expand ``<image>`` at all) and
+    ``num_additional_image_tokens=0``: 336/14 = 24x24 patches + 0 - 1 (the CLS token the
+    "default" strategy drops) = 575 ``<image>`` tokens, while the CLIP tower yields 576 features,
+    and the first forward pass fails with "Image features and image tokens do not match". So every
+    field is compared with the value the model's config implies and set when it differs, not only
+    when it is missing. The chat template is set to :data:`PHI3_LLAVA_CHAT_TEMPLATE`: the
+    checkpoint's own (copied from the text-only Phi-3-mini) cannot place an image.
+    :func:`vlm_helpers.chat_models.load_chat_processor` (and so ``load_chat_vlm``) calls this for
+    every LLaVA checkpoint. ``model_or_config``: the model or its config.
     """
-    fixed = []
-    wanted = {"patch_size": model.config.vision_config.patch_size,
-              "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-              "num_additional_image_tokens": 1}
-    for name, value in wanted.items():
-        if getattr(processor, name, None) is None:
+    config = getattr(model_or_config, "config", model_or_config)
+    changed = []
+    for name, value in llava_processor_fields(config).items():
+        old = getattr(processor, name, None)
+        if old != value:
             setattr(processor, name, value)
-            fixed.append(name)
+            changed.append(f"{name}: {old!r} -> {value!r}")
     if getattr(processor, "chat_template", None) != PHI3_LLAVA_CHAT_TEMPLATE:
         processor.chat_template = PHI3_LLAVA_CHAT_TEMPLATE
-        fixed.append("chat_template")
-    return fixed
+        changed.append("chat_template: Phi-3 text-only -> PHI3_LLAVA_CHAT_TEMPLATE")
+    return changed
+
+
+def image_tokens_per_image(processor, image_size: int) -> int:
+    """How many image tokens ``processor`` inserts for one ``image_size`` x ``image_size`` image."""
+    from PIL import Image
+
+    token = processor.image_token
+    ids = processor(text=[token], images=[Image.new("RGB", (image_size, image_size))])["input_ids"][0]
+    return sum(1 for i in ids if i == processor.tokenizer.convert_tokens_to_ids(token))

@@ -125,3 +125,48 @@ def build_byte_fallback_tokenizer(
         # A pad token that is not already a special token is appended after `special_tokens`.
         tokenizer.add_special_tokens({"pad_token": pad_token})
     return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# A real SentencePiece vocabulary, offline
+# ---------------------------------------------------------------------------------------------
+
+#: The file inside the ``mistral-common`` package that holds Mistral-7B v0.1's SentencePiece model.
+MISTRAL_SENTENCEPIECE = "data/tokenizer.model.v1"
+
+
+def sentencepiece_tokenizer(tokenizer_config: dict):
+    """Mistral-7B v0.1's real tokenizer, loaded with a checkpoint's own ``tokenizer_config.json``.
+
+    The SentencePiece model comes from the ``mistral-common`` package (installed with the test
+    extra), so no Hub access is needed. It is Idefics2-8b's base vocabulary exactly (32,000
+    pieces; Idefics2 adds three tokens). Phi-3-mini uses Llama-2's vocabulary instead, which no
+    package ships offline: Mistral's is of the same kind (a 32,000-piece BPE with byte fallback,
+    ``<unk>``/``<s>``/``</s>`` at ids 0-2, byte tokens at 3-258, "▁" word prefixes), so every id
+    above 32,000 and every special token sits where the real tokenizer has it; only the ordinary
+    pieces differ. ``tokenizer_config`` is the real file's content: its ``added_tokens_decoder``
+    places the added tokens at their real ids, and ``add_bos_token``, ``legacy``, the pad token
+    and the rest are taken as they are.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    try:
+        import mistral_common
+    except ImportError as error:  # pragma: no cover - the test extra installs it
+        raise ImportError("tiny chat models need the mistral-common package (pip install -e '.[test]')") from error
+    model_file = Path(mistral_common.__file__).parent / MISTRAL_SENTENCEPIECE
+    config = {k: v for k, v in tokenizer_config.items() if k not in ("chat_template", "processor_class")}
+    config.setdefault("tokenizer_class", "LlamaTokenizer")
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(model_file, Path(folder) / "tokenizer.model")
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    for token_id, token in tokenizer_config.get("added_tokens_decoder", {}).items():
+        if tokenizer.convert_tokens_to_ids(token["content"]) != int(token_id):
+            raise ValueError(f"{token['content']!r} got id {tokenizer.convert_tokens_to_ids(token['content'])}, "
+                             f"the real tokenizer has it at {token_id}")
+    return tokenizer

@@ -104,6 +104,10 @@ def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: i
         model = Florence2ForConditionalGeneration(config)
     model.generation_config.max_new_tokens = 20
     model.generation_config.num_beams = 1
+    # The native Florence-2 conversions publish forced_bos_token_id 0: generation always starts
+    # [</s>, <s>, ...]. (Issue 10 quotes the published generation config; it is not vendored here
+    # yet, so its other fields, num_beams 3 and no_repeat_ngram_size 3, are not copied.)
+    model.generation_config.forced_bos_token_id = tokenizer.bos_token_id
     num_image_tokens = (image_size // 32) ** 2 + 1
     image_processor = image_processor_class("CLIPImageProcessor")(
         size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},

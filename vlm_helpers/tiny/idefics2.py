@@ -30,139 +30,96 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .chat_tokenizer import build_byte_fallback_tokenizer
-from .common import image_processor_class, reinit_weights
+from .chat_tokenizer import sentencepiece_tokenizer
+from .common import reinit_weights
+from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
 
-__all__ = ["IDEFICS2_CHAT_TEMPLATE", "TINY_IDEFICS2_SIZES", "build_tiny_idefics2"]
+__all__ = ["IDEFICS2_CHAT_TEMPLATE", "REAL_SHAPE_IDEFICS2_SIZES", "TINY_IDEFICS2_SIZES", "build_idefics2",
+           "build_tiny_idefics2"]
 
-# The Idefics2 chat format, e.g. for a user turn [image, text] and an assistant turn [text]:
-#   "User:<image>What is the total?<end_of_utterance>\nAssistant: 12.50<end_of_utterance>\n"
-# The role is capitalised; it is followed by ":" when the turn starts with an image and by ": "
-# otherwise; every turn ends with "<end_of_utterance>\n"; the generation prompt is "Assistant:".
-# (Same output as the template shipped with HuggingFaceM4/idefics2-8b, which only accepts
-# list-of-parts content; this one also accepts a plain string.)
-IDEFICS2_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}"
-    "{{ ': ' + message['content'] }}"
-    "{% else %}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "{{ '<end_of_utterance>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+MODEL_ID = REAL_CHECKPOINTS["idefics2"]
 
-SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+#: The chat template HuggingFaceM4/idefics2-8b publishes (in its processor_config.json), e.g.
+#: ``"User:<image>What is the total?<end_of_utterance>\nAssistant: 12.50<end_of_utterance>\n"``:
+#: the role capitalised, ":" when the turn starts with an image and ": " otherwise, every turn
+#: closed by ``<end_of_utterance>\n``, and ``"Assistant:"`` as the generation prompt. Message
+#: content must be a list of ``{"type": "image"}`` / ``{"type": "text", ...}`` parts.
+IDEFICS2_CHAT_TEMPLATE: str = real_json(MODEL_ID, "processor_config.json")["chat_template"]
 
-# Sizes of the tiny model (all Linear shapes are multiples of 64 in / 32 out, see module docstring).
+# Sizes of the tiny model, applied to the real config.json (all Linear shapes are multiples of
+# 64 in / 32 out, see module docstring). The vocabulary stays the real one (32,003 tokens).
 TINY_IDEFICS2_SIZES = {
-    "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "image_size": 64, "patch_size": 8},
-    "perceiver": {"resampler_n_latents": 4, "resampler_depth": 2, "resampler_n_heads": 2,
-                  "resampler_head_dim": 32, "num_key_value_heads": 1},
-    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
-    # Images are resized so that 32 <= side <= 64 px; a 64x64 image gives 8x8 = 64 patches,
-    # which the perceiver compresses to 4 image tokens.
-    "image_processor": {"shortest_edge": 32, "longest_edge": 64},
+    "config": {
+        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 64},
+        "perceiver_config": {"resampler_n_latents": 4, "resampler_depth": 2, "resampler_n_heads": 2,
+                             "resampler_head_dim": 32, "num_key_value_heads": 1},
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2},
+    },
+    # Images are resized so that 32 <= side <= 64 px; a 64x64 image gives (64/14)^2 -> 4x4 patches
+    # (patch 14 as in the real model), which the perceiver compresses to 4 image tokens.
+    "preprocessor_config.json": {"size": {"shortest_edge": 32, "longest_edge": 64}},
+    "processor_config.json": {"image_seq_len": 4},
+}
+
+#: Real widths, image size, latents and vocabulary, with one vision, one perceiver and one text
+#: layer: the real-shape test tier (random weights, CPU).
+REAL_SHAPE_IDEFICS2_SIZES = {
+    "config": {"vision_config": {"num_hidden_layers": 1}, "perceiver_config": {"resampler_depth": 1},
+               "text_config": {"num_hidden_layers": 1}},
 }
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def build_tiny_idefics2(
-    save_dir: str | Path,
-    *,
-    seed: int = 0,
-    do_image_splitting: bool = False,
-    corpus=(),
-    init_std: float = 0.1,
-) -> Path:
-    """Build a tiny random Idefics2 + processor and save both to ``save_dir``; return the path.
+def build_tiny_idefics2(save_dir: str | Path, *, seed: int = 0, do_image_splitting: bool = False, corpus=(),
+                        init_std: float = 0.1) -> Path:
+    """Build the tiny random Idefics2 of tiny mode (notebook 03) and save it to ``save_dir``.
 
     Args:
         save_dir: output folder (created if needed).
-        seed: torch seed for the random weights (the tokenizer does not depend on it).
+        seed: torch seed for the random weights.
         do_image_splitting: stored in the image processor config. With True every image becomes
             4 crops + the full image, i.e. 5 x (latents + 2) image-related tokens.
-        corpus: extra texts for the tokenizer (e.g. the synthetic dataset's questions).
+        corpus: unused (the tokenizer is the real one); kept for callers of the old builder.
         init_std: std of the random ``nn.Linear`` / ``nn.Embedding`` weights (see module docstring).
     """
+    del corpus
+    return build_idefics2(save_dir, TINY_IDEFICS2_SIZES, seed=seed, do_image_splitting=do_image_splitting,
+                          init_std=init_std)
+
+
+def build_idefics2(save_dir: str | Path, sizes: dict, *, seed: int = 0, do_image_splitting: bool | None = None,
+                   init_std: float | None = None) -> Path:
+    """Shrink HuggingFaceM4/idefics2-8b's vendored configuration by ``sizes`` and save a random model.
+
+    ``sizes`` has the size fields to change in ``config.json`` (key ``"config"``) and in the
+    processor files; everything else is the published configuration. ``do_image_splitting=None``
+    keeps the published value (True). ``init_std=None`` keeps transformers' initialisation.
+    Returns ``save_dir``, laid out like the Hub repository.
+    """
     import torch
-    from transformers import (
-        GenerationConfig,
-        Idefics2Config,
-        Idefics2ForConditionalGeneration,
-        Idefics2Processor,
-        MistralConfig,
-    )
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    sizes = TINY_IDEFICS2_SIZES
-
-    tokenizer = build_byte_fallback_tokenizer(
-        corpus, special_tokens=SPECIAL_TOKENS, pad_token="<pad>"
-    )
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    end_of_utterance_id = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
-
-    text_config = MistralConfig(
-        vocab_size=_round_up(len(tokenizer), 64),
-        max_position_embeddings=2048,
-        sliding_window=None,
-        rms_norm_eps=1e-5,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        **sizes["text"],
-    )
-    config = Idefics2Config(
-        vision_config=dict(sizes["vision"]),
-        # The perceiver works in the text model's width.
-        perceiver_config=dict(sizes["perceiver"], hidden_size=text_config.hidden_size,
-                              rms_norm_eps=text_config.rms_norm_eps),
-        text_config=text_config,
-        image_token_id=image_token_id,
-        tie_word_embeddings=False,
-    )
-
+    config_dict = shrink(real_json(MODEL_ID, "config.json"), sizes.get("config", {}))
+    config = build_config(config_dict)
     with torch.random.fork_rng():  # seed the build without touching the caller's RNG
         torch.manual_seed(seed)
-        model = Idefics2ForConditionalGeneration(config)
-        reinit_weights(model, init_std)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.eos_token_id, end_of_utterance_id],
-        pad_token_id=tokenizer.pad_token_id,
-    )
+        model = model_class(config_dict)(config)
+        if init_std is not None:
+            reinit_weights(model, init_std)
     model.save_pretrained(save_dir)
-
-    processor = Idefics2Processor(
-        image_processor=_idefics2_image_processor(do_image_splitting),
-        tokenizer=tokenizer,
-        image_seq_len=config.perceiver_config.resampler_n_latents,
-        chat_template=IDEFICS2_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(save_dir)
+    sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json")).save_pretrained(save_dir)
+    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
+    write_repository_files(save_dir, MODEL_ID, files)
+    if do_image_splitting is not None:
+        _set_json_field(save_dir / "preprocessor_config.json", "do_image_splitting", do_image_splitting)
     return save_dir
 
 
-def _idefics2_image_processor(do_image_splitting: bool):
-    """Idefics2ImageProcessor, or its PIL twin when torchvision is absent (same outputs)."""
-    cls = image_processor_class("Idefics2ImageProcessor")
-    return cls(
-        size=dict(TINY_IDEFICS2_SIZES["image_processor"]),
-        do_image_splitting=do_image_splitting,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
+def _set_json_field(path: Path, key: str, value) -> None:
+    import json
+
+    values = json.loads(path.read_text())
+    values[key] = value
+    path.write_text(json.dumps(values, indent=2) + "\n")

@@ -11,9 +11,19 @@ Module tree (transformers 5.x)::
 
     model.vision_tower              CLIPVisionModel   (real: hidden 1024, 24 layers, 336 px, patch 14)
     model.multi_modal_projector     linear_1 -> GELU -> linear_2
-    model.language_model            Phi3Model          (real: hidden 3072, 32 layers; fused
-                                                        self_attn.qkv_proj and mlp.gate_up_proj)
+    model.language_model            LlamaModel         (real: hidden 3072, 32 layers; xtuner
+                                                        converted Phi-3 to the Llama layout:
+                                                        separate q/k/v_proj and gate/up_proj)
     lm_head
+
+Like the Hub repository, the saved folder has no ``processor_config.json``: loaded with
+``AutoProcessor`` alone it inserts one ``<image>`` token too few, exactly as the real checkpoint
+does, until :func:`vlm_helpers.phi3_vision.prepare_llava_processor` (called by
+:func:`vlm_helpers.chat_models.load_chat_vlm`) sets the fields from the model config.
+
+Not yet derived from a vendored copy of the real ``config.json`` (as the Idefics2 builder is):
+the decoder layout and the missing processor file follow the real repository as described in
+``shared/GUIDE.md``; the tokenizer is still a small trained one with Phi-3's special tokens.
 
 Image tokens: the processor expands one ``<image>`` into (crop/patch)^2 tokens (the CLS token is
 dropped by ``vision_feature_select_strategy="default"``): 336/14 -> 576 for the real model,
@@ -49,7 +59,7 @@ SPECIAL_TOKENS = ["<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<image>
 TINY_LLAVA_PHI3_SIZES = {
     "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "projection_dim": 64},
-    # qkv_proj: 64 -> (4 + 2*4) * 16 = 192; gate_up_proj: 64 -> 2 * 128.
+    # Llama layout (as xtuner's conversion): q/k/v/o_proj 64 -> 64, gate/up_proj 64 -> 128.
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 4},
 }
@@ -74,8 +84,7 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
         GenerationConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Phi3Config,
+        LlamaConfig,
     )
 
     save_dir = Path(save_dir)
@@ -90,10 +99,9 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
 
     vision_config = CLIPVisionConfig(**sizes["vision"])
-    text_config = Phi3Config(
+    text_config = LlamaConfig(
         vocab_size=_round_up(len(tokenizer), 64),
         max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -123,16 +131,14 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
     )
     model.save_pretrained(save_dir)
 
-    processor = LlavaProcessor(
-        image_processor=_clip_image_processor(vision_config.image_size),
-        tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # CLIP's CLS token (removed again by "default")
-        chat_template=PHI3_LLAVA_CHAT_TEMPLATE,
-        image_token="<image>",
-    )
-    processor.save_pretrained(save_dir)
+    # Saved as the Hub repository is laid out: tokenizer files and preprocessor_config.json, but no
+    # processor_config.json (patch size, feature strategy and the CLS token are then unknown to
+    # LlavaProcessor) and no processor chat template.
+    tokenizer.save_pretrained(save_dir)
+    _clip_image_processor(vision_config.image_size).save_pretrained(save_dir)
+    for name in ("processor_config.json", "chat_template.jinja", "chat_template.json"):
+        if (save_dir / name).exists():
+            (save_dir / name).unlink()
     return save_dir
 
 

@@ -1,0 +1,173 @@
+"""Real-shape tier: the series' own loaders, collators, a training step and generation at the real
+checkpoints' widths and image sizes (random weights, 1-2 layers, CPU).
+
+Each checkpoint is built from the vendored real configuration (``vlm_helpers/tiny/real_configs``)
+with only layer counts reduced, saved in the Hub repository's layout (same configuration files
+present and absent) and loaded back through ``vlm_helpers``' loaders, as full mode does on Colab.
+These tests fail on the three full-mode bugs that once hid behind green tiny tests: 575 image tokens
+for 576 LLaVA features, LoRA reaching 2 of 7 projection types of the Llama-layout decoder, and
+Florence-2 trained on a decoder prefix that generation never produces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from vlm_helpers import chat_models, evaluation, models, runtime
+from vlm_helpers.chat_collator import ChatVLMCollator
+from vlm_helpers.collators import IGNORE_INDEX, Florence2Collator, supervised_text
+from vlm_helpers.tiny.real import LAYOUT_FILES, REAL_CHECKPOINTS, real_json, real_repo_files
+
+T4 = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)
+A100 = runtime.HardwareProfile("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40.0, on_colab=True,
+                               flash_attn_installed=False)
+
+
+def on_cpu(profile, recipe: str) -> runtime.Preset:
+    """The preset a GPU would get (batches, image settings, checkpointing), computed on this CPU in fp32."""
+    return runtime.override(runtime.choose_preset(profile, recipe), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_torch_threads():
+    """Real widths: here intra-op threads pay (the tiny-model tests pin one thread)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(2, previous))
+    yield
+    torch.set_num_threads(previous)
+
+
+def page(width: int, height: int, text: str = "TOTAL 12.50") -> Image.Image:
+    """A real-sized scanned page (white, some dark text)."""
+    image = Image.new("RGB", (width, height), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    for y in range(100, height - 100, 160):
+        draw.text((120, y), f"{text} line {y}", fill=(20, 20, 20))
+    return image
+
+
+def docvqa_rows(n: int = 2) -> list[dict]:
+    answers = [["12.50"], ["Acme Corporation, Geneva"]]
+    return [{"questionId": 10 + i, "question": "What is the total?", "answers": answers[i % 2],
+             "image": page(1700, 2200)} for i in range(n)]
+
+
+def assert_layout_like_the_hub(folder, model_id: str) -> None:
+    """The configuration files present and absent are the real repository's."""
+    saved = {path.name for path in folder.iterdir()} & LAYOUT_FILES
+    real = set(real_repo_files(model_id)["present"]) & LAYOUT_FILES
+    assert saved == real, (saved, real)
+
+
+def lora_types(model) -> Counter:
+    """How many adapted modules per projection type (leaf name)."""
+    return Counter(name.rsplit(".", 1)[-1] for name in chat_models.lora_module_names(model))
+
+
+def assert_supervises_answer_and_end_of_turn(batch, collator, rows) -> None:
+    tokenizer = collator.tokenizer
+    for i, row in enumerate(rows):
+        text = supervised_text(batch["labels"][i], tokenizer)
+        assert text == row["answers"][0] + collator.end_of_turn, text
+        assert not set(batch["labels"][i].tolist()) & collator.vision_ids
+
+
+def one_lora_step(model, batch) -> float:
+    """One forward/backward pass; every LoRA B matrix that exists gets a gradient."""
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    loss = loss.detach()
+    assert torch.isfinite(loss)
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert grads and all(g is not None for g in grads), "a LoRA weight got no gradient"
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    model.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+# ------------------------------------------------------------------------------------- Idefics2
+
+@pytest.fixture(scope="module")
+def idefics2_dir(tmp_path_factory):
+    from vlm_helpers.tiny.idefics2 import REAL_SHAPE_IDEFICS2_SIZES, build_idefics2
+
+    return build_idefics2(tmp_path_factory.mktemp("idefics2-real-shape"), REAL_SHAPE_IDEFICS2_SIZES)
+
+
+@pytest.fixture(scope="module")
+def idefics2_qlora(idefics2_dir):
+    """Loaded as notebook 03 does on a T4 (4-bit NF4, 490 px, no splitting), LoRA added."""
+    preset = on_cpu(T4, "idefics2-qlora-docvqa")
+    model, processor = chat_models.load_chat_vlm(idefics2_dir, preset=preset, quantize_4bit=True,
+                                                 image_longest_edge=490)
+    model = chat_models.add_lora(model, target_modules=chat_models.IDEFICS2_LORA_TARGETS, r=8, alpha=8,
+                                 dropout=0.0, quantized=True, gradient_checkpointing=preset.gradient_checkpointing)
+    return model, processor, preset
+
+
+def test_idefics2_checkpoint_is_the_real_configuration_with_fewer_layers(idefics2_dir):
+    model_id = REAL_CHECKPOINTS["idefics2"]
+    assert_layout_like_the_hub(idefics2_dir, model_id)
+    from transformers import AutoConfig
+
+    config, real = AutoConfig.from_pretrained(idefics2_dir), real_json(model_id, "config.json")
+    assert config.vision_config.hidden_size == real["vision_config"]["hidden_size"] == 1152
+    assert config.vision_config.image_size == 980 and config.vision_config.patch_size == 14
+    assert config.text_config.hidden_size == 4096 and config.text_config.vocab_size == 32003
+    assert config.perceiver_config.resampler_n_latents == 64
+    assert config.image_token_id == real["image_token_id"]
+
+
+@pytest.mark.parametrize("profile", [T4, A100], ids=["t4", "a100"])
+def test_idefics2_collates_real_pages_at_the_preset(idefics2_dir, idefics2_qlora, profile):
+    """T4: 490 px, no splitting -> 64 image tokens a page; A100: 980 px, 4 crops + page -> 320."""
+    model, _, _ = idefics2_qlora
+    preset = on_cpu(profile, "idefics2-qlora-docvqa")
+    splitting = chat_models.default_image_splitting(preset)
+    longest = {"t4": 490}.get(preset.name)  # notebook 03's IMAGE_LONGEST_EDGE
+    processor = chat_models.load_chat_processor(idefics2_dir, do_image_splitting=splitting,
+                                                image_longest_edge=longest)
+    collator = ChatVLMCollator(processor, instruction="Answer briefly.")
+    rows = docvqa_rows(1 if splitting else 2)  # one page at 980 px with crops is 5 images already
+    batch = collator(rows)
+    image_tokens = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
+    assert image_tokens == [64 * (5 if splitting else 1)] * len(rows)
+    assert batch["pixel_values"].shape[1] == (5 if splitting else 1)  # images per page
+    assert max(batch["pixel_values"].shape[-2:]) <= (longest or 980)
+    if not splitting:
+        assert max(batch["pixel_values"].shape[-2:]) == longest
+    assert_supervises_answer_and_end_of_turn(batch, collator, rows)
+    if splitting:  # 5 images of up to 980 px through the vision tower: a forward pass only (~20 s on CPU)
+        with torch.no_grad():
+            loss = float(model(**batch).loss)
+    else:
+        loss = one_lora_step(model, batch)
+    assert 5 < loss < 15  # random weights over a 32,003-token vocabulary: about ln(32003) = 10.4
+
+
+def test_idefics2_lora_reaches_every_projection_of_text_and_connector(idefics2_qlora):
+    model, _, _ = idefics2_qlora
+    types = lora_types(model)
+    text_layers, perceiver_layers = 1, 1  # REAL_SHAPE_IDEFICS2_SIZES
+    assert types == Counter({"q_proj": text_layers + perceiver_layers, "k_proj": text_layers + perceiver_layers,
+                             "v_proj": text_layers + perceiver_layers, "o_proj": text_layers + perceiver_layers,
+                             "gate_proj": text_layers + perceiver_layers + 1,
+                             "up_proj": text_layers + perceiver_layers + 1,
+                             "down_proj": text_layers + perceiver_layers + 1})
+    assert not any(".vision_model." in name for name in chat_models.lora_module_names(model))
+    assert type(model.base_model.model.lm_head).__name__ == "Linear"  # QLoRA keeps lm_head out of 4-bit
+    assert type(model.base_model.model.model.text_model.layers[0].mlp.down_proj.base_layer).__name__ == "Linear4bit"
+
+
+def test_idefics2_generates_and_stops(idefics2_qlora):
+    model, processor, preset = idefics2_qlora
+    collator = ChatVLMCollator(processor, instruction="Answer briefly.")
+    predictions = evaluation.generate_predictions(model, processor, collator, docvqa_rows(2), batch_size=2,
+                                                  max_new_tokens=3, device="cpu", dtype=preset.dtype)
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
