@@ -335,3 +335,32 @@ def test_validation_stops_at_or_skips_a_bad_row(capsys):
         _validated(data, "train", SimpleNamespace(skip_bad_rows=False), env)
     kept = _validated(data, "train", SimpleNamespace(skip_bad_rows=True), env)
     assert kept.num_rows == 3 and "skipped 1" in capsys.readouterr().out
+
+
+def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
+    """The CLI recipe and notebook 04 build the same chat (image first, then the prompt) and store the
+    frozen weights in 4-bit on a T4 only (the recipe once put the instruction first and never quantized)."""
+    from PIL import Image
+
+    from vlm_helpers import runtime
+    from vlm_helpers.chat_collator import ChatVLMCollator
+    from vlm_helpers.chat_models import default_4bit, load_chat_processor
+    from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
+    from vlm_helpers.recipes import phi3_aircraft_spec
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    spec = phi3_aircraft_spec()
+    assert spec.quantize_4bit is None  # -> default_4bit(preset), the notebook's rule
+    t4 = runtime.choose_preset(runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True,
+                                                       flash_attn_installed=False), "phi3-aircraft")
+    a100 = runtime.choose_preset(runtime.HardwareProfile("cuda", "A100", (8, 0), 40.0, on_colab=True,
+                                                         flash_attn_installed=False), "phi3-aircraft")
+    assert default_4bit(t4) and not default_4bit(a100)
+
+    processor = load_chat_processor(tiny_checkpoint("llava-phi3"))
+    row = {"id": "1", "question": AIRCRAFT_PROMPT, "caption": "boeing 707", "image": Image.new("RGB", (40, 30))}
+    recipe = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
+                             answer_key=spec.answer_key, id_key=spec.id_key)
+    notebook = ChatVLMCollator(processor, instruction="", question_key="prompt", answer_key="caption", id_key="id")
+    assert recipe.prompt_text(row) == notebook.prompt_text({**row, "prompt": AIRCRAFT_PROMPT})
+    assert recipe.prompt_text(row).startswith("<|user|>\n<image>\n" + AIRCRAFT_PROMPT)

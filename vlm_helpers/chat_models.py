@@ -30,6 +30,7 @@ __all__ = [
     "LLAVA_PHI3_MODEL_ID",
     "add_lora",
     "bnb_4bit_config",
+    "default_4bit",
     "default_image_splitting",
     "disable_bnb_cpu_repacking",
     "load_adapter",
@@ -90,6 +91,12 @@ def default_image_splitting(preset: Preset) -> bool:
     """Idefics2's image splitting (4 crops + the whole image = 5x the image tokens, 320 instead of
     64): on for a big GPU (preset ``a100``), off elsewhere (a T4's 15 GB, CPU, tiny mode), as the article did."""
     return preset.name == "a100"
+
+
+def default_4bit(preset: Preset) -> bool:
+    """Whether LLaVA-Phi-3 (notebook 04, ``vlm-train --recipe phi3-aircraft``) stores its frozen weights in
+    4-bit: on a T4 only, where 8 GB of 16-bit weights plus activations do not fit 15 GB reliably."""
+    return preset.name == "t4"
 
 
 def disable_bnb_cpu_repacking(model: nn.Module) -> int:

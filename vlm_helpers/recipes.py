@@ -434,7 +434,7 @@ class ChatSpec:
     lora_r: int
     lora_alpha: int
     lora_dropout: float  # full mode; tiny mode uses 0 so short runs are reproducible
-    quantize_4bit: bool  # QLoRA
+    quantize_4bit: bool | None  # QLoRA; None: as chat_models.default_4bit (a T4 only)
     init_lora_weights: bool | str
     instruction: str  # ChatVLMCollator(instruction=...)
     question_key: str | None
@@ -463,6 +463,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     from vlm_helpers.hf_training import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
     preset = runtime.override(settings.preset, batch_size=settings.batch_size, grad_accum=settings.grad_accum)
+    quantize = chat_models.default_4bit(preset) if spec.quantize_4bit is None else spec.quantize_4bit
     with env.main_process_first():
         train_rows, eval_rows = load_rows(settings)
         checkpoint = models.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
@@ -470,12 +471,12 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         if dict(spec.image_longest_edge).get(preset.name):
             load_kwargs["image_longest_edge"] = dict(spec.image_longest_edge)[preset.name]
         model, processor = chat_models.load_chat_vlm(
-            checkpoint, preset=preset, quantize_4bit=spec.quantize_4bit,
+            checkpoint, preset=preset, quantize_4bit=quantize,
             device_map={"": env.local_rank} if env.device == "cuda" else None, **load_kwargs)
     train_rows = _validated(train_rows, "train", settings, env, **validation_keys)
     eval_rows = _validated(eval_rows, "validation", settings, env, **validation_keys)
     model = chat_models.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
-                                 dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=spec.quantize_4bit,
+                                 dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=quantize,
                                  gradient_checkpointing=preset.gradient_checkpointing,
                                  init_lora_weights=spec.init_lora_weights,
                                  modules_to_save=list(spec.tiny_modules_to_save) if settings.tiny and
@@ -571,16 +572,20 @@ def _aircraft_rows(settings: RunSettings):
     return prepare("train", settings.max_train_samples), prepare("validation", settings.max_eval_samples)
 
 
+def phi3_aircraft_spec() -> ChatSpec:
+    """What ``phi3-aircraft`` trains: notebook 04's model, LoRA, prompt layout and 4-bit rule."""
+    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
+
+    return ChatSpec(model_id=LLAVA_PHI3_MODEL_ID, tiny_name="llava-phi3", lora_targets=LLAVA_PHI3_LORA_TARGETS,
+                    lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_4bit=None, init_lora_weights=True,
+                    # as notebook 04: the image first, then the prompt (the rows' "question" column)
+                    instruction="", question_key="question", answer_key="caption", id_key="id",
+                    task="captioning", results_model="phi3")
+
+
 def run_phi3_aircraft(settings: RunSettings, env: Distributed) -> dict:
     """LLaVA-Phi-3-mini + LoRA captioning FGVC-Aircraft with the HF Trainer (notebook 04's pieces)."""
-    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
-    from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
-
-    spec = ChatSpec(model_id=LLAVA_PHI3_MODEL_ID, tiny_name="llava-phi3", lora_targets=LLAVA_PHI3_LORA_TARGETS,
-                    lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_4bit=False, init_lora_weights=True,
-                    instruction=AIRCRAFT_PROMPT, question_key=None, answer_key="caption", id_key="id",
-                    task="captioning", results_model="phi3")
-    return _run_chat_recipe(settings, env, spec, _aircraft_rows,
+    return _run_chat_recipe(settings, env, phi3_aircraft_spec(), _aircraft_rows,
                             {"answer_key": "caption", "answers_may_be_str": True, "id_key": "id"})
 
 
