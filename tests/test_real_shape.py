@@ -171,3 +171,142 @@ def test_idefics2_generates_and_stops(idefics2_qlora):
     predictions = evaluation.generate_predictions(model, processor, collator, docvqa_rows(2), batch_size=2,
                                                   max_new_tokens=3, device="cpu", dtype=preset.dtype)
     assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+
+
+# ---------------------------------------------------------------------------------- LLaVA-Phi-3
+
+def aircraft_rows(n: int = 2) -> list[dict]:
+    """Photos at a real FGVC-Aircraft size (about 1600 x 1067, banner included)."""
+    captions = ["Boeing 737-800 of Ryanair", "Airbus A320 landing"]
+    rows = []
+    for i in range(n):
+        image = Image.new("RGB", (1600, 1067), (120, 160, 220))
+        ImageDraw.Draw(image).rectangle((300, 400, 1300, 650), fill=(230, 230, 230))
+        rows.append({"id": f"plane-{i}", "question": "Describe this aircraft.", "caption": captions[i % 2],
+                     "image": image})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    from vlm_helpers.tiny.llava_phi3 import REAL_SHAPE_LLAVA_PHI3_SIZES, build_llava_phi3
+
+    return build_llava_phi3(tmp_path_factory.mktemp("llava-phi3-real-shape"), REAL_SHAPE_LLAVA_PHI3_SIZES)
+
+
+@pytest.fixture(scope="module")
+def llava_lora(llava_dir):
+    """Loaded as notebook 04 does on a T4 (4-bit, as chat_models.default_4bit says), its LoRA added."""
+    from vlm_helpers.recipes import phi3_aircraft_spec
+
+    spec, preset = phi3_aircraft_spec(), on_cpu(T4, "phi3-aircraft")
+    model, processor = chat_models.load_chat_vlm(llava_dir, preset=preset,
+                                                 quantize_4bit=chat_models.default_4bit(preset))
+    model = chat_models.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
+                                 dropout=0.0, quantized=chat_models.default_4bit(preset),
+                                 gradient_checkpointing=preset.gradient_checkpointing)
+    return model, processor, preset
+
+
+def test_llava_phi3_checkpoint_is_the_real_configuration_with_fewer_layers(llava_dir):
+    model_id = REAL_CHECKPOINTS["llava-phi3"]
+    assert_layout_like_the_hub(llava_dir, model_id)  # no processor_config.json, as on the Hub
+    from transformers import AutoConfig
+
+    config, real = AutoConfig.from_pretrained(llava_dir), real_json(model_id, "config.json")
+    assert config.text_config.model_type == real["text_config"]["model_type"] == "llama"
+    assert config.text_config.hidden_size == 3072 and config.text_config.intermediate_size == 8192
+    assert config.text_config.vocab_size == 32064 and config.image_token_id == real["image_token_index"] == 32038
+    assert config.vision_config.hidden_size == 1024 and config.vision_config.image_size == 336
+    assert config.vision_feature_layer == -2 and config.vision_feature_select_strategy == "default"
+
+
+def test_llava_phi3_raw_processor_is_one_image_token_short_at_336_px(llava_dir):
+    """Finding 1 at the real size: the Hub repository's files leave num_additional_image_tokens at 0;
+    filling only the missing fields (the old loader) gives 24*24 + 0 - 1 = 575 tokens for the 576 CLIP
+    features; the project's loader compares every field with the model config and makes it 576."""
+    from transformers import AutoProcessor
+
+    from vlm_helpers.phi3_vision import image_tokens_per_image
+
+    raw = AutoProcessor.from_pretrained(llava_dir)
+    assert raw.num_additional_image_tokens == 0 and raw.patch_size is None
+    raw.patch_size, raw.vision_feature_select_strategy = 14, "default"  # what the old loader filled in
+    assert image_tokens_per_image(raw, 336) == 575
+    assert image_tokens_per_image(chat_models.load_chat_processor(llava_dir), 336) == 576
+
+
+def test_llava_phi3_collates_trains_and_generates_at_336_px(llava_lora):
+    model, processor, preset = llava_lora
+    from vlm_helpers.recipes import phi3_aircraft_spec
+
+    spec = phi3_aircraft_spec()
+    collator = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
+                               answer_key=spec.answer_key, id_key=spec.id_key)
+    rows = aircraft_rows(2)
+    batch = collator(rows)
+    assert batch["pixel_values"].shape[-2:] == (336, 336)
+    image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    assert image_tokens == [576, 576]
+    for i, row in enumerate(rows):
+        assert supervised_text(batch["labels"][i], collator.tokenizer) == row["caption"] + "<|end|>"
+    loss = one_lora_step(model, batch)
+    assert 5 < loss < 15  # random weights over 32,064 rows: about ln(32064) = 10.4
+    predictions = evaluation.generate_predictions(model, processor, collator, rows, batch_size=2,
+                                                  max_new_tokens=3, device="cpu", dtype=preset.dtype)
+    assert len(predictions) == 2 and all(isinstance(p, str) for p in predictions)
+
+
+def test_llava_phi3_lora_reaches_all_seven_projections_of_the_llama_decoder(llava_lora):
+    model, _, _ = llava_lora
+    text_layers = 2  # REAL_SHAPE_LLAVA_PHI3_SIZES
+    assert lora_types(model) == Counter({name: text_layers for name in
+                                         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")})
+    names = chat_models.lora_module_names(model)
+    assert not any(".vision_tower." in n or ".multi_modal_projector." in n for n in names)
+
+
+# ----------------------------------------------------------------------------------- Florence-2
+
+@pytest.fixture(scope="module")
+def florence2_dir(tmp_path_factory):
+    from vlm_helpers.tiny.corpus import default_corpus
+    from vlm_helpers.tiny.florence2 import REAL_SHAPE_FLORENCE2_SIZES, build_florence2, build_tiny_florence2_tokenizer
+
+    tokenizer = build_tiny_florence2_tokenizer(default_corpus())
+    return build_florence2(tmp_path_factory.mktemp("florence2-real-shape"), REAL_SHAPE_FLORENCE2_SIZES, tokenizer)
+
+
+def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(florence2_dir):
+    model, processor = models.load_florence2(florence2_dir)
+    assert model.config.text_config.d_model == 768 and model.config.text_config.encoder_layers == 6
+    assert list(model.config.vision_config.depths) == [1, 1, 9, 1]
+    assert 0.22e9 < sum(p.numel() for p in model.parameters()) < 0.24e9  # Florence-2-base: 0.23 B
+    # the real generation config: <s> forced after </s>, beams and no-repeat as published
+    generation = model.generation_config
+    assert (generation.forced_bos_token_id, generation.decoder_start_token_id) == (0, 2)
+    assert (generation.num_beams, generation.no_repeat_ngram_size) == (3, 3)
+
+    collator = Florence2Collator(processor)
+    rows = docvqa_rows(2)
+    batch = collator(rows)
+    assert batch["pixel_values"].shape[-2:] == (768, 768)
+    image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    assert image_tokens == [577, 577]  # (768 / 32)^2 + 1
+    for i, row in enumerate(rows):
+        assert supervised_text(batch["labels"][i], processor.tokenizer) == "<s>" + row["answers"][0] + "</s>"
+
+    vision = models.florence2_vision_modules(model)
+    models.freeze(*vision)
+    model.train()
+    for module in vision:
+        module.eval()
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for m in vision for p in m.parameters())
+    assert model.model.language_model.decoder.layers[0].fc1.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+    predictions = evaluation.generate_predictions(model, processor, collator, rows[:1], batch_size=1,
+                                                  num_beams=3, max_new_tokens=3)
+    assert len(predictions) == 1 and isinstance(predictions[0], str)

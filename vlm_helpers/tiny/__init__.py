@@ -7,6 +7,7 @@ loaders that take a Hub id in full mode (see ``notebooks/02_florence2_docvqa.ipy
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -19,6 +20,19 @@ BUILDERS: dict[str, tuple[str, str]] = {
     "idefics2": ("vlm_helpers.tiny.idefics2", "build_tiny_idefics2"),
     "llava-phi3": ("vlm_helpers.tiny.llava_phi3", "build_tiny_llava_phi3"),
 }
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def default_cache_dir() -> Path:
@@ -42,7 +56,8 @@ def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: 
     module_name, function_name = BUILDERS[name]
     build = getattr(importlib.import_module(module_name), function_name)
     staging = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=cache_dir))
-    build(staging)
+    with _quiet_progress_bars():  # no "Writing model shards" bars in the notebooks' outputs
+        build(staging)
     if rebuild and target.exists():
         shutil.rmtree(target)
     try:

@@ -1,47 +1,70 @@
-"""Build a tiny, randomly initialised Florence-2 (model + processor) from configs.
+"""A tiny random Florence-2 (notebooks 01, 02, 05), shrunk from Florence-2-base-ft's configuration.
 
-Tiny mode of ``notebooks/02_florence2_docvqa.ipynb`` (and 01, 05) saves this model
-to a local folder and loads it back with :func:`vlm_helpers.models.load_florence2`,
-the same loader that loads ``florence-community/Florence-2-base-ft`` on Colab.
-The architecture is the real one, only narrower and shallower:
+Tiny mode of ``notebooks/02_florence2_docvqa.ipynb`` saves this model to a local folder and loads
+it back with :func:`vlm_helpers.models.load_florence2`, the same loader that loads
+``florence-community/Florence-2-base-ft`` on Colab. It starts from the configuration in
+``real_configs/florence-community--Florence-2-base-ft/`` (reconstructions: no published file of
+that repository could be read offline; ``reconstructed/README.md`` says how each was made) and
+changes sizes only (:func:`vlm_helpers.tiny.real.shrink`):
 
-- vision: DaViT with one block per stage, widths 8/16/32/64, so a ``S`` px image
-  gives ``(S/32)**2 + 1`` image tokens (128 px -> 17 tokens);
-- text: BART with one encoder and one decoder layer, ``d_model = 64``
-  (Florence-2 requires ``projection_dim == d_model``), initialised with std 0.1
-  instead of BART's 0.02: at width 64 the default makes cross-attention so weak
-  that the decoder ignores the question for hundreds of steps;
+- vision: DaViT with one block per stage, widths 8/16/32/64 (real: 1/1/9/1 blocks, 128-1024), so
+  a ``S`` px image gives ``(S/32)**2 + 1`` image tokens (128 px -> 17; real 768 px -> 577);
+- text: BART with one encoder and one decoder layer, ``d_model = 64`` (real: 6 + 6, 768);
+  dropout 0.1 and drop-path 0.1 as in the real model;
+- generation config: the real one (``forced_bos_token_id`` 0, ``num_beams`` 3,
+  ``no_repeat_ngram_size`` 3, ``early_stopping``), so tiny and full mode decode alike;
 - tokenizer: byte-level BPE trained offline on :func:`~vlm_helpers.tiny.corpus.default_corpus`,
-  with BART's special tokens at ids 0-3 and the 1000 ``<loc_*>`` tokens.
+  with BART's special tokens at ids 0-3, Florence-2's 1,024 task and ``<loc_*>`` tokens in the
+  real order, and ``<image>`` last. ``image_token_id`` is the tiny tokenizer's id of ``<image>``.
+
+The language model's weights are redrawn with std 0.1 (:func:`~vlm_helpers.tiny.common.reinit_weights`)
+instead of BART's 0.02: at width 64 the default makes cross-attention so weak that the decoder
+ignores the question for hundreds of steps. The DaViT tower keeps transformers' initialisation
+(redrawn at std 0.1 as well, notebook 02's tiny run reached ANLS 0.05 instead of 0.125).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from vlm_helpers.tiny.corpus import default_corpus
 
-#: Tasks the processor's post-processor can parse (it raises "Unsupported parse task" otherwise).
-POST_PROCESSOR_CONFIG: dict = {
-    "pure_text": {},
-    "ocr": {"PATTERN": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>",
-            "AREA_THRESHOLD": 0.0},
-    "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
-    "description_with_bboxes": {},
-    "description_with_polygons": {},
-    "polygons": {},
-    "bboxes": {},
-    "description_with_bboxes_or_polygons": {},
+from .common import reinit_weights
+from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
+
+MODEL_ID = REAL_CHECKPOINTS["florence2"]
+
+_BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in BART/Florence-2; <mask> ends the pieces
+#: Florence-2's added tokens, in the order microsoft's Florence2Processor adds them (1,024 in all).
+FLORENCE2_ADDED_TOKENS = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" for i in range(1000)]
+                          + ["<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>",
+                             "</grounding>", "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>",
+                             "<region_to_desciption>", "</region_to_desciption>", "<proposal>", "</proposal>",
+                             "<poly>", "</poly>", "<and>"])
+
+#: Sizes of the tiny model, applied to the reconstructed real config.json and preprocessor_config.json
+#: (the text vocabulary is set to the tiny tokenizer's length, rounded up to 64, by the builder).
+TINY_FLORENCE2_SIZES = {
+    "config": {
+        "text_config": {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+                        "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
+        "vision_config": {"embed_dim": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
+                          "num_groups": [1, 1, 2, 2], "window_size": 2, "projection_dim": 64},
+    },
+    "preprocessor_config.json": {"size": {"height": 128, "width": 128}, "crop_size": {"height": 128, "width": 128},
+                                 "image_seq_length": 17},
 }
 
-_BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in BART/Florence-2
-_FLORENCE_TASK_TOKENS = ["<od>", "</od>", "<ocr>", "</ocr>", "<poly>", "</poly>", "<sep>", "<cap>", "</cap>"]
+#: Florence-2-base at full size (0.23 B parameters, 768 px, 577 image tokens, 51,328 embedding rows):
+#: the real-shape tier, built with the small tokenizer (whose ids all fit in the real vocabulary).
+REAL_SHAPE_FLORENCE2_SIZES: dict = {"config": {"text_config": {"vocab_size": 51328}}}
 
 
 def build_tiny_florence2_tokenizer(corpus: Iterable[str], vocab_size: int = 600):
-    """Train a byte-level BPE on ``corpus`` and wrap it as Florence-2's (BART) tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a byte-level BPE on ``corpus`` and wrap it as Florence-2's tokenizer (BART + 1,025 added tokens)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import BartTokenizer
 
     bpe = Tokenizer(models.BPE())
@@ -54,70 +77,65 @@ def build_tiny_florence2_tokenizer(corpus: Iterable[str], vocab_size: int = 600)
         show_progress=False,
     )
     bpe.train_from_iterator(list(corpus), trainer=trainer)
-    state = bpe.model.__getstate__()  # BPE state: vocab dict and merges
-    import json
-
     model_state = json.loads(bpe.to_str())["model"]
+    vocab = dict(model_state["vocab"])
+    vocab["<mask>"] = len(vocab)  # BART's <mask> is the last base piece (50264 in the real vocabulary)
+    # Florence-2's tokens, then the <image> that transformers' conversion of the microsoft checkpoint adds
+    for token in [*FLORENCE2_ADDED_TOKENS, "<image>"]:
+        vocab[token] = len(vocab)
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_state["merges"]]
-    del state
-    tokenizer = BartTokenizer(
-        vocab=model_state["vocab"],
-        merges=merges,
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.add_tokens(_FLORENCE_TASK_TOKENS + [f"<loc_{i}>" for i in range(1000)])
+    tokenizer = BartTokenizer(vocab=vocab, merges=merges, extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in FLORENCE2_ADDED_TOKENS],
+                         special_tokens=True)
     return tokenizer
 
 
-def build_tiny_florence2(save_dir: str | Path, *, image_size: int = 128, seed: int = 0, d_model: int = 64,
-                         layers: int = 1, init_std: float = 0.1, extra_corpus: Iterable[str] = ()) -> Path:
-    """Build a tiny random Florence-2, save model and processor to ``save_dir``, return the path.
+def build_tiny_florence2(save_dir: str | Path, *, seed: int = 0, init_std: float = 0.1,
+                         extra_corpus: Iterable[str] = ()) -> Path:
+    """Build the tiny random Florence-2 of tiny mode; save model and processor to ``save_dir``, return it.
 
     Loading it back is the job of :func:`vlm_helpers.models.load_florence2`, exactly as in full mode.
     """
-    import torch
-    from transformers import (BartConfig, Florence2Config, Florence2ForConditionalGeneration,
-                              Florence2Processor, Florence2VisionConfig)
+    tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))
+    return build_florence2(save_dir, TINY_FLORENCE2_SIZES, tokenizer, seed=seed, init_std=init_std)
 
-    from vlm_helpers.tiny.common import image_processor_class
+
+def build_florence2(save_dir: str | Path, sizes: dict, tokenizer, *, seed: int = 0,
+                    init_std: float | None = None) -> Path:
+    """Shrink Florence-2-base-ft's configuration by ``sizes``; save a random model with ``tokenizer``.
+
+    The text vocabulary becomes ``len(tokenizer)`` rounded up to 64 (as the conversion pads it) unless
+    ``sizes`` sets it, and ``image_token_id`` the tokenizer's id of ``<image>``: token ids follow the tokenizer, everything
+    else is the (reconstructed) published configuration. ``init_std=None`` keeps transformers'
+    initialisation. Returns ``save_dir``.
+    """
+    import torch
+    from transformers import Florence2Processor
+
+    from .common import image_processor_class
 
     save_dir = Path(save_dir)
-    tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))
-    heads = max(2, d_model // 32)
-    text_config = BartConfig(
-        vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
-        decoder_ffn_dim=2 * d_model,
-        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
-        forced_eos_token_id=tokenizer.eos_token_id, dropout=0.0, attention_dropout=0.0,
-        init_std=init_std,
-    )
-    vision_config = Florence2VisionConfig(
-        depths=[1, 1, 1, 1], embed_dim=[8, 16, 32, d_model], num_heads=[1, 1, 2, 2], num_groups=[1, 1, 2, 2],
-        window_size=2, projection_dim=d_model, drop_path_rate=0.0,
-    )
-    config = Florence2Config(text_config=text_config, vision_config=vision_config,
-                             image_token_id=tokenizer.image_token_id)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    config_sizes = json.loads(json.dumps(sizes.get("config", {})))
+    config_sizes.setdefault("text_config", {}).setdefault("vocab_size", -(-len(tokenizer) // 64) * 64)
+    config_dict = shrink(real_json(MODEL_ID, "config.json", reconstructed=True), config_sizes)
+    config_dict["image_token_id"] = tokenizer.convert_tokens_to_ids("<image>")  # an id, not a structure
+    config = build_config(config_dict)
     with torch.random.fork_rng():  # seed the build without touching the caller's RNG
         torch.manual_seed(seed)
-        model = Florence2ForConditionalGeneration(config)
-    model.generation_config.max_new_tokens = 20
-    model.generation_config.num_beams = 1
-    # The native Florence-2 conversions publish forced_bos_token_id 0: generation always starts
-    # [</s>, <s>, ...]. (Issue 10 quotes the published generation config; it is not vendored here
-    # yet, so its other fields, num_beams 3 and no_repeat_ngram_size 3, are not copied.)
-    model.generation_config.forced_bos_token_id = tokenizer.bos_token_id
-    num_image_tokens = (image_size // 32) ** 2 + 1
-    image_processor = image_processor_class("CLIPImageProcessor")(
-        size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=False, image_seq_length=num_image_tokens,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-    )
-    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                   post_processor_config=POST_PROCESSOR_CONFIG)
+        model = model_class(config_dict)(config)
+        if init_std is not None:  # the language model only (BART's init_std); DaViT keeps its own init
+            reinit_weights(model.model.language_model, init_std)
     model.save_pretrained(save_dir)
-    processor.save_pretrained(save_dir)
+    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
+    real_pre = real_json(MODEL_ID, "preprocessor_config.json", reconstructed=True)
+    real_pre.update(files.get("preprocessor_config.json", {}))
+    image_processor = image_processor_class(real_pre["image_processor_type"])(
+        **{k: v for k, v in real_pre.items() if k not in ("image_processor_type", "processor_class")})
+    post = real_json(MODEL_ID, "processor_config.json", reconstructed=True)["post_processor_config"]
+    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                       post_processor_config=post).save_pretrained(save_dir)
+    write_repository_files(save_dir, MODEL_ID, files, reconstructed=True)
     return save_dir
 
 
@@ -125,13 +143,7 @@ def florence2_base_config():
     """The configuration of Florence-2-base (0.23 B parameters), for random-init benchmarks.
 
     DaViT widths 128-1024 with depths 1/1/9/1 and a 6+6-layer BART of width 768, as in
-    ``florence-community/Florence-2-base-ft``; images of 768 px give 577 image tokens.
+    ``florence-community/Florence-2-base-ft`` (reconstructed configuration, see module docstring);
+    images of 768 px give 577 image tokens.
     """
-    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
-
-    text = BartConfig(vocab_size=51289, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
-                      max_position_embeddings=1024, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                      decoder_start_token_id=2)
-    vision = Florence2VisionConfig(projection_dim=768)
-    return Florence2Config(text_config=text, vision_config=vision, image_token_id=51289 - 1)
+    return build_config(real_json(MODEL_ID, "config.json", reconstructed=True))

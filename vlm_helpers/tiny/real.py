@@ -62,11 +62,19 @@ def real_dir(model_id: str) -> Path:
     return path
 
 
-def real_json(model_id: str, filename: str) -> dict | None:
-    """A vendored JSON file of ``model_id``, or None when the real repository has no such file."""
+def real_json(model_id: str, filename: str, *, reconstructed: bool = False) -> dict | None:
+    """A vendored JSON file of ``model_id``, or None when the real repository has no such file.
+
+    A file the repository has but that could not be vendored raises ``FileNotFoundError``, unless
+    ``reconstructed=True`` and ``reconstructed/<filename>`` holds a reconstruction (whose README says
+    how it was made): builders that cannot do without the file opt in, and say so.
+    """
     path = real_dir(model_id) / filename
     if not path.exists():
         if filename in real_repo_files(model_id)["present"]:
+            stand_in = path.parent / "reconstructed" / filename
+            if reconstructed and stand_in.exists():
+                return json.loads(stand_in.read_text())
             raise FileNotFoundError(f"{model_id} has {filename} but it is not vendored in {path.parent}")
         return None
     return json.loads(path.read_text())
@@ -132,7 +140,8 @@ def meta_model(model_id: str, sizes: dict | None = None):
 PROCESSOR_SIZE_FIELDS = frozenset({"size", "crop_size", "image_seq_len", "image_seq_length"})
 
 
-def write_repository_files(save_dir: str | Path, model_id: str, sizes: dict[str, dict] | None = None) -> list[str]:
+def write_repository_files(save_dir: str | Path, model_id: str, sizes: dict[str, dict] | None = None, *,
+                           reconstructed: bool = False) -> list[str]:
     """Give a saved tiny checkpoint the real repository's configuration files; return the names written.
 
     After ``model.save_pretrained`` and ``tokenizer.save_pretrained``: the real
@@ -141,13 +150,13 @@ def write_repository_files(save_dir: str | Path, model_id: str, sizes: dict[str,
     ``sizes[filename]`` replaced, a chat template kept in ``tokenizer_config.json`` by the real
     repository is put there, and files the repository lacks are removed
     (:func:`keep_repository_layout`). Loading the folder then takes the same defaults as loading
-    the real checkpoint.
+    the real checkpoint. ``reconstructed``: passed to :func:`real_json`.
     """
     save_dir = Path(save_dir)
     sizes = sizes or {}
     written = []
     for name in ("generation_config.json", "preprocessor_config.json", "processor_config.json"):
-        real = real_json(model_id, name)
+        real = real_json(model_id, name, reconstructed=reconstructed)
         if real is None:
             continue
         for key, value in sizes.get(name, {}).items():
@@ -156,7 +165,10 @@ def write_repository_files(save_dir: str | Path, model_id: str, sizes: dict[str,
             real[key] = value
         (save_dir / name).write_text(json.dumps(real, indent=2) + "\n")
         written.append(name)
-    real_tokenizer = real_json(model_id, "tokenizer_config.json") or {}
+    try:
+        real_tokenizer = real_json(model_id, "tokenizer_config.json", reconstructed=reconstructed) or {}
+    except FileNotFoundError:  # not vendored (Florence-2): no chat template is known, none is written
+        real_tokenizer = {}
     if "chat_template" in real_tokenizer:
         path = save_dir / "tokenizer_config.json"
         saved = json.loads(path.read_text())
