@@ -52,7 +52,9 @@ TINY_IDEFICS2_SIZES = {
     "config": {
         "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                           "num_attention_heads": 4, "image_size": 64},
-        "perceiver_config": {"resampler_n_latents": 4, "resampler_depth": 2, "resampler_n_heads": 2,
+        # hidden_size as the text model's, as in the real config (where both are 4096): otherwise
+        # transformers "repairs" the perceiver and gives it the text model's rms_norm_eps (1e-5, real 1e-6)
+        "perceiver_config": {"hidden_size": 64, "resampler_n_latents": 4, "resampler_depth": 2, "resampler_n_heads": 2,
                              "resampler_head_dim": 32, "num_key_value_heads": 1},
         "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "num_key_value_heads": 2},
