@@ -192,3 +192,17 @@ def test_the_old_guessed_llava_checkpoint_would_fail(tiny_dirs, tmp_path):
     (folder / "processor_config.json").write_text(json.dumps({"num_additional_image_tokens": 1}))
     files = real_repo_files(REAL_CHECKPOINTS["llava-phi3"])
     assert set(files["absent_checked"]) & LAYOUT_FILES & {p.name for p in folder.iterdir()}
+
+
+def test_shrink_changes_sizes_only():
+    from vlm_helpers.tiny.real import shrink
+
+    config = real("llava-phi3", "config.json")
+    small = shrink(config, {"text_config": {"hidden_size": 64, "num_hidden_layers": 1}})
+    assert small["text_config"]["hidden_size"] == 64 and config["text_config"]["hidden_size"] == 3072
+    with pytest.raises(ValueError, match="not a size"):
+        shrink(config, {"vision_feature_select_strategy": "full"})
+    with pytest.raises(ValueError, match="not a size"):
+        shrink(config, {"text_config": {"model_type": "phi3"}})
+    with pytest.raises(ValueError, match="not a sub-configuration"):  # e.g. sizes nested one level too deep
+        shrink(config, {"config": {"text_config": {"hidden_size": 64}}})

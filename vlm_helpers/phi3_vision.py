@@ -102,8 +102,9 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
     "default" strategy drops) = 575 ``<image>`` tokens, while the CLIP tower yields 576 features,
     and the first forward pass fails with "Image features and image tokens do not match". So every
     field is compared with the value the model's config implies and set when it differs, not only
-    when it is missing. The chat template is set to :data:`PHI3_LLAVA_CHAT_TEMPLATE`: the
-    checkpoint's own (copied from the text-only Phi-3-mini) cannot place an image.
+    when it is missing. The chat template is set to :data:`PHI3_LLAVA_CHAT_TEMPLATE`: the repository
+    has no processor-level template, and a tokenizer template copied from the text-only Phi-3-mini
+    (if its tokenizer_config.json carries one; that file could not be read offline) cannot place an image.
     :func:`vlm_helpers.chat_models.load_chat_processor` (and so ``load_chat_vlm``) calls this for
     every LLaVA checkpoint. ``model_or_config``: the model or its config.
     """
@@ -115,8 +116,9 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
             setattr(processor, name, value)
             changed.append(f"{name}: {old!r} -> {value!r}")
     if getattr(processor, "chat_template", None) != PHI3_LLAVA_CHAT_TEMPLATE:
+        old = "none" if getattr(processor, "chat_template", None) is None else "the checkpoint's"
         processor.chat_template = PHI3_LLAVA_CHAT_TEMPLATE
-        changed.append("chat_template: Phi-3 text-only -> PHI3_LLAVA_CHAT_TEMPLATE")
+        changed.append(f"chat_template: {old} -> PHI3_LLAVA_CHAT_TEMPLATE")
     return changed
 
 

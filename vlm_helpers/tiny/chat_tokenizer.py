@@ -1,14 +1,13 @@
-"""A small Llama-style tokenizer trained offline, for the tiny Idefics2 and LLaVA-Phi-3 models.
+"""Tokenizers for the tiny chat models, offline: a real SentencePiece vocabulary, or a small trained one.
 
-The real checkpoints of notebooks 03 (Idefics2, Mistral tokenizer) and 04 (LLaVA-Phi-3, Phi-3
-tokenizer) both use a SentencePiece-style BPE with *byte fallback*: text is split on "▁"-prefixed
-words, merged with BPE, and any character the vocabulary lacks is spelled as byte tokens
-``<0x00>``...``<0xFF>`` instead of becoming ``<unk>``. This module trains the same kind of
-tokenizer on a few hundred sentences with the ``tokenizers`` library (no Hub access needed) and
-wraps it as a transformers ``LlamaTokenizer`` (in transformers 5.x ``LlamaTokenizerFast`` is the
-same class).
+:func:`sentencepiece_tokenizer` is what the tiny Idefics2 (notebook 03) and LLaVA-Phi-3 (notebooks
+01, 04) use: Mistral-7B v0.1's real SentencePiece model from the ``mistral-common`` package, loaded
+with the checkpoint's own ``tokenizer_config.json`` so that special tokens sit at their real ids.
 
-Vocabulary layout (mirrors Llama / Mistral / Phi-3)::
+:func:`build_byte_fallback_tokenizer` trains a small tokenizer of the same kind (SentencePiece-style
+BPE with *byte fallback*: "▁"-prefixed words, byte tokens ``<0x00>``...``<0xFF>`` for anything the
+vocabulary lacks) with the ``tokenizers`` library, for tests that need a Llama-style tokenizer of a
+few hundred pieces. Vocabulary layout (mirrors Llama / Mistral / Phi-3)::
 
     0 unk, 1 bos, 2 eos,  3..258 byte tokens <0x00>..<0xFF>,  259.. learned BPE pieces,
     then the added special tokens (pad and ``special_tokens``) in the order given.

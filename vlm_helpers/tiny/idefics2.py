@@ -34,17 +34,20 @@ from .chat_tokenizer import sentencepiece_tokenizer
 from .common import reinit_weights
 from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
 
-__all__ = ["IDEFICS2_CHAT_TEMPLATE", "REAL_SHAPE_IDEFICS2_SIZES", "TINY_IDEFICS2_SIZES", "build_idefics2",
-           "build_tiny_idefics2"]
+__all__ = ["REAL_SHAPE_IDEFICS2_SIZES", "TINY_IDEFICS2_SIZES", "build_idefics2",
+           "build_tiny_idefics2", "idefics2_chat_template"]
 
 MODEL_ID = REAL_CHECKPOINTS["idefics2"]
 
-#: The chat template HuggingFaceM4/idefics2-8b publishes (in its processor_config.json), e.g.
-#: ``"User:<image>What is the total?<end_of_utterance>\nAssistant: 12.50<end_of_utterance>\n"``:
-#: the role capitalised, ":" when the turn starts with an image and ": " otherwise, every turn
-#: closed by ``<end_of_utterance>\n``, and ``"Assistant:"`` as the generation prompt. Message
-#: content must be a list of ``{"type": "image"}`` / ``{"type": "text", ...}`` parts.
-IDEFICS2_CHAT_TEMPLATE: str = real_json(MODEL_ID, "processor_config.json")["chat_template"]
+def idefics2_chat_template() -> str:
+    """The chat template HuggingFaceM4/idefics2-8b publishes (in its processor_config.json).
+
+    E.g. ``"User:<image>What is the total?<end_of_utterance>\nAssistant: 12.50<end_of_utterance>\n"``:
+    the role capitalised, ":" when the turn starts with an image and ": " otherwise, every turn
+    closed by ``<end_of_utterance>\n``, and ``"Assistant:"`` as the generation prompt. Message
+    content must be a list of ``{"type": "image"}`` / ``{"type": "text", ...}`` parts.
+    """
+    return real_json(MODEL_ID, "processor_config.json")["chat_template"]
 
 # Sizes of the tiny model, applied to the real config.json (all Linear shapes are multiples of
 # 64 in / 32 out, see module docstring). The vocabulary stays the real one (32,003 tokens).

@@ -95,9 +95,9 @@ def shrink(config: dict, sizes: dict) -> dict:
     out = copy.deepcopy(config)
     for key, value in sizes.items():
         if isinstance(value, dict):
-            sub = out.setdefault(key, {})
+            sub = out.get(key)
             if not isinstance(sub, dict):
-                raise ValueError(f"{key!r} is not a sub-configuration")
+                raise ValueError(f"{key!r} is not a sub-configuration of this config")
             out[key] = shrink(sub, value)
         elif key in SIZE_FIELDS:
             out[key] = value
