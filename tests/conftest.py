@@ -18,6 +18,26 @@ def tiny_florence2_path(tiny_cache):
     return tiny_checkpoint("florence2", tiny_cache)
 
 
+@pytest.fixture(scope="session")
+def no_dropout_cache(tiny_florence2_path, tmp_path_factory):
+    """A cache holding the tiny Florence-2 with dropout and drop-path set to 0. The real model trains
+    with dropout 0.1, so runs that are compared step by step for their maths (gradient accumulation,
+    2 processes x batch 2 against 1 x batch 4) would draw different dropout masks."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    cache = tmp_path_factory.mktemp("cache-no-dropout")
+    folder = cache / Path(tiny_florence2_path).name
+    shutil.copytree(tiny_florence2_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        config["text_config"][key] = 0.0
+    config["vision_config"]["drop_path_rate"] = 0.0
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return cache
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core machine two threads per

@@ -59,22 +59,6 @@ def _losses(output_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def no_dropout_cache(tiny_florence2_path, tmp_path_factory):
-    """A cache holding the tiny Florence-2 with dropout and drop-path set to 0. The real model trains
-    with dropout 0.1, and 2 processes x batch 2 draw other dropout masks than 1 x batch 4; the
-    comparisons below are about the distributed maths, so they run without it."""
-    cache = tmp_path_factory.mktemp("cache-no-dropout")
-    shutil.copytree(tiny_florence2_path, cache / Path(tiny_florence2_path).name)
-    config_path = cache / Path(tiny_florence2_path).name / "config.json"
-    config = json.loads(config_path.read_text())
-    for key in ("dropout", "attention_dropout", "activation_dropout"):
-        config["text_config"][key] = 0.0
-    config["vision_config"]["drop_path_rate"] = 0.0
-    config_path.write_text(json.dumps(config, indent=2))
-    return cache
-
-
-@pytest.fixture(scope="module")
 def cli_env(no_dropout_cache):
     return _env(no_dropout_cache)
 

@@ -130,7 +130,8 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     """
     from transformers import AutoConfig, AutoProcessor
 
-    model_type = AutoConfig.from_pretrained(checkpoint).model_type
+    config = AutoConfig.from_pretrained(checkpoint)
+    model_type = config.model_type
     processor_kwargs: dict = {}
     if model_type == "idefics2":
         if do_image_splitting is not None:
@@ -148,7 +149,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
         from vlm_helpers.phi3_vision import prepare_llava_processor
 
-        prepare_llava_processor(processor, AutoConfig.from_pretrained(checkpoint))
+        prepare_llava_processor(processor, config)
     return processor
 
 

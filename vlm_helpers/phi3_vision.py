@@ -127,5 +127,6 @@ def image_tokens_per_image(processor, image_size: int) -> int:
     from PIL import Image
 
     token = processor.image_token
+    token_id = processor.tokenizer.convert_tokens_to_ids(token)
     ids = processor(text=[token], images=[Image.new("RGB", (image_size, image_size))])["input_ids"][0]
-    return sum(1 for i in ids if i == processor.tokenizer.convert_tokens_to_ids(token))
+    return sum(1 for i in ids if i == token_id)

@@ -1,4 +1,5 @@
-"""Pieces every tiny builder shares: weight re-initialisation and the image-processor class.
+"""Pieces every tiny builder shares: saving a shrunk random checkpoint, weight re-initialisation and
+the image-processor class.
 
 Used by :mod:`vlm_helpers.tiny.florence2`, :mod:`~vlm_helpers.tiny.idefics2` and
 :mod:`~vlm_helpers.tiny.llava_phi3` (tiny mode of notebooks 01-04).
@@ -40,3 +41,38 @@ def image_processor_class(name: str):
     if importlib.util.find_spec("torchvision") is None:
         name += "Pil"
     return getattr(transformers, name)
+
+
+def save_shrunk_checkpoint(save_dir, model_id: str, sizes: dict, tokenizer, *, seed: int = 0,
+                           init_std: float | None = None, reinit=lambda model: model, token_ids: dict | None = None,
+                           reconstructed: bool = False):
+    """Shrink ``model_id``'s vendored configuration by ``sizes``; save a random model laid out like the Hub.
+
+    ``sizes`` holds the size fields to change in ``config.json`` (key ``"config"``) and in the
+    processor files (keys ``"preprocessor_config.json"``, ``"processor_config.json"``). The model
+    is drawn with ``seed`` (the caller's RNG is untouched); with ``init_std`` the weights of
+    ``reinit(model)`` are redrawn (:func:`reinit_weights`). ``token_ids`` sets config fields that
+    are ids of ``tokenizer`` (a smaller tokenizer than the real one). Then ``tokenizer`` and the
+    repository's other configuration files are written (:func:`~vlm_helpers.tiny.real.write_repository_files`);
+    ``reconstructed`` lets them come from ``reconstructed/``. Returns ``save_dir`` as a ``Path``.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from .real import build_config, model_class, real_json, shrink, write_repository_files
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = shrink(real_json(model_id, "config.json", reconstructed=reconstructed), sizes.get("config", {}))
+    config_dict.update(token_ids or {})
+    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = model_class(config_dict)(build_config(config_dict))
+        if init_std is not None:
+            reinit_weights(reinit(model), init_std)
+    model.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
+    write_repository_files(save_dir, model_id, files, reconstructed=reconstructed)
+    return save_dir

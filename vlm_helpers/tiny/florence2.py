@@ -31,8 +31,8 @@ from pathlib import Path
 
 from vlm_helpers.tiny.corpus import default_corpus
 
-from .common import reinit_weights
-from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
+from .common import save_shrunk_checkpoint
+from .real import REAL_CHECKPOINTS, build_config, real_json
 
 MODEL_ID = REAL_CHECKPOINTS["florence2"]
 
@@ -45,7 +45,7 @@ FLORENCE2_ADDED_TOKENS = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" f
                              "<poly>", "</poly>", "<and>"])
 
 #: Sizes of the tiny model, applied to the reconstructed real config.json and preprocessor_config.json
-#: (the text vocabulary is set to the tiny tokenizer's length, rounded up to 64, by the builder).
+#: (the text vocabulary is set to the tiny tokenizer's length, rounded up to 64, by build_tiny_florence2).
 TINY_FLORENCE2_SIZES = {
     "config": {
         "text_config": {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
@@ -59,7 +59,7 @@ TINY_FLORENCE2_SIZES = {
 
 #: Florence-2-base at full size (0.23 B parameters, 768 px, 577 image tokens, 51,328 embedding rows):
 #: the real-shape tier, built with the small tokenizer (whose ids all fit in the real vocabulary).
-REAL_SHAPE_FLORENCE2_SIZES: dict = {"config": {"text_config": {"vocab_size": 51328}}}
+REAL_SHAPE_FLORENCE2_SIZES: dict = {"config": {}}
 
 
 def build_tiny_florence2_tokenizer(corpus: Iterable[str], vocab_size: int = 600):
@@ -95,48 +95,26 @@ def build_tiny_florence2(save_dir: str | Path, *, seed: int = 0, init_std: float
     """Build the tiny random Florence-2 of tiny mode; save model and processor to ``save_dir``, return it.
 
     Loading it back is the job of :func:`vlm_helpers.models.load_florence2`, exactly as in full mode.
+    The text vocabulary is the small tokenizer's length rounded up to 64, as the conversion pads it.
     """
     tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))
-    return build_florence2(save_dir, TINY_FLORENCE2_SIZES, tokenizer, seed=seed, init_std=init_std)
+    sizes = json.loads(json.dumps(TINY_FLORENCE2_SIZES))
+    sizes["config"]["text_config"]["vocab_size"] = -(-len(tokenizer) // 64) * 64
+    return build_florence2(save_dir, sizes, tokenizer, seed=seed, init_std=init_std)
 
 
 def build_florence2(save_dir: str | Path, sizes: dict, tokenizer, *, seed: int = 0,
                     init_std: float | None = None) -> Path:
     """Shrink Florence-2-base-ft's configuration by ``sizes``; save a random model with ``tokenizer``.
 
-    The text vocabulary becomes ``len(tokenizer)`` rounded up to 64 (as the conversion pads it) unless
-    ``sizes`` sets it, and ``image_token_id`` the tokenizer's id of ``<image>``: token ids follow the tokenizer, everything
-    else is the (reconstructed) published configuration. ``init_std=None`` keeps transformers'
-    initialisation. Returns ``save_dir``.
+    ``image_token_id`` becomes the tokenizer's id of ``<image>`` (token ids follow the tokenizer);
+    everything else is the (reconstructed) published configuration. ``init_std`` redraws the
+    language model's weights only; ``None`` keeps transformers' initialisation. Returns ``save_dir``.
     """
-    import torch
-    from transformers import Florence2Processor
-
-    from .common import image_processor_class
-
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    config_sizes = json.loads(json.dumps(sizes.get("config", {})))
-    config_sizes.setdefault("text_config", {}).setdefault("vocab_size", -(-len(tokenizer) // 64) * 64)
-    config_dict = shrink(real_json(MODEL_ID, "config.json", reconstructed=True), config_sizes)
-    config_dict["image_token_id"] = tokenizer.convert_tokens_to_ids("<image>")  # an id, not a structure
-    config = build_config(config_dict)
-    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = model_class(config_dict)(config)
-        if init_std is not None:  # the language model only (BART's init_std); DaViT keeps its own init
-            reinit_weights(model.model.language_model, init_std)
-    model.save_pretrained(save_dir)
-    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
-    real_pre = real_json(MODEL_ID, "preprocessor_config.json", reconstructed=True)
-    real_pre.update(files.get("preprocessor_config.json", {}))
-    image_processor = image_processor_class(real_pre["image_processor_type"])(
-        **{k: v for k, v in real_pre.items() if k not in ("image_processor_type", "processor_class")})
-    post = real_json(MODEL_ID, "processor_config.json", reconstructed=True)["post_processor_config"]
-    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                       post_processor_config=post).save_pretrained(save_dir)
-    write_repository_files(save_dir, MODEL_ID, files, reconstructed=True)
-    return save_dir
+    return save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std,
+                                  reinit=lambda model: model.model.language_model,
+                                  token_ids={"image_token_id": tokenizer.convert_tokens_to_ids("<image>")},
+                                  reconstructed=True)
 
 
 def florence2_base_config():

@@ -31,8 +31,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat_tokenizer import sentencepiece_tokenizer
-from .common import reinit_weights
-from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
+from .common import save_shrunk_checkpoint
+from .real import REAL_CHECKPOINTS, real_json
 
 __all__ = ["REAL_SHAPE_IDEFICS2_SIZES", "TINY_IDEFICS2_SIZES", "build_idefics2",
            "build_tiny_idefics2", "idefics2_chat_template"]
@@ -102,21 +102,8 @@ def build_idefics2(save_dir: str | Path, sizes: dict, *, seed: int = 0, do_image
     keeps the published value (True). ``init_std=None`` keeps transformers' initialisation.
     Returns ``save_dir``, laid out like the Hub repository.
     """
-    import torch
-
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    config_dict = shrink(real_json(MODEL_ID, "config.json"), sizes.get("config", {}))
-    config = build_config(config_dict)
-    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = model_class(config_dict)(config)
-        if init_std is not None:
-            reinit_weights(model, init_std)
-    model.save_pretrained(save_dir)
-    sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json")).save_pretrained(save_dir)
-    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
-    write_repository_files(save_dir, MODEL_ID, files)
+    tokenizer = sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json"))
+    save_dir = save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std)
     if do_image_splitting is not None:
         _set_json_field(save_dir / "preprocessor_config.json", "do_image_splitting", do_image_splitting)
     return save_dir

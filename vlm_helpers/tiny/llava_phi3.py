@@ -42,8 +42,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chat_tokenizer import sentencepiece_tokenizer
-from .common import reinit_weights
-from .real import REAL_CHECKPOINTS, build_config, model_class, real_json, shrink, write_repository_files
+from .common import save_shrunk_checkpoint
+from .real import REAL_CHECKPOINTS, real_json
 
 __all__ = ["REAL_SHAPE_LLAVA_PHI3_SIZES", "TINY_LLAVA_PHI3_SIZES", "build_llava_phi3", "build_tiny_llava_phi3"]
 
@@ -90,19 +90,6 @@ def build_llava_phi3(save_dir: str | Path, sizes: dict, *, seed: int = 0, init_s
     ``save_dir``, laid out like the Hub repository (no ``processor_config.json``, no chat template
     file).
     """
-    import torch
-
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    config_dict = shrink(real_json(MODEL_ID, "config.json"), sizes.get("config", {}))
-    config = build_config(config_dict)
-    with torch.random.fork_rng():  # seed the build without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = model_class(config_dict)(config)
-        if init_std is not None:
-            reinit_weights(model, init_std)
-    model.save_pretrained(save_dir)
-    sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json", reconstructed=True)).save_pretrained(save_dir)
-    files = {name: dict(values) for name, values in sizes.items() if name != "config"}
-    write_repository_files(save_dir, MODEL_ID, files, reconstructed=True)
-    return save_dir
+    tokenizer = sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json", reconstructed=True))
+    return save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std,
+                                  reconstructed=True)
