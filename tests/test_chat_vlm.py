@@ -203,19 +203,18 @@ def test_collator_names_the_row_with_no_answer(chat_paths):
         captions(rows)
 
 
-def test_collator_max_length(chat_paths):
+def test_collator_max_length_raises_instead_of_cutting(chat_paths):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(chat_paths["idefics2"])
     rows = make_rows()
     full = ChatVLMCollator(processor, instruction=INSTRUCTION)(rows)
-    prompt_width = int(ChatVLMCollator(processor, instruction=INSTRUCTION).generation_inputs(rows)
-                       ["attention_mask"].sum(1).max())  # the longest prompt
-    cut = ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=prompt_width + 2)(rows)
-    assert cut["input_ids"].shape[1] == prompt_width + 2 < full["input_ids"].shape[1]
-    assert torch.equal(cut["labels"], full["labels"][:, : prompt_width + 2])
-    with pytest.raises(ValueError, match="max_length"):
-        ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=prompt_width - 1)(rows)
+    # the longest row, up to and including its end-of-turn token (the last supervised position)
+    longest = max(int(row.ne(-100).nonzero().max()) + 1 for row in full["labels"])
+    fits = ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=longest)(rows)
+    assert torch.equal(fits["labels"], full["labels"])  # nothing cut
+    with pytest.raises(ValueError, match=r"row \d of the batch \(questionId=.*max_length=" + str(longest - 1)):
+        ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=longest - 1)(rows)
 
 
 # ----------------------------------------------------------------------------------------------

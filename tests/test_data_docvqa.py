@@ -236,12 +236,13 @@ def test_validate_dataset_stops_before_reading_more_rows():
 def test_validate_dataset_skip_counts():
     rows, report = validate_dataset(_dataset_with_bad_rows(), split="train", on_bad="skip")
     assert (report.checked, report.kept, report.skipped) == (6, 4, 2)
-    assert [index for index, _ in report.skipped_rows] == [2, 3]
-    assert "empty list" in report.skipped_rows[0][1] and "decode" in report.skipped_rows[1][1]
+    assert [row.index for row in report.skipped_rows] == [2, 3]
+    assert "empty list" in report.skipped_rows[0].reason and "decode" in report.skipped_rows[1].reason
     assert report.kept_indices == [0, 1, 4, 5]
     assert [row["questionId"] for row in rows] == [100, 101, 104, 105]
     assert all(row["image"].mode == "RGB" for row in rows)
     assert "skipped 2" in str(report)
+    assert [row.id for row in report.skipped_rows] == [102, 103] and "row 2 (questionId=102)" in str(report)
     light_rows, light_report = validate_dataset(
         _dataset_with_bad_rows(), split="train", on_bad="skip", return_rows=False
     )

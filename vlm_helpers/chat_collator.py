@@ -32,8 +32,9 @@ from collections.abc import Sequence
 
 import torch
 
-from vlm_helpers.collators import IGNORE_INDEX, format_supervision, pick_answer
+from vlm_helpers.collators import IGNORE_INDEX, check_plain_text, format_supervision, pick_answer
 from vlm_helpers.data.images import to_rgb
+from vlm_helpers.data.validation import reserved_text
 
 __all__ = ["ChatVLMCollator", "describe_sample", "detect_end_of_turn", "vision_token_ids"]
 
@@ -102,8 +103,8 @@ class ChatVLMCollator:
         image_key, id_key: columns with the image and the row id (the id seeds the answer pick
             and names the row in error messages).
         answer_choice: ``"random"`` (reproducible per row id and ``seed``) or ``"first"``.
-        max_length: cut training sequences to this many tokens (answers only: a prompt that does
-            not fit raises, because cutting image tokens breaks the model).
+        max_length: the longest training sequence, in tokens; a row that does not fit raises with
+            its id (nothing is cut silently: a cut answer never learns to stop).
         end_of_turn: the token that ends the assistant turn; detected from the template if None.
     """
 
@@ -130,6 +131,8 @@ class ChatVLMCollator:
             raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token before batching")
         if self.end_of_turn_id in self.vision_ids:
             raise ValueError(f"end_of_turn {self.end_of_turn!r} is an image token")
+        self.reserved = reserved_text(processor)
+        check_plain_text(instruction, self.reserved, where="ChatVLMCollator(instruction=...)", what="instruction")
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -144,6 +147,14 @@ class ChatVLMCollator:
         return ids
 
     # ------------------------------------------------------------------ text
+    def _where(self, row: dict, position: int) -> str:
+        return f"row {position} of the batch ({self.id_key}={row.get(self.id_key, position)!r})"
+
+    def _check_question(self, row: dict, position: int) -> None:
+        if self.question_key is not None:
+            check_plain_text(row[self.question_key], self.reserved, where=self._where(row, position),
+                             what="question")
+
     def messages(self, row: dict, answer: str | None = None) -> list[dict]:
         """The chat for one row: the user turn, plus the assistant turn when ``answer`` is given."""
         content = []
@@ -175,13 +186,16 @@ class ChatVLMCollator:
         if isinstance(answers, str):
             if not answers.strip():
                 raise ValueError(f"{where} has an empty {self.answer_key!r}")
+            check_plain_text(answers, self.reserved, where=where, what="answer")
             return answers
         if answers is None or len(answers) == 0:
             raise ValueError(f"{where} has an empty {self.answer_key!r} list: drop it or fix the data")
         try:
-            return pick_answer(answers, choice=self.answer_choice, seed=self.seed, key=key)
+            answer = pick_answer(answers, choice=self.answer_choice, seed=self.seed, key=key)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+        check_plain_text(answer, self.reserved, where=where, what="answer")
+        return answer
 
     def _images(self, rows: Sequence[dict]) -> list[list]:
         return [[to_rgb(row[self.image_key])] for row in rows]
@@ -194,12 +208,16 @@ class ChatVLMCollator:
         tokens of all rows start at the same position (what ``generate_predictions`` cuts at).
         The padding side is passed per call, so the tokenizer's own setting is not changed.
         """
+        for position, row in enumerate(rows):
+            self._check_question(row, position)
         texts = [self.prompt_text(row) for row in rows]
         return dict(self.processor(text=texts, images=self._images(rows), return_tensors="pt",
                                    padding=True, padding_side="left"))
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         """A RIGHT-padded training batch: processor outputs plus ``labels``."""
+        for position, row in enumerate(rows):
+            self._check_question(row, position)
         answers = [self.target(row, i) for i, row in enumerate(rows)]
         images = self._images(rows)
         full = self.processor(text=[self.full_text(row, a) for row, a in zip(rows, answers)], images=images,
@@ -222,9 +240,10 @@ class ChatVLMCollator:
             if self.end_of_turn_id not in answer_ids:
                 raise ValueError(f"{where}: no {self.end_of_turn!r} after the answer; pass end_of_turn= explicitly")
             stop = len(prompt) + answer_ids.index(self.end_of_turn_id) + 1  # keep the end-of-turn token
-            if self.max_length is not None and len(prompt) >= self.max_length:
-                raise ValueError(f"{where}: the prompt has {len(prompt)} tokens, more than max_length="
-                                 f"{self.max_length}; raise max_length or shrink the image")
+            if self.max_length is not None and stop > self.max_length:
+                raise ValueError(f"{where}: prompt and answer take {stop} tokens ({len(prompt)} for the prompt, "
+                                 f"images included), more than max_length={self.max_length}; raise max_length, "
+                                 "shrink the image or drop the row (nothing is cut silently)")
             labels[i, len(prompt):stop] = input_ids[i, len(prompt):stop]
         for token_id in self.vision_ids:
             labels[input_ids == token_id] = IGNORE_INDEX
@@ -232,9 +251,6 @@ class ChatVLMCollator:
         labels[attention == 0] = IGNORE_INDEX
         batch = dict(full)
         batch["labels"] = labels
-        if self.max_length is not None and input_ids.shape[1] > self.max_length:
-            width = input_ids.shape
-            batch = {k: v[:, : self.max_length] if v.shape[:2] == width else v for k, v in batch.items()}
         return batch
 
 

@@ -4,16 +4,29 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb`` (used by :func:`vlm_helpers.tr
 and the command line). A checkpoint is one file, ``checkpoint-<step>/training_state.pt``:
 the trainable weights (the frozen rest is the base checkpoint's), optimizer, scheduler and
 gradient-scaler states, the training position and every process's RNG state. It is written
-to a temporary folder and renamed into place, so a crash never leaves half a checkpoint.
-With FSDP2 the sharded tensors are gathered first, so one format serves one process, DDP
-and FSDP alike.
+to a staging folder ``checkpoint-<step>.tmp`` and renamed into place, so a crash never leaves
+half a checkpoint under a checkpoint's name. With FSDP2 the sharded tensors are gathered
+first, so one format serves one process, DDP and FSDP alike.
+
+What counts as a checkpoint is decided in one place, :func:`scan_checkpoints`, for this loop's
+checkpoints and the HF Trainer's alike (:mod:`vlm_helpers.hf_training` passes its own
+completeness rule): only folders named exactly ``checkpoint-<step>`` that are complete. A
+staging folder left by a kill mid-write, or a Trainer checkpoint whose ``trainer_state.json``
+is cut short, is *incomplete*: never resumed from, reported, and set aside by
+:func:`set_aside_incomplete` when a run resumes (a staging folder is deleted: it is a
+half-written copy of what the previous checkpoint already holds; an incomplete Trainer
+checkpoint is renamed ``incomplete-checkpoint-<step>`` and kept for you to inspect).
+Before anything is written, the trainable weights are checked to be finite
+(:func:`check_finite_weights`), so no checkpoint ever holds NaN weights.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,16 +88,84 @@ def full_optimizer_state(optimizer) -> dict:
                       for index, per_param in sorted(saved["state"].items())}
     return saved
 
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)(\.tmp)?")
+
+
+def loop_checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint of :func:`vlm_helpers.training.train`, or None."""
+    if path.name.endswith(".tmp"):
+        return "a staging folder: the run was stopped while writing this checkpoint"
+    if not (path / CHECKPOINT_FILE).is_file():
+        return f"no {CHECKPOINT_FILE} in it"
+    return None
+
+
+def scan_checkpoints(output_dir: str | Path, problem: Callable[[Path], str | None] = loop_checkpoint_problem
+                     ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(complete, incomplete)`` checkpoint folders of ``output_dir``.
+
+    ``complete``: folders named ``checkpoint-<step>`` for which ``problem(path)`` is None,
+    oldest step first. ``incomplete``: ``(folder, why)`` for every other ``checkpoint-<step>``
+    or ``checkpoint-<step>.tmp`` folder. Other names are not ours and are ignored.
+    """
+    complete, incomplete = [], []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        why = problem(path)
+        if why is None and match.group(2) is None:
+            complete.append((int(match.group(1)), path))
+        else:
+            incomplete.append((path, why or "a staging folder"))
+    return [path for _, path in sorted(complete)], sorted(incomplete)
+
+
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders in ``output_dir``, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / CHECKPOINT_FILE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    """Complete checkpoint folders in ``output_dir``, oldest first."""
+    return scan_checkpoints(output_dir)[0]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``output_dir``, or None."""
     found = checkpoint_dirs(output_dir)
     return found[-1] if found else None
+
+
+def describe_incomplete(incomplete: list[tuple[Path, str]]) -> str:
+    """One readable line per incomplete checkpoint folder."""
+    return "; ".join(f"{path.name} ({why})" for path, why in incomplete)
+
+
+def set_aside_incomplete(incomplete: list[tuple[Path, str]], log: Callable[[str], None] = print) -> None:
+    """Move incomplete checkpoints out of the way before a run resumes, saying what was done.
+
+    A staging folder (``checkpoint-<step>.tmp``) is deleted: it is a half-written file. Any other
+    incomplete folder is renamed ``incomplete-checkpoint-<step>`` (numbered if taken) and kept.
+    """
+    for path, why in incomplete:
+        if path.name.endswith(".tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed {path} ({why})")
+            continue
+        target, n = path.with_name(f"incomplete-{path.name}"), 1
+        while target.exists():
+            target, n = path.with_name(f"incomplete-{path.name}-{n}"), n + 1
+        os.replace(path, target)
+        log(f"set aside {path.name} as {target.name} ({why}); resuming from the newest complete checkpoint")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise ``FloatingPointError`` naming the first trainable parameter holding NaN or inf.
+
+    Called before a checkpoint or a final model is written (with FSDP2: this rank's shards).
+    """
+    for name, param in unwrap(model).named_parameters():
+        if param.requires_grad:
+            local = param.to_local() if is_dtensor(param) else param
+            if not bool(torch.isfinite(local.detach()).all()):
+                raise FloatingPointError(f"trainable parameter {name!r} holds NaN or inf: refusing to save it")
+
 
 def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
                     rng_states: list[dict] | None = None, *, trainable: dict | None = None,
@@ -96,6 +177,10 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
     states (FSDP); by default taken from ``model`` and ``optimizer`` here.
     """
     rng_states = rng_states if rng_states is not None else [rng_state()]
+    if trainable is None:
+        check_finite_weights(model)
+    elif not all(bool(torch.isfinite(t).all()) for t in trainable.values()):
+        raise FloatingPointError(f"step {state.step}: a trainable parameter holds NaN or inf: refusing to save it")
     target = Path(config.output_dir) / f"checkpoint-{state.step}"
     staging = target.with_name(target.name + ".tmp")
     staging.mkdir(parents=True, exist_ok=True)

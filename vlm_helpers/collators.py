@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from vlm_helpers.data.images import to_rgb
+from vlm_helpers.data.validation import find_reserved, reserved_text
 
 IGNORE_INDEX = -100
 DOCVQA_TASK_PROMPT = "<DocVQA>"
@@ -41,6 +42,19 @@ def pick_answer(answers: Sequence[str], *, choice: str, seed: int, key: object) 
     raise ValueError(f"answer choice must be 'first' or 'random', got {choice!r}")
 
 
+def check_plain_text(text: str, reserved, *, where: str, what: str) -> None:
+    """Raise ``ValueError`` naming the row when ``text`` holds one of the model's reserved strings.
+
+    ``reserved`` comes from :func:`vlm_helpers.data.validation.reserved_text`. The processor would
+    otherwise raise without naming the row (``<image>``, Florence-2's ``<OCR>``), or the answer
+    would silently end at an end-of-turn token.
+    """
+    found = find_reserved(text, reserved)
+    if found:
+        raise ValueError(f"{where}: the {what} contains {found}, which the model's processor does not read as "
+                         "text; validate the data with clean_dataset(..., processor=processor) before training")
+
+
 def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
     """Right-pad token-id lists into a ``(batch, max_len)`` tensor filled with -100."""
     width = max(len(seq) for seq in sequences)
@@ -53,6 +67,10 @@ def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
 class Florence2Collator:
     """Batch DocVQA-style rows for Florence-2: encoder gets ``<DocVQA>`` + question + image,
     the decoder learns ``<s>`` + the answer + ``</s>``; padding never reaches the loss.
+
+    A question or answer holding one of the model's reserved strings (a task token such as
+    ``<OCR>``, ``<s>``, ``<loc_5>``) and an answer longer than ``max_answer_tokens`` raise a
+    ``ValueError`` naming the row: nothing is cut silently.
 
     Rows need ``question``, ``image`` and ``answers`` (a list of strings). The model builds
     its decoder inputs from ``labels`` by shifting them right behind ``decoder_start_token_id``
@@ -74,9 +92,15 @@ class Florence2Collator:
         self.answer_choice = answer_choice
         self.seed = seed
         self.id_key = id_key
+        self.reserved = reserved_text(processor)
+
+    def _where(self, row: dict, position: int) -> str:
+        return f"row {position} of the batch ({self.id_key}={row.get(self.id_key, position)!r})"
 
     def prompts(self, rows: Sequence[dict]) -> list[str]:
         """The encoder text of each row: task token followed by the question."""
+        for position, row in enumerate(rows):
+            check_plain_text(row["question"], self.reserved, where=self._where(row, position), what="question")
         return [self.task_prompt + row["question"] for row in rows]
 
     def generation_inputs(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -84,19 +108,27 @@ class Florence2Collator:
         images = [to_rgb(row["image"]) for row in rows]
         return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
 
-    def target_ids(self, answer: str) -> list[int]:
-        """Token ids the decoder must produce: ``<s>``, the answer (truncated) and ``</s>``."""
+    def target_ids(self, answer: str, *, where: str = "this row") -> list[int]:
+        """Token ids the decoder must produce: ``<s>``, the answer and ``</s>``.
+
+        An answer that does not fit in ``max_answer_tokens`` raises (naming ``where``) instead of
+        being cut: a cut answer teaches the model to stop mid-word.
+        """
+        check_plain_text(answer, self.reserved, where=where, what="answer")
         tokenizer = self.processor.tokenizer
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_answer_tokens - 2]
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if len(ids) + 2 > self.max_answer_tokens:
+            raise ValueError(f"{where}: the answer has {len(ids)} tokens, more than max_answer_tokens="
+                             f"{self.max_answer_tokens} minus <s> and </s>; raise max_answer_tokens or drop the row")
         return [tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = self.generation_inputs(rows)
-        answers = [
-            pick_answer(row["answers"], choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
-            for i, row in enumerate(rows)
-        ]
-        batch["labels"] = pad_labels([self.target_ids(answer) for answer in answers])
+        targets = []
+        for i, row in enumerate(rows):
+            answer = pick_answer(row["answers"], choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
+            targets.append(self.target_ids(answer, where=self._where(row, i)))
+        batch["labels"] = pad_labels(targets)
         return batch
 
 

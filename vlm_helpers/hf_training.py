@@ -19,7 +19,17 @@ its arguments the way the series needs them:
 - checkpoints are the Trainer's own (``checkpoint-<step>/`` with the adapter, optimizer, scheduler,
   each process's RNG state and ``trainer_state.json``, whose ``log_history`` is the loss curve so
   far): ``save_at_end=True`` writes exactly one, after the last step, and
-  ``train_with_trainer(..., resume_from_checkpoint=...)`` continues from it;
+  ``train_with_trainer(..., resume_from_checkpoint=...)`` continues from it. The Trainer writes
+  ``trainer_state.json`` last and not atomically, so a checkpoint counts only when that file
+  reads back (:func:`trainer_checkpoint_problem`); a resume skips one cut short by a crash for
+  the previous complete one. A fresh run into a folder that already holds checkpoints or a saved
+  ``adapter/`` is refused, so a finished run is never overwritten;
+- non-finite steps: the Trainer itself would apply a NaN gradient, and its
+  ``logging_nan_inf_filter`` logs a NaN loss as a finite number. Here every optimizer step's
+  loss and gradients are checked before ``optimizer.step()``; a NaN/inf step is not applied
+  (its gradients are dropped), recorded as skipped, and more than ``max_skipped_steps`` stop
+  training. The history has one record per optimizer step with that step's own loss
+  (``null`` for a skipped one), so a NaN never hides in a logging window's average;
 - under ``torchrun`` the Trainer wraps the model in DDP itself: gloo on CPU, and
   ``find_unused_parameters=False`` because every trainable weight (LoRA on modules that run,
   ``modules_to_save``) gets a gradient at every step.
@@ -34,13 +44,17 @@ Experiment trackers need keys: they come from Colab secrets or environment varia
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import re
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vlm_helpers.checkpoints import describe_incomplete, scan_checkpoints, set_aside_incomplete
+
 __all__ = ["REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
-           "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs", "validate_report_to"]
+           "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs",
+           "trainer_checkpoint_problem", "validate_report_to"]
 
 #: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -176,27 +190,58 @@ def _checkpointing_arguments(arguments_class, enabled: bool) -> dict:
 def history_from_log(log_history: Sequence[dict]) -> list[dict]:
     """Turn ``trainer.state.log_history`` into ``[{"step", "epoch", "loss", "lr", "grad_norm"}]``.
 
-    Entries without a training loss (the end-of-run summary) are skipped; other keys logged at
-    the same step (e.g. generation metrics) are merged into that step's record.
+    :func:`train_with_trainer` logs every optimizer step's own loss (``step_loss``, ``null`` when
+    the step was skipped, with a ``skipped`` reason); where a step has that entry it is the
+    record's ``loss``, and the Trainer's average over the logging window (which would hide a NaN)
+    is dropped. Histories without those entries (older runs) keep the Trainer's logged loss.
+    Entries without a loss (the end-of-run summary) are skipped; other keys logged at the same
+    step (e.g. generation metrics) are merged into that step's record.
     """
     records: dict[int, dict] = {}
+    own_loss: set[int] = set()
     for entry in log_history:
         if "step" not in entry or "train_runtime" in entry:
             continue
-        record = records.setdefault(int(entry["step"]), {"step": int(entry["step"])})
+        step = int(entry["step"])
+        record = records.setdefault(step, {"step": step})
+        if "step_loss" in entry:
+            own_loss.add(step)
         for key, value in entry.items():
             if key == "learning_rate":
-                record["lr"] = value
+                record.setdefault("lr", value)
+            elif key == "step_loss":
+                record["loss"] = value
+            elif key == "loss":
+                if step not in own_loss:
+                    record["loss"] = value
             elif key != "step":
                 record[key] = value
-    return [records[step] for step in sorted(records) if "loss" in records[step]]
+    return [records[step] for step in sorted(records) if "loss" in records[step] or "skipped" in records[step]]
+
+
+def trainer_checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete Trainer checkpoint, or None.
+
+    The Trainer writes ``trainer_state.json`` last, with a plain (non-atomic) write: a checkpoint
+    is complete when that file exists and reads back with its ``global_step``.
+    """
+    state_file = Path(path) / TRAINER_STATE_FILE
+    if path.name.endswith(".tmp"):
+        return "a staging folder: the run was stopped while writing this checkpoint"
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_FILE}: the run was stopped while writing this checkpoint"
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"{TRAINER_STATE_FILE} is cut short or corrupt ({error}): the run was stopped while writing it"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return f"{TRAINER_STATE_FILE} has no global_step"
+    return None
 
 
 def trainer_checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete Trainer checkpoints (``checkpoint-<step>/`` holding ``trainer_state.json``), oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*")
-             if re.fullmatch(r"checkpoint-\d+", p.name) and (p / TRAINER_STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    """Complete Trainer checkpoints (see :func:`trainer_checkpoint_problem`), oldest first."""
+    return scan_checkpoints(output_dir, trainer_checkpoint_problem)[0]
 
 
 def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
@@ -205,22 +250,150 @@ def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _resume_point(output_dir: Path, resume_from_checkpoint, *, is_main: bool) -> str | None:
+    """The checkpoint to continue (or None for a fresh run), after refusing to overwrite an earlier run."""
+    complete, incomplete = scan_checkpoints(output_dir, trainer_checkpoint_problem)
+    if resume_from_checkpoint in (None, False):
+        earlier = [p.name for p in complete] + [p.name for p, _ in incomplete]
+        earlier += [name for name in ("adapter",) if (output_dir / name).exists()]
+        if earlier:
+            raise FileExistsError(
+                f"{output_dir} already holds {', '.join(earlier)} from an earlier run; nothing was changed. "
+                "Continue it with resume_from_checkpoint=True (the newest complete checkpoint), or choose a "
+                "new output_dir.")
+        return None
+    if resume_from_checkpoint is True:
+        if not complete:
+            found = f" (only incomplete ones: {describe_incomplete(incomplete)})" if incomplete else ""
+            raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir} holds no complete "
+                                    f"checkpoint{found}")
+        resume_from_checkpoint = complete[-1]
+    else:
+        why = trainer_checkpoint_problem(Path(resume_from_checkpoint))
+        if why is not None:
+            raise ValueError(f"cannot resume from {resume_from_checkpoint}: {why}")
+    if is_main and incomplete:
+        set_aside_incomplete(incomplete)
+    return str(resume_from_checkpoint)
+
+
+def _guarded_trainer(trainer_class, guard: "_NonFiniteGuard"):
+    """A ``Trainer`` subclass that hands every micro-batch's loss to ``guard``."""
+
+    class GuardedTrainer(trainer_class):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            guard.add_loss(loss)
+            return loss
+
+    return GuardedTrainer
+
+
+class _NonFiniteGuard:
+    """Checks each optimizer step's loss and gradients before the update (see the module docstring).
+
+    As a Trainer callback: ``on_pre_optimizer_step`` decides (the verdict is shared by all
+    processes, so DDP replicas stay identical) and drops the gradients of a bad step, so the
+    optimizer leaves those weights and their moments alone; ``on_step_end`` logs the step's
+    own loss. The grad scaler of fp16 runs skips an overflowing step by itself: such a step
+    (finite loss, infinite gradient) is recorded but not counted toward ``max_skipped``.
+    """
+
+    def __init__(self, max_skipped: int, fp16: bool):
+        self.max_skipped = max_skipped
+        self.fp16 = fp16
+        self.skipped_steps: list[int] = []
+        self._loss = None
+        self._record: dict = {}
+
+    def add_loss(self, loss) -> None:
+        loss = loss.detach().float()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        guard = self
+
+        class NonFiniteSteps(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
+                                      **kwargs):
+                guard.before_update(state, model, lr_scheduler)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                guard.after_update(state, args.output_dir)
+
+        return NonFiniteSteps()
+
+    def before_update(self, state, model, lr_scheduler) -> None:
+        import torch
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        loss = self._loss if self._loss is not None else torch.zeros(())
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        values = torch.stack([loss.to(grad_norm.device).float(), grad_norm.float()])
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # the mean loss; any rank's NaN is everyone's
+            dist.all_reduce(values)
+            values[0] /= dist.get_world_size()
+        loss_value, grad_value = (float(v) for v in values)
+        self._loss = None
+        step = state.global_step + 1
+        self._record = {"step": step, "step_loss": loss_value if math.isfinite(loss_value) else None}
+        if lr_scheduler is not None:
+            self._record["learning_rate"] = lr_scheduler.get_last_lr()[0]
+        if math.isfinite(loss_value) and math.isfinite(grad_value):
+            return
+        if self.fp16 and math.isfinite(loss_value):
+            self._record["skipped"] = ("fp16 overflow (non-finite gradient norm): the gradient scaler skips this "
+                                       "update and lowers its scale")
+            return
+        for param in params:  # no gradient: the optimizer leaves these weights and their moments alone
+            param.grad = None
+        problem = (f"non-finite loss ({loss_value})" if not math.isfinite(loss_value)
+                   else f"non-finite gradient norm ({grad_value})")
+        self._record["skipped"] = f"{problem}: update not applied"
+        self.skipped_steps.append(step)
+
+    def after_update(self, state, output_dir) -> None:
+        from vlm_helpers.training import too_many_skipped
+
+        if self._record:
+            state.log_history.append(self._record)
+            self._record = {}
+        if len(self.skipped_steps) > self.max_skipped:
+            raise FloatingPointError(too_many_skipped(self.skipped_steps, self.max_skipped,
+                                                      checkpoint=latest_trainer_checkpoint(output_dir)))
+
+
 def train_with_trainer(model, train_rows, collator: Callable, args, *,
                        eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None,
-                       resume_from_checkpoint: str | Path | bool | None = None):
+                       resume_from_checkpoint: str | Path | bool | None = None, max_skipped_steps: int = 10):
     """Train with ``transformers.Trainer``; return ``(trainer, history)``.
 
     ``eval_fn(step) -> {"anls": ...}`` (e.g. generation + ANLS on validation rows) runs every
     ``eval_every`` optimizer steps in eval mode; its numbers join that step's history record.
 
-    ``resume_from_checkpoint`` (a ``checkpoint-<step>`` folder, or ``True`` for the newest in
-    ``args.output_dir``) continues that run: adapter weights, optimizer, scheduler, each process's
-    RNG state and the position in the data come back, and ``history`` starts with the checkpoint's
-    records (the losses logged before it, not recomputed). ``args.max_steps`` counts all steps,
-    those before the checkpoint included. This run's ``logging_steps``/``save_steps`` apply from
-    the resume on (the Trainer alone would keep the checkpoint's).
+    ``resume_from_checkpoint`` (a ``checkpoint-<step>`` folder, or ``True`` for the newest
+    *complete* one in ``args.output_dir``) continues that run: adapter weights, optimizer,
+    scheduler, each process's RNG state and the position in the data come back, and ``history``
+    starts with the checkpoint's records (the losses logged before it, not recomputed).
+    ``args.max_steps`` counts all steps, those before the checkpoint included. This run's
+    ``logging_steps``/``save_steps`` apply from the resume on (the Trainer alone would keep the
+    checkpoint's). Without it, a folder holding an earlier run's checkpoints or ``adapter/`` is
+    refused (``FileExistsError``) before anything is written.
+
+    A step whose loss or gradient is NaN/inf is not applied and is recorded as skipped; more than
+    ``max_skipped_steps`` of them stop training with ``FloatingPointError`` (weights stay finite).
     """
     from transformers import Trainer, TrainerCallback
+
+    from vlm_helpers.checkpoints import check_finite_weights
+
+    resume = _resume_point(Path(args.output_dir), resume_from_checkpoint,
+                           is_main=int(os.environ.get("RANK", "0")) == 0)
 
     class CurrentIntervals(TrainerCallback):
         def on_train_begin(self, arguments, state, control, **kwargs):
@@ -235,10 +408,16 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                 model.train(was_training)
                 state.log_history.append({"step": state.global_step, **metrics})
 
-    callbacks = [CurrentIntervals()] + ([GenerationEval()] if eval_fn is not None else [])
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=collator, callbacks=callbacks)
-    if isinstance(resume_from_checkpoint, Path):
-        resume_from_checkpoint = str(resume_from_checkpoint)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    class FiniteBeforeSaving(TrainerCallback):
+        def on_step_end(self, arguments, state, control, model=None, **kwargs):
+            if control.should_save:  # the Trainer saves right after this: never a NaN checkpoint
+                check_finite_weights(model)
+
+    guard = _NonFiniteGuard(max_skipped_steps, fp16=bool(args.fp16))
+    callbacks = [CurrentIntervals(), guard.callback(), FiniteBeforeSaving()]
+    callbacks += [GenerationEval()] if eval_fn is not None else []
+    trainer = _guarded_trainer(Trainer, guard)(model=model, args=args, train_dataset=train_rows,
+                                               data_collator=collator, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
     model.eval()
     return trainer, history_from_log(trainer.state.log_history)

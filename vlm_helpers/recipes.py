@@ -80,9 +80,16 @@ class Recipe:
     # "loop": vlm_helpers.training (checkpoints hold training_state.pt; --resume, --fsdp);
     # "hf": the HF Trainer (its own checkpoints, with trainer_state.json; --resume, no --fsdp)
     trainer: str = "loop"
+    # (task, model) of its fine-tuned run in results/ (notebook 05 reads "docvqa"/"florence2" etc.)
+    results: tuple[str, str] = ("docvqa", "model")
 
     def defaults(self, tiny: bool) -> Defaults:
         return self.tiny if tiny else self.full
+
+    def results_run(self, dataset: str) -> tuple[str, str]:
+        """``(task, model)`` names of the run's results; another dataset than the first gets its own model name."""
+        task, model = self.results
+        return task, model if dataset == self.datasets[0] else f"{model}-{dataset}"
 
 
 @dataclass
@@ -115,6 +122,8 @@ class RunSettings:
     num_workers: int
     logging_steps: int
     skip_bad_rows: bool
+    max_skipped_steps: int  # NaN/inf steps skipped before training stops
+    replace_results: bool  # may replace another producer's (or a full-mode) run in results_dir
     write_weight_digests: bool
     progress: bool
     preset: Preset = field(repr=False)
@@ -242,8 +251,11 @@ def check_report_to(names: tuple[str, ...]) -> str | None:
 
 
 def _train_log_line(record: dict, total: int | None) -> str:
-    parts = [f"step {record['step']}" + (f"/{total}" if total else ""), f"loss {record['loss']:.4f}",
-             f"lr {record['lr']:.3g}"]
+    loss = record.get("loss")
+    parts = [f"step {record['step']}" + (f"/{total}" if total else ""),
+             f"loss {loss:.4f}" if isinstance(loss, float) else "loss -", f"lr {record['lr']:.3g}"]
+    if record.get("skipped"):
+        parts.append(f"SKIPPED: {record['skipped']}")
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_") and isinstance(v, float)]
     return " | ".join(parts)
 
@@ -264,7 +276,8 @@ def _docvqa_style_train_rows(settings: RunSettings):
 
 
 def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **columns):
-    """Validate every row before training (:func:`~vlm_helpers.data.validation.clean_dataset`).
+    """Validate every row before training (:func:`~vlm_helpers.data.validation.clean_dataset`),
+    against the model's processor too (``columns`` holds ``processor=`` and the column names).
 
     Stops at the first bad row (naming it), or with ``--skip-bad-rows`` drops bad rows
     and lists them. Returns the dataset restricted to the good rows; images stay
@@ -314,8 +327,9 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         checkpoint = models.resolve_checkpoint(models.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
         model, processor = models.load_florence2(checkpoint, device=env.device,
                                                  attn_implementation=preset.attn_implementation)
-    train_rows = _validated(train_rows, "train", settings, env)
-    eval_rows = _validated(eval_rows, "validation", settings, env)
+    # checked against the processor too: text holding its special or task tokens is refused here
+    train_rows = _validated(train_rows, "train", settings, env, processor=processor)
+    eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor)
 
     before = models.count_parameters(model)
     models.freeze(*models.florence2_vision_modules(model))
@@ -334,6 +348,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         device=env.device, seed=settings.seed, num_workers=settings.num_workers,
         checkpoint_every=settings.checkpoint_every, checkpoint_at_end=True,
         keep_checkpoints=settings.keep_checkpoints, eval_every=settings.eval_steps, progress=settings.progress,
+        max_skipped_steps=settings.max_skipped_steps,
     )
     total = training.total_steps(len(train_rows), config, env.world_size)
     env.log(f"training {total} steps: {env.world_size} process(es) x batch {settings.batch_size} x accumulation "
@@ -341,7 +356,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
             f"{len(train_rows)} training rows")
 
     # the run's name in results/ ("florence2" is also notebook 02's); the records name the checkpoint
-    model_label = "florence2" if settings.dataset == "docvqa" else f"florence2-{settings.dataset}"
+    _, model_label = get_recipe(settings.recipe).results_run(settings.dataset)
     model_name = "tiny-random-florence2" if settings.tiny else models.FLORENCE2_MODEL_ID
 
     sharded = distributed.is_sharded(train_model)
@@ -372,7 +387,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     def log(record: dict) -> None:
         if tracker is not None:
             tracker.log(record)
-        if record["step"] % settings.logging_steps == 0 or record["step"] == total or any(
+        if record["step"] % settings.logging_steps == 0 or record["step"] == total or "skipped" in record or any(
                 k.startswith("eval_") for k in record):
             env.log(_train_log_line(record, total))
 
@@ -392,7 +407,10 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         records, scores = final
         metrics_file = results.write_run(settings.results_dir, task="docvqa", model=model_label, stage="finetuned",
                                          mode="tiny" if settings.tiny else "full", notebook="vlm-train",
-                                         metrics=scores, records=records, history=state.history)
+                                         metrics=scores, records=records, history=state.history,
+                                         replace=settings.replace_results)
+        if full_weights is None:
+            checkpoints.check_finite_weights(train_model)  # never save a NaN model
         distributed.unwrap(train_model).save_pretrained(model_dir, state_dict=full_weights)
         processor.save_pretrained(model_dir)
         summary.update(metrics={k: v for k, v in scores.items()}, metrics_file=str(metrics_file),
@@ -418,6 +436,7 @@ register(Recipe(
     tiny=Defaults(learning_rate=3e-3, epochs=6, batch_size=8, grad_accum=1, warmup_steps=10, max_eval_samples=40,
                   max_new_tokens=16),
     run=run_florence2_docvqa,
+    results=("docvqa", "florence2"),
 ))
 
 
@@ -441,7 +460,6 @@ class ChatSpec:
     answer_key: str
     id_key: str
     task: str  # results task: "docvqa" or "captioning"
-    results_model: str  # results model name (notebook 05 expects "idefics2" / "phi3")
     tiny_modules_to_save: tuple[str, ...] = ()  # whole modules trained next to the adapters, tiny mode only
     image_longest_edge: tuple[tuple[str, int], ...] = ()  # (preset name, pixels): Idefics2's image size
 
@@ -460,6 +478,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     """
     from vlm_helpers import chat_models, evaluation, models, results, runtime, training
     from vlm_helpers.chat_collator import ChatVLMCollator
+    from vlm_helpers.checkpoints import check_finite_weights
     from vlm_helpers.hf_training import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
     preset = runtime.override(settings.preset, batch_size=settings.batch_size, grad_accum=settings.grad_accum)
@@ -473,8 +492,8 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         model, processor = chat_models.load_chat_vlm(
             checkpoint, preset=preset, quantize_4bit=quantize,
             device_map={"": env.local_rank} if env.device == "cuda" else None, **load_kwargs)
-    train_rows = _validated(train_rows, "train", settings, env, **validation_keys)
-    eval_rows = _validated(eval_rows, "validation", settings, env, **validation_keys)
+    train_rows = _validated(train_rows, "train", settings, env, processor=processor, **validation_keys)
+    eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor, **validation_keys)
     model = chat_models.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
                                  dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=quantize,
                                  gradient_checkpointing=preset.gradient_checkpointing,
@@ -491,8 +510,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         save_steps=settings.checkpoint_every, save_total_limit=settings.keep_checkpoints, save_at_end=True,
         seed=settings.seed,
         dataloader_num_workers=settings.num_workers, disable_tqdm=not settings.progress)
-    model_label = spec.results_model if settings.dataset in ("docvqa", "aircraft") else \
-        f"{spec.results_model}-{settings.dataset}"
+    _, model_label = get_recipe(settings.recipe).results_run(settings.dataset)
     model_name = f"tiny-random-{spec.tiny_name}" if settings.tiny else spec.model_id
 
     def evaluate_on_rank0(title: str):
@@ -515,7 +533,8 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
             + (f", resuming from {settings.resume}" if settings.resume else ""))
     trainer, history = train_with_trainer(model, train_rows, collator, args,
                                           eval_fn=evaluate_during_training if settings.eval_steps else None,
-                                          eval_every=settings.eval_steps, resume_from_checkpoint=settings.resume)
+                                          eval_every=settings.eval_steps, resume_from_checkpoint=settings.resume,
+                                          max_skipped_steps=settings.max_skipped_steps)
     if settings.write_weight_digests:
         write_weight_digest(model, settings, env, trainer.state.global_step)
     final = evaluate_on_rank0("[vlm-train] after fine-tuning")
@@ -529,7 +548,9 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         training.save_history(history, settings.output_dir / "history.json")
         metrics_file = results.write_run(settings.results_dir, task=spec.task, model=model_label, stage="finetuned",
                                          mode="tiny" if settings.tiny else "full", notebook="vlm-train",
-                                         metrics=scores, records=records, history=history)
+                                         metrics=scores, records=records, history=history,
+                                         replace=settings.replace_results)
+        check_finite_weights(model)  # never save a NaN adapter
         adapter = chat_models.save_adapter(model, processor, settings.output_dir / "adapter")
         summary.update(metrics=dict(scores), metrics_file=str(metrics_file), adapter_dir=str(adapter))
     env.barrier()
@@ -550,7 +571,7 @@ def run_idefics2_qlora_docvqa(settings: RunSettings, env: Distributed) -> dict:
     spec = ChatSpec(model_id=IDEFICS2_MODEL_ID, tiny_name="idefics2", lora_targets=IDEFICS2_LORA_TARGETS,
                     lora_r=8, lora_alpha=8, lora_dropout=0.1, quantize_4bit=True, init_lora_weights="gaussian",
                     instruction="Answer briefly.", question_key="question", answer_key="answers",
-                    id_key="questionId", task="docvqa", results_model="idefics2",
+                    id_key="questionId", task="docvqa",
                     # as notebook 03: the tiny model also trains lm_head; a T4 halves the image size
                     tiny_modules_to_save=("lm_head",), image_longest_edge=(("t4", 490),))
     return _run_chat_recipe(settings, env, spec, _docvqa_chat_rows, {})
@@ -580,7 +601,7 @@ def phi3_aircraft_spec() -> ChatSpec:
                     lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_4bit=None, init_lora_weights=True,
                     # as notebook 04: the image first, then the prompt (the rows' "question" column)
                     instruction="", question_key="question", answer_key="caption", id_key="id",
-                    task="captioning", results_model="phi3")
+                    task="captioning")
 
 
 def run_phi3_aircraft(settings: RunSettings, env: Distributed) -> dict:
@@ -600,6 +621,7 @@ register(Recipe(
                   max_new_tokens=16),
     run=run_idefics2_qlora_docvqa,
     trainer="hf",
+    results=("docvqa", "idefics2"),
 ))
 
 register(Recipe(
@@ -614,4 +636,5 @@ register(Recipe(
                   max_new_tokens=16),
     run=run_phi3_aircraft,
     trainer="hf",
+    results=("captioning", "phi3"),
 ))

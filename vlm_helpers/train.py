@@ -330,7 +330,12 @@ notes:
   * Batch sizes are per process: one optimizer step sees processes x --batch-size x --grad-accum rows.
   * The run writes checkpoints, history.json and final/ (florence2-docvqa: the fine-tuned model) or
     adapter/ (the chat recipes: the LoRA adapter) to --output-dir, and predictions + metrics to
-    --results-dir (read by notebook 05).
+    --results-dir (read by notebook 05). It never replaces a notebook's fine-tuned results of the same
+    name, nor full-mode results with tiny ones, unless you pass --replace-results; a fresh run never
+    writes into an --output-dir holding an earlier run's checkpoints, final/ or adapter/.
+  * Crash-safe: a checkpoint is written to checkpoint-N.tmp and renamed when complete; --resume takes
+    the newest complete checkpoint and sets aside one cut short by a crash. A step with a NaN/inf loss
+    or gradient is not applied (see --max-skipped-steps); history.json lists it as skipped.
   * --resume works with every recipe (each continues its own checkpoint format: florence2-docvqa's
     training_state.pt, the HF Trainer's trainer_state.json). --fsdp is for florence2-docvqa (the
     series' own loop); the chat recipes train with the HF Trainer, which takes accelerate's
@@ -400,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                      help="continue a run: alone, from the newest checkpoint in --output-dir; "
                           "or from the given checkpoint folder")
+    out.add_argument("--replace-results", action="store_true",
+                     help="let this run's evaluation replace a fine-tuned run of the same name that a notebook "
+                          "(or a full-mode run) wrote in --results-dir; without it such a run is refused before "
+                          "training")
     out.add_argument("--report-to", type=_names, default=("none",), metavar="TRACKER",
                      help=f"experiment tracker(s): {', '.join(REPORT_TO_CHOICES)} (keys come from the environment, "
                           "e.g. WANDB_API_KEY)")
@@ -412,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DataLoader worker processes per training process (default: 2 on GPU, 0 on CPU)")
     adv.add_argument("--skip-bad-rows", action="store_true",
                      help="drop rows that fail validation (and list them) instead of stopping at the first one")
+    adv.add_argument("--max-skipped-steps", type=_non_negative_int, default=10, metavar="N",
+                     help="a step with a NaN/inf loss or gradient is not applied (and is recorded in history.json); "
+                          "after more than N such steps training stops (default: %(default)s)")
     adv.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: only when the output is a terminal)")
     adv.add_argument("--fsdp", action="store_true",
@@ -456,7 +468,15 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             parser.error(f"--warmup-steps: {recipe.name} counts warm-up in whole steps, got {warmup:g}")
         warmup = int(warmup)
 
-    from vlm_helpers.results import default_results_dir
+    from vlm_helpers.results import default_results_dir, replace_problem
+
+    results_dir = args.results_dir or default_results_dir()
+    if not args.replace_results:
+        task, model = recipe.results_run(dataset)
+        problem = replace_problem(results_dir, task=task, model=model, stage="finetuned",
+                                  mode="tiny" if tiny else "full", notebook="vlm-train")
+        if problem:
+            parser.error(f"--results-dir: {problem}")
 
     preset = choose_preset(detect_hardware(), recipe.name, tiny=tiny)
     batch_size = args.batch_size or defaults.batch_size or preset.batch_size
@@ -464,7 +484,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     return RunSettings(
         recipe=recipe.name, dataset=dataset, tiny=tiny, output_dir=output_dir,
-        results_dir=args.results_dir or default_results_dir(),
+        results_dir=results_dir,
         learning_rate=args.lr or defaults.learning_rate, epochs=args.epochs or defaults.epochs,
         max_steps=args.max_steps, batch_size=batch_size, grad_accum=grad_accum,
         warmup_steps=warmup,
@@ -478,6 +498,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         cauldron_subsets=subsets, resume=resume, report_to=tuple(args.report_to), seed=args.seed,
         num_workers=args.num_workers if args.num_workers is not None else (2 if preset.device == "cuda" else 0),
         logging_steps=args.logging_steps, skip_bad_rows=args.skip_bad_rows,
+        max_skipped_steps=args.max_skipped_steps, replace_results=args.replace_results,
         write_weight_digests=args.write_weight_digests, progress=progress, preset=preset,
     )
 
@@ -485,37 +506,41 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
     """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing.
 
-    A checkpoint is ``checkpoint-<step>/`` holding ``training_state.pt`` (florence2-docvqa's loop)
-    or ``trainer_state.json`` (the HF Trainer recipes).
+    A checkpoint is a complete ``checkpoint-<step>/``: holding ``training_state.pt``
+    (florence2-docvqa's loop) or a ``trainer_state.json`` that reads back (the HF Trainer
+    recipes). A staging folder or a checkpoint cut short by a crash is never resumed from;
+    a fresh run refuses a folder holding any checkpoint, complete or not, or the final
+    model (``final/``) or adapter (``adapter/``) of an earlier run.
     """
-    from vlm_helpers.checkpoints import CHECKPOINT_FILE, latest_checkpoint
-    from vlm_helpers.hf_training import TRAINER_STATE_FILE, latest_trainer_checkpoint
+    from vlm_helpers.checkpoints import describe_incomplete, loop_checkpoint_problem, scan_checkpoints
+    from vlm_helpers.hf_training import trainer_checkpoint_problem
 
-    if get_recipe(args.recipe).trainer == "hf":
-        state_file, existing = TRAINER_STATE_FILE, latest_trainer_checkpoint(output_dir)
-        # an incomplete checkpoint folder (a crash mid-save) or a saved adapter is an earlier run too
-        previous = sorted(output_dir.glob("checkpoint-*")) + sorted(output_dir.glob("adapter"))
-        if args.resume is None and existing is None and previous:
-            parser.error(f"--output-dir {output_dir} already holds {previous[0].name} from an earlier run: "
-                         "choose another --output-dir")
-    else:
-        state_file, existing = CHECKPOINT_FILE, latest_checkpoint(output_dir)
+    hf = get_recipe(args.recipe).trainer == "hf"
+    problem = trainer_checkpoint_problem if hf else loop_checkpoint_problem
+    complete, incomplete = scan_checkpoints(output_dir, problem)
     if args.resume is None:
-        if existing is not None:
-            parser.error(f"--output-dir {output_dir} already holds {existing.name}: pass --resume to continue "
+        if complete:
+            parser.error(f"--output-dir {output_dir} already holds {complete[-1].name}: pass --resume to continue "
                          "that run, or choose another --output-dir")
+        result = "adapter" if hf else "final"
+        if incomplete or (output_dir / result).exists():
+            what = describe_incomplete(incomplete) if incomplete else f"{result}/ (the result of a finished run)"
+            parser.error(f"--output-dir {output_dir} already holds {what} from an earlier run and no complete "
+                         "checkpoint to resume; nothing was changed: choose another --output-dir (or delete "
+                         "those folders yourself)")
         return None
     if args.resume == "latest":
-        if existing is None:
-            parser.error(f"--resume: {output_dir} holds no checkpoint (checkpoint-<step>/{state_file}); "
-                         "start without --resume, or pass --output-dir of the run to continue")
-        checkpoint = existing
+        if not complete:
+            found = f" (incomplete only: {describe_incomplete(incomplete)})" if incomplete else ""
+            parser.error(f"--resume: {output_dir} holds no complete checkpoint{found}; start without --resume in "
+                         "another --output-dir, or pass --output-dir of the run to continue")
+        checkpoint = complete[-1]
     else:
         checkpoint = Path(args.resume)
-        if not (checkpoint / state_file).is_file():
-            parser.error(f"--resume {checkpoint}: no {state_file} in that folder (a {args.recipe} checkpoint "
-                         f"has one); give a checkpoint-<step> folder, or --resume alone for the newest in "
-                         "--output-dir")
+        why = problem(checkpoint) if checkpoint.is_dir() else "no such folder"
+        if why is not None:
+            parser.error(f"--resume {checkpoint}: not a complete {args.recipe} checkpoint ({why}); give a "
+                         "checkpoint-<step> folder, or --resume alone for the newest complete one in --output-dir")
     step = checkpoint.name.rpartition("-")[2]
     if args.max_steps is not None and step.isdigit() and args.max_steps <= int(step):
         parser.error(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "

@@ -16,7 +16,16 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
    trainable weights, optimizer, scheduler, scaler, step, data position and RNG states
    (one per process), written atomically; the last ``keep_checkpoints`` kept
    (:mod:`vlm_helpers.checkpoints`);
-6. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``).
+6. a step whose loss or gradient norm is NaN or inf is *not applied*: the check runs after
+   the backward pass and before ``optimizer.step()``, the update is skipped (weights and
+   optimizer moments untouched; the schedule moves on, as the fp16 gradient scaler does),
+   and the step is recorded as skipped. More than ``max_skipped_steps`` such steps stop
+   training with a message; weights in memory and in every checkpoint stay finite. (With
+   fp16, a finite loss with an infinite gradient is the gradient scaler's routine overflow:
+   it skips that update and lowers its scale; recorded, not counted.);
+7. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``);
+   a skipped step's record has ``"loss": null`` (if the loss itself was not finite) and a
+   ``"skipped"`` reason.
 
 Under torchrun the caller wraps the model in ``DistributedDataParallel`` (or shards it
 with FSDP2's ``fully_shard``) first; the loop then shards the data by rank, all-reduces
@@ -39,7 +48,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlm_helpers.checkpoints import checkpoint_all_ranks, latest_checkpoint, load_checkpoint
+from vlm_helpers.checkpoints import (checkpoint_all_ranks, describe_incomplete, load_checkpoint,
+                                     loop_checkpoint_problem, scan_checkpoints, set_aside_incomplete)
 from vlm_helpers.collators import IGNORE_INDEX
 from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
 from vlm_helpers.models import frozen_to_eval
@@ -64,6 +74,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     checkpoint_at_end: bool = False  # also checkpoint the last step when checkpoint_every missed it
     keep_checkpoints: int = 2
+    max_skipped_steps: int = 10  # steps with a NaN/inf loss or gradient skipped before training stops
     eval_every: int | None = None
     progress: bool = True
 
@@ -76,6 +87,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
     history: list[dict] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)  # steps whose update was not applied (NaN/inf)
 
 
 
@@ -135,13 +147,23 @@ def supervised_tokens(labels: torch.Tensor, *, causal: bool) -> int:
     return int((labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum())
 
 
+def nonfinite_problem(loss: float | None, grad_norm: float | None) -> str | None:
+    """Why a step's update must not be applied (its loss or gradient norm is NaN or inf), or None."""
+    if loss is not None and not math.isfinite(loss):
+        return f"non-finite loss ({loss})"
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        return f"non-finite gradient norm ({grad_norm})"
+    return None
 
 
-
-
-
-
-
+def too_many_skipped(skipped_steps: list[int], limit: int, *, checkpoint: str | Path | None) -> str:
+    """The message training stops with once more than ``limit`` updates were skipped."""
+    where = (f"The newest checkpoint ({checkpoint}) holds finite weights" if checkpoint
+             else "No checkpoint was written yet")
+    return (f"Training stopped: {len(skipped_steps)} steps had a NaN/inf loss or gradient (steps "
+            f"{', '.join(map(str, skipped_steps[-20:]))}), more than the limit of {limit}. Their updates were "
+            f"skipped, so the weights stayed finite. {where}. Lower the learning rate (or look at the rows of "
+            "those steps) and resume, or raise the limit.")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total: int):
@@ -188,15 +210,26 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     """
     rank, world_size = world()
     output_dir = Path(config.output_dir)
+    complete, incomplete = scan_checkpoints(output_dir)
     if resume_from == "latest":
-        resume_from = latest_checkpoint(output_dir)
-        if resume_from is None:
-            raise FileNotFoundError(f"resume_from='latest' but {output_dir} holds no checkpoint")
-    elif resume_from is None and latest_checkpoint(output_dir) is not None:
-        raise FileExistsError(
-            f"{output_dir} already holds checkpoints ({latest_checkpoint(output_dir).name}). "
-            "Resume with resume_from='latest', or choose a new output_dir."
-        )
+        if not complete:
+            found = f" (only incomplete ones: {describe_incomplete(incomplete)})" if incomplete else ""
+            raise FileNotFoundError(f"resume_from='latest' but {output_dir} holds no complete checkpoint{found}")
+        resume_from = complete[-1]
+    elif resume_from is None:
+        earlier = [p.name for p in complete] + [p.name for p, _ in incomplete]
+        earlier += [name for name in ("final",) if (output_dir / name).exists()]
+        if earlier:
+            raise FileExistsError(
+                f"{output_dir} already holds {', '.join(earlier)} from an earlier run; nothing was changed. "
+                "Resume with resume_from='latest' (the newest complete checkpoint), or choose a new output_dir."
+            )
+    else:
+        why = loop_checkpoint_problem(Path(resume_from))
+        if why is not None:
+            raise ValueError(f"cannot resume from {resume_from}: {why}")
+    if resume_from is not None and incomplete and rank == 0:
+        set_aside_incomplete(incomplete)
     output_dir.mkdir(parents=True, exist_ok=True)
     total = total_steps(len(dataset), config, world_size)
     optimizer, scheduler = make_optimizer(model, config, total)
@@ -240,24 +273,42 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
             loss_sum += float(summed.detach())
         if scaler is not None:
             scaler.unscale_(optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                     if config.max_grad_norm else None)
-        if scaler is not None:
-            scaler.step(optimizer)
+        # the total gradient norm (clipping to max_grad_norm if set): computed for every step,
+        # because a NaN/inf gradient must be caught before optimizer.step() writes it into the weights
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+        grad_norm = float(grad_norm.full_tensor() if is_dtensor(grad_norm) else grad_norm)
+        step_loss = all_reduce_sum(loss_sum, config.device) / step_tokens
+        problem = nonfinite_problem(step_loss, grad_norm)
+        state.step += 1
+        record = {"step": state.step, "epoch": window[-1][0], "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                  "tokens": int(step_tokens), "grad_norm": grad_norm}
+        if problem is None:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        elif scaler is not None and math.isfinite(step_loss):  # fp16 overflow: the scaler's routine skip
+            scaler.step(optimizer)  # sees the inf and does not step
             scaler.update()
-        else:
-            optimizer.step()
+            record.update(grad_norm=None, skipped=f"fp16 overflow ({problem}): the gradient scaler skipped the "
+                                                 f"update and lowered its scale to {scaler.get_scale():g}")
+        else:  # not applied: weights and optimizer moments stay as they were
+            if scaler is not None:
+                scaler.update()
+            state.skipped_steps.append(state.step)
+            record.update({key: None for key in ("loss", "grad_norm") if not math.isfinite(record[key])})
+            record["skipped"] = f"{problem}: update not applied"
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state.step += 1
         state.epoch, state.batch_in_epoch = window[-1][0], window[-1][1]
-        step_loss = all_reduce_sum(loss_sum, config.device) / step_tokens
-        record = {"step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                  "tokens": int(step_tokens)}
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm.full_tensor() if is_dtensor(grad_norm) else grad_norm)
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"Loss became {step_loss} at step {state.step}; lower the learning rate")
+        if len(state.skipped_steps) > config.max_skipped_steps:
+            state.history.append(record)
+            if rank == 0:
+                save_history(state.history, output_dir / "history.json")
+            complete = scan_checkpoints(output_dir)[0]
+            raise FloatingPointError(too_many_skipped(state.skipped_steps, config.max_skipped_steps,
+                                                      checkpoint=complete[-1] if complete else None))
         if eval_fn is not None and config.eval_every and state.step % config.eval_every == 0:
             model.eval()
             record.update(eval_fn(state.step))
@@ -266,7 +317,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
         state.history.append(record)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
+            progress.set_postfix(loss=f"{step_loss:.4f}", skipped=len(state.skipped_steps))
         if log_fn is not None and rank == 0:
             log_fn(record)
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:
@@ -287,10 +338,15 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
 
 
 def save_history(history: list[dict], path: str | Path) -> None:
-    """Write the loss history as JSON (atomically, so a crash never leaves half a file)."""
+    """Write the loss history as JSON (atomically, so a crash never leaves half a file).
+
+    NaN/inf, which JSON cannot hold, are written as null (a skipped step's record says why).
+    """
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(history, indent=1))
+    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+             for r in history]
+    tmp.write_text(json.dumps(clean, indent=1, allow_nan=False))
     os.replace(tmp, path)
 
 

@@ -16,20 +16,30 @@ Column names are keyword arguments, so the same checks cover other datasets:
   Pass ``answer_key="caption", answers_may_be_str=True``; a plain string is then
   accepted (and still must not be empty), and a list is still checked as a list.
 * Inference-only data without targets: pass ``answer_key=None``.
+
+Text the model reserves. Pass the model's ``processor`` (or tokenizer) and questions and
+answers are also checked for strings the processor would not read as plain text: its special
+and added control tokens (``<image>``, ``<end_of_utterance>``, ``<|end|>``, ``<s>``, Florence-2's
+``<loc_12>``) and processor-level markers such as Florence-2's task tokens (``<OCR>``). A question
+containing ``<image>`` otherwise makes the processor raise mid-training (naming no row), and an
+answer containing the end-of-turn token is learned only up to it. :func:`reserved_text` lists
+them; the collators use the same check at batch time (:func:`find_reserved`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from datasets import Image as ImageFeature
 
 from vlm_helpers.data.images import ImageDecodeError, to_rgb
 
-__all__ = ["DataValidationError", "ValidationReport", "clean_dataset", "validate_dataset", "validate_row"]
+__all__ = ["DataValidationError", "ReservedText", "SkippedRow", "ValidationReport", "clean_dataset", "find_reserved",
+           "reserved_text", "validate_dataset", "validate_row"]
 
 _TEST_SPLIT_HINT = (
     "DocVQA's test split ships without answers; train and evaluate on "
@@ -47,15 +57,73 @@ class DataValidationError(ValueError):
         problem: what is wrong, without the location prefix.
     """
 
-    def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None) -> None:
+    def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None,
+                 id_key: str | None = "questionId") -> None:
         self.split = split
         self.index = index
         self.question_id = question_id
         self.problem = problem
         where = f"split={split!r}, row {index}"
         if question_id is not None:
-            where += f", questionId={question_id}"
+            where += f", {id_key or 'id'}={question_id}"
         super().__init__(f"[{where}] {problem}")
+
+
+class ReservedText(NamedTuple):
+    """Strings a model's processor does not read as plain text, and what each one is."""
+
+    kinds: dict[str, str]  # string -> e.g. "special token of the tokenizer"
+    pattern: re.Pattern | None  # matches any of them (longest first); None when there are none
+
+
+def reserved_text(processor) -> ReservedText:
+    """The strings that must not appear in a question or answer for this ``processor`` (or tokenizer).
+
+    Collected from the tokenizer (every special token, and every added token that is special or
+    looks like markup, ``<...>`` / ``[...]``) and from the processor (string attributes ending in
+    ``_token``, such as ``image_token``, and the keys of dictionaries named ``task_prompts*``, such
+    as Florence-2's ``<OCR>``). Works for any Hugging Face processor or tokenizer.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    kinds: dict[str, str] = {}
+    for token in getattr(tokenizer, "all_special_tokens", []):
+        kinds.setdefault(str(token), "a special token of the tokenizer")
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        content = str(getattr(added, "content", added))
+        markup = (content.startswith("<") and content.endswith(">")) or (
+            content.startswith("[") and content.endswith("]"))
+        if len(content.strip()) > 1 and (getattr(added, "special", False) or markup):
+            kinds.setdefault(content, "a special token of the tokenizer")
+    if processor is not tokenizer:
+        for name, value in vars(processor).items():
+            if name.endswith("_token") and isinstance(value, str) and value.strip():
+                kinds.setdefault(value, f"the processor's {name}")
+            elif name.startswith("task_prompts") and isinstance(value, dict):
+                for key in value:
+                    kinds.setdefault(str(key), "a task token of the processor")
+    kinds = {text: kind for text, kind in kinds.items() if text.strip()}
+    ordered = sorted(kinds, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+    return ReservedText(kinds, pattern)
+
+
+def find_reserved(text: str, reserved: ReservedText | None) -> str | None:
+    """A description of the first reserved string in ``text`` (e.g. ``"'<image>' (the processor's
+    image_token)"``), or None when the text is plain."""
+    if reserved is None or reserved.pattern is None or not isinstance(text, str):
+        return None
+    match = reserved.pattern.search(text)
+    if match is None:
+        return None
+    return f"{match.group(0)!r} ({reserved.kinds[match.group(0)]})"
+
+
+class SkippedRow(NamedTuple):
+    """One row :func:`validate_dataset` dropped: position, id (or None) and why."""
+
+    index: int
+    id: Any
+    reason: str
 
 
 @dataclass
@@ -65,8 +133,9 @@ class ValidationReport:
     split: str
     checked: int = 0
     kept: int = 0
-    skipped_rows: list[tuple[int, str]] = field(default_factory=list)
+    skipped_rows: list[SkippedRow] = field(default_factory=list)
     kept_indices: list[int] = field(default_factory=list)
+    id_key: str | None = "questionId"
 
     @property
     def skipped(self) -> int:
@@ -75,7 +144,9 @@ class ValidationReport:
 
     def __str__(self) -> str:
         lines = [f"{self.split}: checked {self.checked}, kept {self.kept}, skipped {self.skipped}"]
-        lines += [f"  row {index}: {reason}" for index, reason in self.skipped_rows]
+        for row in self.skipped_rows:
+            name = f" ({self.id_key}={row.id})" if row.id is not None else ""
+            lines.append(f"  row {row.index}{name}: {row.reason}")
         return "\n".join(lines)
 
 
@@ -89,6 +160,7 @@ def validate_row(
     image_key: str = "image",
     id_key: str | None = "questionId",
     answers_may_be_str: bool = False,
+    reserved: ReservedText | None = None,
 ) -> dict:
     """Return a cleaned copy of ``row`` or raise :class:`DataValidationError`.
 
@@ -108,9 +180,11 @@ def validate_row(
         image_key: column with the image (PIL image, bytes, path or datasets dict).
         id_key: column with an id to quote in error messages, if present.
         answers_may_be_str: accept a single string as the target.
+        reserved: the model's reserved strings (:func:`reserved_text`); a question or answer
+            containing one is refused.
     """
     question_id = row.get(id_key) if id_key else None
-    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id)
+    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id, id_key=id_key)
 
     raw_image = row.get(image_key)
     if raw_image is None:
@@ -129,6 +203,11 @@ def validate_row(
     if not question.strip():
         raise error(f"question {question_key!r} is empty")
 
+    found = find_reserved(question, reserved)
+    if found:
+        raise error(f"question {question_key!r} contains {found}, which the model's processor does not read as "
+                    "text: remove or replace it")
+
     cleaned = dict(row)
     cleaned[image_key] = image
     cleaned[question_key] = question.strip()
@@ -136,6 +215,13 @@ def validate_row(
         problem = _answer_problem(row.get(answer_key), answer_key, answers_may_be_str)
         if problem:
             raise error(problem)
+        answers = row[answer_key]
+        for position, answer in enumerate([answers] if isinstance(answers, str) else answers):
+            found = find_reserved(answer, reserved)
+            if found:
+                where = answer_key if isinstance(answers, str) else f"{answer_key}[{position}]"
+                raise error(f"{where} contains {found}, which the model's processor does not read as text "
+                            "(an end-of-turn token would end the answer there): remove or replace it")
         if isinstance(row[answer_key], tuple):
             cleaned[answer_key] = list(row[answer_key])
     return cleaned
@@ -175,6 +261,7 @@ def validate_dataset(
     id_key: str | None = "questionId",
     answers_may_be_str: bool = False,
     return_rows: bool = True,
+    processor: Any = None,
 ) -> tuple[list[dict], ValidationReport]:
     """Validate every row with :func:`validate_row`; return cleaned rows and a report.
 
@@ -188,6 +275,8 @@ def validate_dataset(
             starts); ``"skip"`` drops bad rows and records why in the report.
         answer_key, question_key, image_key, id_key, answers_may_be_str:
             passed to :func:`validate_row`.
+        processor: the model's processor or tokenizer: questions and answers containing its
+            special tokens or task markers (:func:`reserved_text`) are refused.
         return_rows: with ``False`` the returned list stays empty, so decoded
             images are not held in memory; use ``dataset.select(report.kept_indices)``
             on large real datasets.
@@ -198,7 +287,8 @@ def validate_dataset(
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
 
-    report = ValidationReport(split=split)
+    report = ValidationReport(split=split, id_key=id_key)
+    reserved = reserved_text(processor) if processor is not None else None
     cleaned_rows: list[dict] = []
     for index, row in enumerate(_with_undecoded_images(rows, image_key)):
         report.checked += 1
@@ -212,11 +302,12 @@ def validate_dataset(
                 image_key=image_key,
                 id_key=id_key,
                 answers_may_be_str=answers_may_be_str,
+                reserved=reserved,
             )
         except DataValidationError as err:
             if on_bad == "raise":
                 raise
-            report.skipped_rows.append((index, err.problem))
+            report.skipped_rows.append(SkippedRow(index, err.question_id, err.problem))
             continue
         report.kept += 1
         report.kept_indices.append(index)
@@ -239,7 +330,8 @@ def clean_dataset(dataset, *, split: str, on_bad: Literal["raise", "skip"] = "ra
 
     ``clean`` is ``dataset.select(report.kept_indices)``: same rows minus the bad ones, still
     lazily decoded, so this works on real DocVQA without holding thousands of pages in memory.
-    ``keys`` are passed to :func:`validate_row` (e.g. ``answer_key="caption"``).
+    ``keys`` are passed to :func:`validate_dataset` (e.g. ``answer_key="caption"``, or
+    ``processor=processor`` to refuse text containing the model's special tokens).
     """
     _, report = validate_dataset(dataset, split=split, on_bad=on_bad, return_rows=False, **keys)
     clean = dataset if report.skipped == 0 else dataset.select(report.kept_indices)
