@@ -91,23 +91,38 @@ def score_docvqa(records: Sequence[dict]) -> dict[str, float]:
             "samples": len(records)}
 
 
+def _first_reference(references):
+    """The caption reference of one record: the first of a list, a bare string as is.
+
+    Anything else (None, an empty list, a number) is passed through unchanged, so the
+    metric raises its ``ValueError`` naming the sample's index.
+    """
+    if isinstance(references, (list, tuple)) and references:
+        return references[0]
+    return references
+
+
 def score_captions(records: Sequence[dict]) -> dict[str, float]:
     """ROUGE (1, 2, L) and tag precision/recall/F1 of generated captions (notebook 04)."""
     from vlm_helpers.metrics import rouge, tag_scores
 
     predictions = [r["prediction"] for r in records]
-    references = [r["references"][0] for r in records]
+    references = [_first_reference(r["references"]) for r in records]
     return {**rouge(predictions, references), **tag_scores(predictions, references), "samples": len(records)}
 
 
 def sample_score(task: str, prediction: str, references: Sequence[str]) -> float:
-    """One sample's headline score: ANLS for DocVQA, tag F1 for captioning (for galleries)."""
+    """One sample's headline score: ANLS for DocVQA, tag F1 for captioning (for galleries).
+
+    ``references`` is a list of strings (a bare string counts as one); for captioning the
+    first one is used. A None prediction or reference raises the metrics' ``ValueError``.
+    """
     from vlm_helpers.metrics import anls_per_sample, tag_f1_per_sample
 
     if task == "docvqa":
-        return anls_per_sample([prediction], [list(references)])[0]
+        return anls_per_sample([prediction], [references])[0]
     if task == "captioning":
-        return tag_f1_per_sample([prediction], [references[0]])[0]
+        return tag_f1_per_sample([prediction], [_first_reference(references)])[0]
     raise ValueError(f"unknown task {task!r}; expected 'docvqa' or 'captioning'")
 
 

@@ -8,6 +8,12 @@
   (:func:`parse_tags`, :func:`tag_scores`, :func:`tag_f1_per_sample`) are taught
   in ``notebooks/04_phi3_aircraft_captioning.ipynb``.
 
+Bad inputs fail early with a ``ValueError`` that names the side and the
+position, e.g. ``predictions[3] is None (expected a string)`` or
+``references[2][1] is 42 of type int (expected a string)``, instead of a bare
+``TypeError`` from deep inside the string code. Every check goes through
+:func:`_require_str` and :func:`_checked_pairs`.
+
 This module is deliberately light: it imports only ``rapidfuzz`` at module
 level (no torch, no transformers); ``rouge_score`` is imported lazily inside
 :func:`rouge`.
@@ -16,7 +22,7 @@ level (no torch, no transformers); ``rouge_score`` is imported lazily inside
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
@@ -35,6 +41,96 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
+# Input checks: one definition of "a prediction / reference must be a string"
+# ---------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    """``None``, or a short ``repr`` with the type, for error messages."""
+    if value is None:
+        return "None"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} of type {type(value).__name__}"
+
+
+def _require_str(value: object, name: str) -> str:
+    """Return ``value`` if it is a string, else raise a ``ValueError`` naming it.
+
+    The one place that defines what a prediction or reference must be. ``name``
+    says which side and where, e.g. ``"predictions[3]"`` or ``"references[3][1]"``.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is {_describe(value)} (expected a string)")
+    return value
+
+
+def _as_reference_list(refs: str | Sequence[str], index: int) -> list[str]:
+    """Return one question's references as a list; a bare string is one answer.
+
+    Raises a ``ValueError`` naming ``references[index]`` (and the position inside
+    the list) when the entry is None, not a string or list, empty, or holds a
+    non-string.
+    """
+    if isinstance(refs, str):
+        return [refs]
+    if refs is None or isinstance(refs, (bytes, bytearray)) or not isinstance(refs, Iterable):
+        raise ValueError(
+            f"references[{index}] is {_describe(refs)} "
+            "(expected a string or a list of strings)"
+        )
+    refs = list(refs)
+    if not refs:
+        raise ValueError(
+            f"references[{index}] is empty: every question needs at least one "
+            "reference answer"
+        )
+    return [_require_str(ref, f"references[{index}][{j}]") for j, ref in enumerate(refs)]
+
+
+def _check_pair_lengths(predictions: Sequence, references: Sequence) -> None:
+    """Both sides must be lists (not None, not one string) of the same length."""
+    for name, value in (("predictions", predictions), ("references", references)):
+        if value is None:
+            raise ValueError(f"{name} is None (expected a list with one entry per example)")
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise TypeError(
+            "predictions and references must be lists (one entry per example), "
+            "not a single string"
+        )
+    if len(predictions) != len(references):
+        raise ValueError(
+            "predictions and references must have the same length: got "
+            f"{len(predictions)} predictions and {len(references)} references"
+        )
+
+
+def _checked_pairs(
+    predictions: Sequence[str],
+    references: Sequence,
+    *,
+    reference_lists: bool,
+) -> list[tuple[str, list[str]]]:
+    """Validate every input up front; return ``(prediction, [references...])`` pairs.
+
+    ``reference_lists=True``: each reference entry is a string or a list of
+    strings (DocVQA answers, ROUGE). ``False``: each entry must be exactly one
+    string (tags). A bad entry raises a ``ValueError`` naming its index and side.
+    """
+    _check_pair_lengths(predictions, references)
+    pairs = []
+    for i, (pred, refs) in enumerate(zip(predictions, references)):
+        pred = _require_str(pred, f"predictions[{i}]")
+        if reference_lists:
+            ref_list = _as_reference_list(refs, i)
+        else:
+            ref_list = [_require_str(refs, f"references[{i}]")]
+        pairs.append((pred, ref_list))
+    return pairs
+
+
+# ---------------------------------------------------------------------------
 # Normalisation and the normalised Levenshtein distance
 # ---------------------------------------------------------------------------
 
@@ -46,9 +142,10 @@ def normalize_answer(text: str) -> str:
     ``notebooks/02_florence2_docvqa.ipynb``). "Whitespace" is whatever
     :meth:`str.split` treats as whitespace, so tabs, newlines and Unicode
     spaces such as U+00A0 count too. Punctuation and articles are kept:
-    DocVQA does not remove them.
+    DocVQA does not remove them. ``text`` must be a string (``ValueError``
+    otherwise, e.g. for None).
     """
-    return " ".join(text.lower().split())
+    return " ".join(_require_str(text, "text").lower().split())
 
 
 def normalized_levenshtein_distance(prediction: str, reference: str) -> float:
@@ -57,10 +154,11 @@ def normalized_levenshtein_distance(prediction: str, reference: str) -> float:
     Returns a value in ``[0, 1]``; ``0.0`` when both normalised strings are
     empty. Lengths are counted in Unicode code points. Taught in
     ``notebooks/02_florence2_docvqa.ipynb`` (e.g. "kitten" vs "sitting":
-    distance 3, longer length 7, so 3/7).
+    distance 3, longer length 7, so 3/7). Both arguments must be strings
+    (``ValueError`` naming the side otherwise).
     """
-    pred = normalize_answer(prediction)
-    ref = normalize_answer(reference)
+    pred = normalize_answer(_require_str(prediction, "prediction"))
+    ref = normalize_answer(_require_str(reference, "reference"))
     longest = max(len(pred), len(ref))
     if longest == 0:
         return 0.0
@@ -74,37 +172,6 @@ def normalized_levenshtein_distance(prediction: str, reference: str) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _as_reference_list(refs: str | Sequence[str], index: int) -> list[str]:
-    """Return one question's references as a list; a bare string is one answer."""
-    if isinstance(refs, str):
-        return [refs]
-    refs = list(refs)
-    if not refs:
-        raise ValueError(
-            f"references[{index}] is empty: every question needs at least one "
-            "reference answer"
-        )
-    for j, ref in enumerate(refs):
-        if not isinstance(ref, str):
-            raise TypeError(
-                f"references[{index}][{j}] must be a str, got {type(ref).__name__}"
-            )
-    return refs
-
-
-def _check_pair_lengths(predictions: Sequence, references: Sequence) -> None:
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError(
-            "predictions and references must be lists (one entry per example), "
-            "not a single string"
-        )
-    if len(predictions) != len(references):
-        raise ValueError(
-            "predictions and references must have the same length: got "
-            f"{len(predictions)} predictions and {len(references)} references"
-        )
-
-
 def _similarity_per_sample(
     predictions: Sequence[str],
     references: Sequence[Sequence[str]],
@@ -116,13 +183,10 @@ def _similarity_per_sample(
     reference with ``NL >= threshold`` contributes 0. ``threshold=None``
     means no threshold at all.
     """
-    _check_pair_lengths(predictions, references)
     scores: list[float] = []
-    for i, (pred, refs) in enumerate(zip(predictions, references)):
-        if not isinstance(pred, str):
-            raise TypeError(f"predictions[{i}] must be a str, got {type(pred).__name__}")
+    for pred, refs in _checked_pairs(predictions, references, reference_lists=True):
         best = 0.0
-        for ref in _as_reference_list(refs, i):
+        for ref in refs:
             nl = normalized_levenshtein_distance(pred, ref)
             if threshold is not None and nl >= threshold:
                 continue
@@ -154,7 +218,7 @@ def anls_per_sample(
     :func:`normalized_levenshtein_distance`. Useful for finding the most
     improved / regressed examples between two models. A reference entry may
     be a bare string (treated as a single answer). Returns ``[]`` for empty
-    inputs.
+    inputs. Raises ``ValueError`` as :func:`anls` does.
     """
     _check_threshold(threshold)
     return _similarity_per_sample(predictions, references, threshold)
@@ -176,7 +240,9 @@ def anls(
 
     Raises:
         ValueError: inputs are empty, lengths differ, a question has no
-            reference answers (the message names its index), or the threshold
+            reference answers (the message names its index), a prediction or
+            reference is None or not a string (the message names the side, the
+            index and, inside a reference list, the position), or the threshold
             is outside ``[0, 1]``.
     """
     return _mean(anls_per_sample(predictions, references, threshold), "ANLS")
@@ -189,7 +255,7 @@ def levenshtein_similarity_per_sample(
     """Per-question un-thresholded ``max(1 - NL)``. NOT ANLS; always >= ANLS.
 
     Taught in ``notebooks/02_florence2_docvqa.ipynb``. Returns ``[]`` for
-    empty inputs.
+    empty inputs. Raises ``ValueError`` as :func:`anls` does.
     """
     return _similarity_per_sample(predictions, references, None)
 
@@ -238,24 +304,23 @@ def rouge(
     its references. Returns ``{rouge_type: mean F-measure in [0, 1]}``.
 
     Raises:
-        ValueError: inputs are empty, lengths differ, or a reference list is
-            empty (the message names its index).
+        ValueError: inputs are empty, lengths differ, a reference list is
+            empty, or a prediction or reference is None or not a string (the
+            message names the side and index).
     """
     from rouge_score import rouge_scorer  # lazy: pulls in nltk
 
-    _check_pair_lengths(predictions, references)
-    if not predictions:
+    pairs = _checked_pairs(predictions, references, reference_lists=True)
+    if not pairs:
         raise ValueError("cannot compute ROUGE of zero examples: inputs are empty")
     rouge_types = list(rouge_types)
     if not rouge_types:
         raise ValueError("rouge_types must name at least one ROUGE type")
     scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=True)
     per_type: dict[str, list[float]] = {t: [] for t in rouge_types}
-    for i, (pred, refs) in enumerate(zip(predictions, references)):
-        if not isinstance(pred, str):
-            raise TypeError(f"predictions[{i}] must be a str, got {type(pred).__name__}")
+    for pred, refs in pairs:
         best = dict.fromkeys(rouge_types, 0.0)
-        for ref in _as_reference_list(refs, i):
+        for ref in refs:
             # rouge_score's argument order is (target, prediction).
             scores = scorer.score(ref, pred)
             for t in rouge_types:
@@ -272,9 +337,10 @@ def parse_tags(text: str) -> set[str]:
     passed through :func:`normalize_answer` (so case and extra spaces do not
     matter) and empty pieces are dropped; duplicates collapse because the
     result is a set. ``"Boeing 737, boeing  737-800,, airliner"`` gives
-    ``{"boeing 737", "boeing 737-800", "airliner"}``.
+    ``{"boeing 737", "boeing 737-800", "airliner"}``. ``text`` must be a string
+    (``ValueError`` otherwise, e.g. for None).
     """
-    return {tag for tag in (normalize_answer(part) for part in text.split(",")) if tag}
+    return {tag for tag in (normalize_answer(part) for part in _require_str(text, "text").split(",")) if tag}
 
 
 def _f1_from_counts(true_pos: int, n_pred: int, n_ref: int) -> float:
@@ -291,10 +357,13 @@ def tag_f1_per_sample(predictions: Sequence[str], references: Sequence[str]) -> 
     example whose prediction and reference both parse to no tags scores 1.0
     (nothing to find, nothing wrongly claimed); if exactly one side is empty
     it scores 0.0. Returns ``[]`` for empty inputs.
+
+    Raises:
+        ValueError: lengths differ, or a prediction or reference is None or not
+            a string (the message names the side and index).
     """
-    _check_pair_lengths(predictions, references)
     out: list[float] = []
-    for pred, ref in zip(predictions, references):
+    for pred, (ref,) in _checked_pairs(predictions, references, reference_lists=False):
         p, r = parse_tags(pred), parse_tags(ref)
         out.append(_f1_from_counts(len(p & r), len(p), len(r)))
     return out
@@ -314,13 +383,15 @@ def tag_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[st
     Returns ``{"tag_precision": ..., "tag_recall": ..., "tag_f1": ...}``.
 
     Raises:
-        ValueError: inputs are empty or lengths differ.
+        ValueError: inputs are empty, lengths differ, or a prediction or
+            reference is None or not a string (the message names the side and
+            index).
     """
-    _check_pair_lengths(predictions, references)
-    if not predictions:
+    pairs = _checked_pairs(predictions, references, reference_lists=False)
+    if not pairs:
         raise ValueError("cannot compute tag scores of zero examples: inputs are empty")
     true_pos = n_pred = n_ref = 0
-    for pred, ref in zip(predictions, references):
+    for pred, (ref,) in pairs:
         p, r = parse_tags(pred), parse_tags(ref)
         true_pos += len(p & r)
         n_pred += len(p)

@@ -21,6 +21,20 @@ three files in the results folder:
 
 Files are written atomically (temporary file, then rename), so a crash never leaves
 half a file for notebook 05 to choke on.
+
+Producers. ``notebook`` in the metrics file names who wrote the run: ``"01"``..``"04"``
+for the notebooks, ``"vlm-train"`` for the CLI. :func:`write_run` never silently replaces
+a run it must not (see :func:`replace_problem`): a fine-tuned run from another producer
+is a different fine-tuned model, and a ``"full"`` run is never replaced by a ``"tiny"``
+one. Baselines are the same zero-shot measurement whoever runs them (notebooks 01 and
+02 both write ``docvqa__florence2__baseline``), so they may replace each other, and a
+producer may always re-run its own run in the same mode. In those refused cases
+``write_run`` raises ``FileExistsError`` before writing anything; pass ``replace=True``
+(``--replace-results`` for ``vlm-train``) or choose another results folder.
+
+Reading. A truncated or invalid file, a metrics file without a required key, or a
+predictions line without ``id`` / ``prediction`` / ``references`` (or with ``null``
+there) raises a ``ValueError`` naming the file (and the line, for ``.jsonl``).
 """
 
 from __future__ import annotations
@@ -31,6 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGES = ("baseline", "finetuned")
+MODES = ("tiny", "full")
+
+#: Keys every ``<run>.metrics.json`` must have.
+METRICS_KEYS = ("task", "model", "stage", "mode", "metrics")
+#: Keys every line of ``<run>.predictions.jsonl`` must have.
+RECORD_KEYS = ("id", "prediction", "references")
 
 
 def default_results_dir() -> Path:
@@ -61,18 +81,72 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _producer(notebook: str) -> str:
+    """Who wrote a run, in words: "notebook 02", "the vlm-train CLI", "an unknown producer"."""
+    if not notebook:
+        return "an unknown producer"
+    if notebook == "vlm-train":
+        return "the vlm-train CLI"
+    return f"notebook {notebook}"
+
+
+_HOW_TO_PROCEED = ("To keep it, choose another results folder (VLM_RESULTS_DIR, or --results-dir for vlm-train); "
+                   "to replace it anyway, pass replace=True to write_run (--replace-results for vlm-train).")
+
+
+def replace_problem(results_dir: str | Path, *, task: str, model: str, stage: str, mode: str,
+                    notebook: str) -> str | None:
+    """Why writing this run would replace a run it must not, or None when writing is fine.
+
+    Reads the existing ``<run>.metrics.json`` in ``results_dir`` (none: None) and refuses
+    when (a) ``stage`` is ``"finetuned"`` and the existing run comes from another producer
+    (``notebook``): that is a different fine-tuned model; (b) the existing run is ``"full"``
+    and this one is ``"tiny"``, at any stage; (c) the existing file cannot be read.
+    Baselines from different producers may replace each other. The reason names the file,
+    the existing producer and mode, and how to proceed.
+    """
+    path = Path(results_dir) / f"{run_name(task, model, stage)}.metrics.json"
+    if not path.exists():
+        return None
+    try:
+        existing = _read_metrics(path)
+    except ValueError as error:
+        return (f"{path} already exists but cannot be read ({error}), so writing would replace it unseen. "
+                + _HOW_TO_PROCEED)
+    old = f"{_producer(existing.get('notebook', ''))}, mode {existing['mode']}"
+    new = f"{_producer(notebook)}, mode {mode}"
+    if existing["mode"] == "full" and mode == "tiny":
+        return (f"{path} holds a full-mode {stage} run ({old}); a tiny run ({new}) must never replace it. "
+                + _HOW_TO_PROCEED)
+    if stage == "finetuned" and existing.get("notebook", "") != notebook:
+        return (f"{path} holds a fine-tuned model from {old}; this one ({new}) is a different fine-tuned "
+                "model and would replace it. " + _HOW_TO_PROCEED)
+    return None
+
+
 def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mode: str, notebook: str,
               metrics: dict[str, float], records: list[dict] | None = None,
-              history: list[dict] | None = None, images=None, thumbnail_size: int = 320) -> Path:
+              history: list[dict] | None = None, images=None, thumbnail_size: int = 320,
+              replace: bool = False) -> Path:
     """Write a run's metrics (and predictions, history if given); return the metrics file.
 
+    ``notebook``: the producer, ``"01"``..``"04"`` or ``"vlm-train"``.
     ``images``: the evaluated images in the order of ``records`` (PIL images or anything
     :func:`vlm_helpers.data.images.to_rgb` accepts); thumbnails go to ``images/<task>/``.
+
+    Raises:
+        FileExistsError: :func:`replace_problem` objects (another producer's fine-tuned
+            run, a full run about to be replaced by a tiny one, an unreadable metrics
+            file) and ``replace`` is False. Nothing is written then, not even thumbnails.
     """
-    if mode not in ("tiny", "full"):
+    if mode not in MODES:
         raise ValueError(f"mode must be 'tiny' or 'full', got {mode!r}")
     results_dir = Path(results_dir)
     name = run_name(task, model, stage)
+    if not replace:
+        problem = replace_problem(results_dir, task=task, model=model, stage=stage, mode=mode, notebook=notebook)
+        if problem:
+            raise FileExistsError(problem)
     samples = len(records) if records is not None else int(metrics.get("samples", 0))
     summary = {"task": task, "model": model, "stage": stage, "mode": mode, "notebook": notebook,
                "samples": samples, "metrics": {k: float(v) for k, v in metrics.items() if k != "samples"}}
@@ -102,17 +176,90 @@ def _save_thumbnail(results_dir: Path, task: str, sample_id: str, image, size: i
     return relative.as_posix()
 
 
+def _describe(value, none: str) -> str:
+    """A value for an error message; ``none`` is how to spell None ("null" in a file)."""
+    if value is None:
+        return none
+    text = repr(value)
+    return f"{text[:37] + '...' if len(text) > 40 else text} of type {type(value).__name__}"
+
+
+def _record_problem(record, *, none: str = "None") -> str | None:
+    """What is wrong with one prediction record, or None. The one definition of a valid record.
+
+    A record is a dict with ``id`` (str or int), ``prediction`` (str) and ``references``
+    (a non-empty list of str); other keys are free.
+    """
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {_describe(record, none)}"
+    for key in RECORD_KEYS:
+        if key not in record:
+            return f"missing required key {key!r} (every record needs {', '.join(RECORD_KEYS)})"
+    if record["id"] is None or isinstance(record["id"], bool) or not isinstance(record["id"], (str, int)):
+        return f"'id' is {_describe(record['id'], none)} (expected a string or an integer)"
+    if not isinstance(record["prediction"], str):
+        return f"'prediction' is {_describe(record['prediction'], none)} (expected a string)"
+    references = record["references"]
+    if not isinstance(references, list) or not references:
+        return f"'references' is {_describe(references, none)} (expected a non-empty list of strings)"
+    for j, reference in enumerate(references):
+        if not isinstance(reference, str):
+            return f"'references'[{j}] is {_describe(reference, none)} (expected a string)"
+    return None
+
+
+def _read_json(path: Path):
+    """Parse a JSON file; a truncated or invalid one raises a ``ValueError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text: {error.reason})") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                         "the file is truncated or corrupt: delete it or re-run what wrote it") from error
+
+
+def _read_metrics(path: Path) -> dict:
+    """Read and check one ``<run>.metrics.json``; problems raise a ``ValueError`` naming the file."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    for key in METRICS_KEYS:
+        if key not in data:
+            raise ValueError(f"{path}: missing required key {key!r} "
+                             f"(a metrics file needs {', '.join(METRICS_KEYS)})")
+    if data["stage"] not in STAGES:
+        raise ValueError(f"{path}: 'stage' is {data['stage']!r}, expected one of {STAGES}")
+    if data["mode"] not in MODES:
+        raise ValueError(f"{path}: 'mode' is {data['mode']!r}, expected one of {MODES}")
+    if not isinstance(data["metrics"], dict):
+        raise ValueError(f"{path}: 'metrics' is {_describe(data['metrics'], 'null')}, expected an object")
+    samples = data.get("samples", 0)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"{path}: 'samples' is {_describe(samples, 'null')}, expected a whole number >= 0")
+    return data
+
+
 def read_predictions(path: str | Path) -> list[dict]:
-    """Read a ``.predictions.jsonl`` file; a malformed line raises an error naming file and line."""
-    records = []
+    """Read a ``.predictions.jsonl`` file, checking every record.
+
+    Raises ``ValueError`` naming the file and line: first for any line that is not valid
+    JSON (e.g. a truncated last line), then for a record that is not a JSON object, lacks
+    ``id`` / ``prediction`` / ``references``, or has ``null`` (or a wrong type) there.
+    """
+    parsed = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            parsed.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
-    return records
+    for number, record in parsed:
+        problem = _record_problem(record, none="null")
+        if problem:
+            raise ValueError(f"{path}, line {number}: {problem}")
+    return [record for _, record in parsed]
 
 
 @dataclass(frozen=True)
@@ -133,19 +280,33 @@ class Run:
         return run_name(self.task, self.model, self.stage)
 
     def predictions(self) -> list[dict]:
+        """The run's prediction records (``[]`` without a predictions file); see :func:`read_predictions`."""
         path = self.directory / f"{self.name}.predictions.jsonl"
         return read_predictions(path) if path.exists() else []
 
     def history(self) -> list[dict]:
+        """The training loss history (``[]`` without a history file).
+
+        Raises ``ValueError`` naming the file when it is truncated, invalid or not a list.
+        """
         path = self.directory / f"{self.name}.history.json"
-        return json.loads(path.read_text()) if path.exists() else []
+        if not path.exists():
+            return []
+        history = _read_json(path)
+        if not isinstance(history, list):
+            raise ValueError(f"{path}: expected a JSON list of {{step, loss}} entries, got {type(history).__name__}")
+        return history
 
 
 def find_runs(results_dir: str | Path) -> list[Run]:
-    """Every run with a ``.metrics.json`` in ``results_dir``, sorted by task, model, stage."""
+    """Every run with a ``.metrics.json`` in ``results_dir``, sorted by task, model, stage.
+
+    Raises ``ValueError`` naming the file when a metrics file is truncated, invalid or
+    lacks a required key (``task``, ``model``, ``stage``, ``mode``, ``metrics``).
+    """
     runs = []
     for path in sorted(Path(results_dir).glob("*.metrics.json")):
-        data = json.loads(path.read_text())
+        data = _read_metrics(path)
         runs.append(Run(task=data["task"], model=data["model"], stage=data["stage"], mode=data["mode"],
                         notebook=data.get("notebook", ""), samples=int(data.get("samples", 0)),
                         metrics=dict(data["metrics"]), directory=path.parent))
@@ -157,12 +318,18 @@ def pair_predictions(before: list[dict], after: list[dict], *, task: str) -> lis
 
     Each sample is scored with :func:`vlm_helpers.evaluation.sample_score` for ``task``
     ("docvqa": ANLS, "captioning": tag F1). Rows present in only one list are left out.
+
+    Raises:
+        ValueError: a record lacks ``id`` / ``prediction`` / ``references`` or has None
+            there; the message names the list (before / after), the position and the id.
     """
     from vlm_helpers.evaluation import sample_score
 
     def score(prediction, references):
         return sample_score(task, prediction, references)
 
+    _check_records(before, "before")
+    _check_records(after, "after")
     after_by_id = {r["id"]: r for r in after}
     paired = []
     for record in before:
@@ -174,3 +341,12 @@ def pair_predictions(before: list[dict], after: list[dict], *, task: str) -> lis
         paired.append({**record, "before": record["prediction"], "after": other["prediction"],
                        "score_before": s_before, "score_after": s_after, "change": s_after - s_before})
     return paired
+
+
+def _check_records(records: list[dict], side: str) -> None:
+    """Raise a ``ValueError`` naming ``side``, position and id of the first bad record."""
+    for position, record in enumerate(records):
+        problem = _record_problem(record)
+        if problem:
+            record_id = record.get("id") if isinstance(record, dict) else None
+            raise ValueError(f"{side}[{position}] (record id {record_id!r}): {problem}")

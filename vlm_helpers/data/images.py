@@ -7,6 +7,12 @@ transparent screenshots (``RGBA``), print-ready ``CMYK`` and 16-bit scans
 (``I;16``). Vision processors expect 8-bit RGB, and a naive ``image.convert("RGB")``
 gets some of these wrong: transparent pixels turn black and 16-bit values are
 clipped to white. :func:`to_rgb` handles each case explicitly.
+
+Phone photos of documents are usually stored sideways, with an EXIF
+``Orientation`` tag saying how to turn them upright; a viewer obeys the tag, but
+``Image.open`` does not, so the model would see the page rotated. :func:`to_rgb`
+first applies the tag (``PIL.ImageOps.exif_transpose``) for every input kind, then
+converts the mode.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import struct
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 __all__ = ["ImageDecodeError", "ImageLike", "to_rgb"]
 
@@ -37,13 +43,21 @@ _DECODE_ERRORS = (
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+# EXIF Orientation values that need a transpose (1 means "already upright").
+_TURNING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)
+
 
 class ImageDecodeError(ValueError):
     """Raised when an input cannot be decoded into an image."""
 
 
 def to_rgb(image: ImageLike, *, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Return ``image`` as an 8-bit RGB ``PIL.Image``.
+    """Return ``image`` as an 8-bit, upright RGB ``PIL.Image``.
+
+    Upright: an EXIF ``Orientation`` tag (phone photos) is applied first with
+    ``PIL.ImageOps.exif_transpose``, whatever the input kind, so the pixels come back
+    the way a photo viewer shows them and the tag is removed. Images without the tag
+    (or with value 1) are not touched; an unreadable EXIF block is ignored.
 
     Args:
         image: a PIL image, a dict ``{"bytes": ..., "path": ...}`` (what a
@@ -55,6 +69,7 @@ def to_rgb(image: ImageLike, *, background: tuple[int, int, int] = (255, 255, 25
         ImageDecodeError: the input is not an image or cannot be decoded.
     """
     pil = image if isinstance(image, Image.Image) else _decode(image)
+    pil = _upright(pil)
     mode = pil.mode
 
     if mode == "RGB":
@@ -100,6 +115,20 @@ def _decode(source: Any) -> Image.Image:
     except _DECODE_ERRORS as err:
         raise ImageDecodeError(f"cannot decode image ({len(source)} bytes): {err}") from err
     return pil
+
+
+def _upright(pil: Image.Image) -> Image.Image:
+    """Apply the EXIF Orientation tag; return ``pil`` itself when there is nothing to turn."""
+    try:
+        orientation = pil.getexif().get(ExifTags.Base.Orientation, 1)
+    except _DECODE_ERRORS:
+        return pil  # a broken EXIF block: keep the pixels as stored rather than fail
+    if orientation not in _TURNING_ORIENTATIONS:
+        return pil
+    try:
+        return ImageOps.exif_transpose(pil)
+    except _DECODE_ERRORS as err:
+        raise ImageDecodeError(f"cannot apply EXIF orientation {orientation}: {err}") from err
 
 
 def _has_transparency(pil: Image.Image) -> bool:
