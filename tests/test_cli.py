@@ -299,7 +299,7 @@ def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsy
 def test_resume_needs_a_checkpoint_and_fresh_runs_refuse_to_overwrite(ddp_run, tmp_path, capsys):
     out, _ = ddp_run
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "empty"), "--resume"], capsys)
-    assert "holds no checkpoint" in err
+    assert "holds no complete checkpoint" in err
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path), "--resume", str(tmp_path / "checkpoint-3")], capsys)
     assert "no training_state.pt in that folder" in err
     err = _usage_error(["--tiny", "--output-dir", str(out), "--max-steps", "10"], capsys)

@@ -96,7 +96,7 @@ def loop_checkpoint_problem(path: Path) -> str | None:
     if path.name.endswith(".tmp"):
         return "a staging folder: the run was stopped while writing this checkpoint"
     if not (path / CHECKPOINT_FILE).is_file():
-        return f"no {CHECKPOINT_FILE} in it"
+        return f"no {CHECKPOINT_FILE} in that folder (not a checkpoint of this loop)"
     return None
 
 

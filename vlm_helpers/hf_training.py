@@ -229,7 +229,7 @@ def trainer_checkpoint_problem(path: Path) -> str | None:
     if path.name.endswith(".tmp"):
         return "a staging folder: the run was stopped while writing this checkpoint"
     if not state_file.is_file():
-        return f"no {TRAINER_STATE_FILE}: the run was stopped while writing this checkpoint"
+        return f"no {TRAINER_STATE_FILE} in that folder (a checkpoint cut short by a crash, or not a checkpoint)"
     try:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -40,13 +40,24 @@ def show_images(images: Sequence, captions: Sequence[str], *, columns: int = 3, 
 
 def plot_loss(histories: dict[str, Sequence[dict]], *, title: str = "Training loss", smooth: int = 1,
               save_to: str | Path | None = None):
-    """Loss per optimizer step for one or more runs (``{label: history}``), optionally smoothed."""
+    """Loss per optimizer step for one or more runs (``{label: history}``), optionally smoothed.
+
+    Steps without a finite loss (skipped NaN/inf steps, recorded with ``"loss": null``) are left
+    out of the curve; every skipped step is marked by a red dotted line, so it is seen, not hidden.
+    """
+    import math
+
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for label, history in histories.items():
-        steps = [h["step"] for h in history]
-        losses = [h["loss"] for h in history]
+        finite = [h for h in history if isinstance(h.get("loss"), (int, float)) and math.isfinite(h["loss"])]
+        skipped = [h["step"] for h in history if "skipped" in h]
+        steps = [h["step"] for h in finite]
+        losses = [h["loss"] for h in finite]
+        for n, step in enumerate(skipped):
+            ax.axvline(step, color="red", linestyle=":", linewidth=1,
+                       label=f"{label}: {len(skipped)} skipped step(s)" if n == 0 else None)
         if smooth > 1 and len(losses) >= smooth:
             window = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1])
                       for i in range(len(losses))]

@@ -537,7 +537,7 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
         checkpoint = complete[-1]
     else:
         checkpoint = Path(args.resume)
-        why = problem(checkpoint) if checkpoint.is_dir() else "no such folder"
+        why = problem(checkpoint)
         if why is not None:
             parser.error(f"--resume {checkpoint}: not a complete {args.recipe} checkpoint ({why}); give a "
                          "checkpoint-<step> folder, or --resume alone for the newest complete one in --output-dir")
