@@ -288,7 +288,7 @@ def _usage_error(argv: list[str], capsys) -> str:
     (["--report-to", "mlflow"], "--report-to: unknown tracker"),
     (["--recipe", "llava"], "invalid choice: 'llava'"),
     (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
-    (["--recipe", "idefics2-qlora-docvqa", "--resume"], "holds no checkpoint (checkpoint-<step>/trainer_state.json)"),
+    (["--recipe", "idefics2-qlora-docvqa", "--resume"], "holds no complete checkpoint"),
 ])
 def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)
