@@ -332,6 +332,8 @@ class _NonFiniteGuard:
         grads = [p.grad.detach() for p in params if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros(())
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if hasattr(grad_norm, "full_tensor"):  # FSDP (accelerate's config): a sharded norm
+            grad_norm = grad_norm.full_tensor()
         values = torch.stack([loss.to(grad_norm.device).float(), grad_norm.float()])
         import torch.distributed as dist
 

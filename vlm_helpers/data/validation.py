@@ -96,7 +96,7 @@ def reserved_text(processor) -> ReservedText:
             kinds.setdefault(content, "a special token of the tokenizer")
     if processor is not tokenizer:
         for name, value in vars(processor).items():
-            if name.endswith("_token") and isinstance(value, str) and value.strip():
+            if name.endswith("_token") and isinstance(value, str) and len(value.strip()) > 1:
                 kinds.setdefault(value, f"the processor's {name}")
             elif name.startswith("task_prompts") and isinstance(value, dict):
                 for key in value:
