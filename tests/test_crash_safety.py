@@ -261,6 +261,8 @@ def test_trainer_nan_loss_is_skipped_and_the_adapter_stays_finite(tiny_cache, tm
                                    logging_steps=2, save_steps=1, save_total_limit=10, seed=0, disable_tqdm=True)
     _, history = train_with_trainer(model, train_rows, collator, args)
 
+    training.save_history(history, tmp_path / "history.json")  # what vlm-train and results/ store
+    history = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert history[1]["loss"] is None and "non-finite loss" in history[1]["skipped"]
     assert all(math.isfinite(r["loss"]) for i, r in enumerate(history) if i != 1)
