@@ -71,8 +71,9 @@ LLAVA_PHI3_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 )
 
-#: Names of the vision encoder inside the supported models (kept frozen by :func:`add_lora`).
-_VISION_ENCODERS = ("vision_model", "vision_tower")
+#: Attribute names a vision encoder goes by, for models whose configuration has no ``vision_config``
+#: (remote-code models such as Microsoft's Phi-3-vision: ``img_processor``); see :func:`vision_encoders`.
+_VISION_ENCODER_NAMES = ("vision_model", "vision_tower", "visual", "img_processor", "vision_encoder")
 
 
 def bnb_4bit_config(preset: Preset):
@@ -191,12 +192,34 @@ def load_chat_vlm(checkpoint: str | Path, *, preset: Preset, quantize_4bit: bool
     return model, processor
 
 
-def _vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the outermost vision-encoder modules (``...vision_model`` / ``...vision_tower``)."""
+def vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the outermost vision-encoder modules of ``model``; raises if there is none.
+
+    Found by structure, not by a list of names: a vision-language model's configuration has a
+    ``vision_config``, and its encoder is the sub-model built from it (a ``PreTrainedModel`` whose
+    ``config`` is of that class): ``vision_model`` (Idefics2/3, Mllama), ``vision_tower`` (LLaVA,
+    Gemma 3, PaliGemma), ``visual`` (Qwen2-VL, Qwen2.5-VL), whatever the attribute is called. Models
+    without a ``vision_config`` (remote code) fall back to the usual attribute names. Finding
+    nothing is an error, so :func:`add_lora`'s guard can never silently check nothing.
+    """
+    from transformers import PreTrainedModel
+
+    vision_config = getattr(getattr(model, "config", None), "vision_config", None)
+    if vision_config is not None:
+        def is_encoder(name, module):
+            return isinstance(module, PreTrainedModel) and isinstance(getattr(module, "config", None),
+                                                                       type(vision_config))
+    else:
+        def is_encoder(name, module):
+            return name.rsplit(".", 1)[-1] in _VISION_ENCODER_NAMES
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in _VISION_ENCODERS and not any(name.startswith(f + ".") for f, _ in found):
+        if name and is_encoder(name, module) and not any(name.startswith(f + ".") for f, _ in found):
             found.append((name, module))
+    if not found:
+        raise ValueError(f"Found no vision encoder in {type(model).__name__} (no sub-model built from its "
+                         f"vision_config, no module named {' / '.join(_VISION_ENCODER_NAMES)}): is it a "
+                         "vision-language model? Without it, nothing guards the encoder against LoRA.")
     return found
 
 
@@ -215,6 +238,7 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    encoders = vision_encoders(model)  # before wrapping: an error names the model's own class
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
@@ -229,7 +253,7 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
     model = get_peft_model(model, config)
-    for name, encoder in _vision_encoders(model):
+    for name, encoder in encoders:  # the same module objects, now inside the PEFT wrapper
         trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(f"LoRA reached the vision encoder {name} ({trainable[:3]}...): narrow target_modules")
