@@ -209,8 +209,7 @@ def test_collator_max_length_raises_instead_of_cutting(chat_paths):
     processor = AutoProcessor.from_pretrained(chat_paths["idefics2"])
     rows = make_rows()
     full = ChatVLMCollator(processor, instruction=INSTRUCTION)(rows)
-    # the longest row, up to and including its end-of-turn token (the last supervised position)
-    longest = max(int(row.ne(-100).nonzero().max()) + 1 for row in full["labels"])
+    longest = int(full["attention_mask"].sum(1).max())  # the longest row, whole (template tail included)
     fits = ChatVLMCollator(processor, instruction=INSTRUCTION, max_length=longest)(rows)
     assert torch.equal(fits["labels"], full["labels"])  # nothing cut
     with pytest.raises(ValueError, match=r"row \d of the batch \(questionId=.*max_length=" + str(longest - 1)):

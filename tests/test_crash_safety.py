@@ -376,3 +376,55 @@ def test_cli_refuses_to_replace_a_notebooks_fine_tuned_results_before_training(t
     error = capsys.readouterr().err
     assert "docvqa__florence2__finetuned" in error and "--replace-results" in error
     assert _tree(tmp_path / "results") == before and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ found by review
+
+
+def test_florence2_collator_draws_only_among_answers_that_fit(tiny_florence2_path):
+    _, processor = models.load_florence2(tiny_florence2_path)
+    row = {"questionId": 9, "question": "What is the total?", "answers": ["12", "word " * 80], "image": _image()}
+    for seed in range(6):  # a random draw of the long alternative would stop a run at this batch
+        batch = collators.Florence2Collator(processor, answer_choice="random", seed=seed)([row])
+        assert collators.supervised_text(batch["labels"][0], processor.tokenizer) == "<s>12</s>"
+
+
+def test_trainer_history_is_strict_json_and_skips_count_across_a_resume():
+    from types import SimpleNamespace
+
+    from vlm_helpers import results
+    from vlm_helpers.hf_training import _NonFiniteGuard, history_from_log
+
+    log = [{"step": 1, "step_loss": 2.0}, {"step": 2, "step_loss": None, "skipped": "non-finite loss (nan): x"},
+           {"step": 2, "loss": 1.5, "grad_norm": float("nan"), "learning_rate": 0.1},
+           {"step": 3, "step_loss": 1.0, "skipped": "fp16 overflow (non-finite gradient norm): y"}]
+    history = history_from_log(log)
+    assert history[1] == {"step": 2, "loss": None, "skipped": "non-finite loss (nan): x", "grad_norm": None,
+                          "lr": 0.1}
+    json.dumps(history, allow_nan=False)
+    guard = _NonFiniteGuard(max_skipped=1, fp16=True)
+    guard.callback().on_train_begin(None, SimpleNamespace(log_history=log), None)
+    assert guard.skipped_steps == [2]  # the earlier run's skip counts; the fp16 overflow does not
+
+
+def test_results_history_with_nan_is_written_as_null(tmp_path):
+    from vlm_helpers import results
+
+    results.write_run(tmp_path, task="docvqa", model="m", stage="finetuned", mode="tiny", notebook="02",
+                      metrics={"anls": 0.1}, records=[], history=[{"step": 1, "loss": float("nan")}])
+    assert json.loads((tmp_path / "docvqa__m__finetuned.history.json").read_text()) == [{"step": 1, "loss": None}]
+
+
+def test_resume_names_a_corrupt_checkpoint_and_accepts_the_state_file(tiny_florence2_path, rows, tmp_path):
+    _loop_run(tiny_florence2_path, rows, tmp_path, at_calls=set(), where="grad", max_steps=2)
+    state_file = tmp_path / "checkpoint-2" / checkpoints.CHECKPOINT_FILE
+    state_file.write_bytes(state_file.read_bytes()[:1000])  # a disk that filled up
+    model, processor = models.load_florence2(tiny_florence2_path)
+    models.freeze(*models.florence2_vision_modules(model))  # as the run that wrote the checkpoints
+    config = training.TrainConfig(output_dir=str(tmp_path), max_steps=3, batch_size=4, progress=False)
+    collator = collators.Florence2Collator(processor)
+    with pytest.raises(ValueError, match=r"checkpoint-2/training_state.pt cannot be read.*older checkpoint"):
+        training.train(model, rows, collator, config, resume_from="latest")
+    state = training.train(model, rows, collator, config,
+                           resume_from=tmp_path / "checkpoint-1" / checkpoints.CHECKPOINT_FILE)
+    assert state.step == 3

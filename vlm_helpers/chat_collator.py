@@ -240,8 +240,8 @@ class ChatVLMCollator:
             if self.end_of_turn_id not in answer_ids:
                 raise ValueError(f"{where}: no {self.end_of_turn!r} after the answer; pass end_of_turn= explicitly")
             stop = len(prompt) + answer_ids.index(self.end_of_turn_id) + 1  # keep the end-of-turn token
-            if self.max_length is not None and stop > self.max_length:
-                raise ValueError(f"{where}: prompt and answer take {stop} tokens ({len(prompt)} for the prompt, "
+            if self.max_length is not None and length > self.max_length:
+                raise ValueError(f"{where}: the conversation takes {length} tokens ({len(prompt)} for the prompt, "
                                  f"images included), more than max_length={self.max_length}; raise max_length, "
                                  "shrink the image or drop the row (nothing is cut silently)")
             labels[i, len(prompt):stop] = input_ids[i, len(prompt):stop]

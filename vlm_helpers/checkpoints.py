@@ -215,7 +215,12 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
     """
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
-    saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=False)  # our own file, written above
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"Checkpoint {file} cannot be read ({error}); the disk may have filled up or the machine "
+                         "stopped while it was written. Resume from an older checkpoint-<step> folder instead, or "
+                         "move this one away and resume from the newest remaining one") from error
     rank, world_size = world()
     params = dict(unwrap(model).named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}

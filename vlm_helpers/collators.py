@@ -70,7 +70,8 @@ class Florence2Collator:
 
     A question or answer holding one of the model's reserved strings (a task token such as
     ``<OCR>``, ``<s>``, ``<loc_5>``) and an answer longer than ``max_answer_tokens`` raise a
-    ``ValueError`` naming the row: nothing is cut silently.
+    ``ValueError`` naming the row: nothing is cut silently. Of several acceptable answers, only
+    those that fit are drawn from; a row raises only when none fits.
 
     Rows need ``question``, ``image`` and ``answers`` (a list of strings). The model builds
     its decoder inputs from ``labels`` by shifting them right behind ``decoder_start_token_id``
@@ -108,6 +109,10 @@ class Florence2Collator:
         images = [to_rgb(row["image"]) for row in rows]
         return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
 
+    def _fits(self, answer: str) -> bool:
+        ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return len(ids) + 2 <= self.max_answer_tokens
+
     def target_ids(self, answer: str, *, where: str = "this row") -> list[int]:
         """Token ids the decoder must produce: ``<s>``, the answer and ``</s>``.
 
@@ -126,8 +131,15 @@ class Florence2Collator:
         batch = self.generation_inputs(rows)
         targets = []
         for i, row in enumerate(rows):
-            answer = pick_answer(row["answers"], choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
-            targets.append(self.target_ids(answer, where=self._where(row, i)))
+            where = self._where(row, i)
+            answers = row["answers"]
+            if isinstance(answers, (list, tuple)) and len(answers) > 1:
+                # several acceptable answers: draw among those that fit, so a long alternative cannot
+                # stop a run at the batch where the seeded draw happens to pick it
+                fitting = [a for a in answers if isinstance(a, str) and self._fits(a)]
+                answers = fitting or answers[:1]
+            answer = pick_answer(answers, choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
+            targets.append(self.target_ids(answer, where=where))
         batch["labels"] = pad_labels(targets)
         return batch
 

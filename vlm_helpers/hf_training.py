@@ -216,6 +216,10 @@ def history_from_log(log_history: Sequence[dict]) -> list[dict]:
                     record["loss"] = value
             elif key != "step":
                 record[key] = value
+    for record in records.values():  # NaN/inf (a skipped step's grad_norm) is not JSON: null
+        for key, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                record[key] = None
     return [records[step] for step in sorted(records) if "loss" in records[step] or "skipped" in records[step]]
 
 
@@ -316,6 +320,10 @@ class _NonFiniteGuard:
         guard = self
 
         class NonFiniteSteps(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):  # a resumed run's earlier skips count too
+                guard.skipped_steps = sorted({int(e["step"]) for e in state.log_history
+                                              if e.get("skipped") and not str(e["skipped"]).startswith("fp16")})
+
             def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
                                       **kwargs):
                 guard.before_update(state, model, lr_scheduler)

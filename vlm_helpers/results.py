@@ -40,6 +40,7 @@ there) raises a ``ValueError`` naming the file (and the line, for ``.jsonl``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,12 @@ def replace_problem(results_dir: str | Path, *, task: str, model: str, stage: st
     return None
 
 
+def _finite_or_null(history: list[dict]) -> list[dict]:
+    """The history with NaN/inf (which JSON cannot hold) written as null."""
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            for record in history]
+
+
 def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mode: str, notebook: str,
               metrics: dict[str, float], records: list[dict] | None = None,
               history: list[dict] | None = None, images=None, thumbnail_size: int = 320,
@@ -157,7 +164,7 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
         _write_atomic(results_dir / f"{name}.predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     if history is not None:
-        _write_atomic(results_dir / f"{name}.history.json", json.dumps(history, indent=1))
+        _write_atomic(results_dir / f"{name}.history.json", json.dumps(_finite_or_null(history), indent=1, allow_nan=False))
     path = results_dir / f"{name}.metrics.json"
     _write_atomic(path, json.dumps(summary, indent=1))
     return path

@@ -225,6 +225,8 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
                 "Resume with resume_from='latest' (the newest complete checkpoint), or choose a new output_dir."
             )
     else:
+        if Path(resume_from).is_file():  # the training_state.pt file itself: its folder is the checkpoint
+            resume_from = Path(resume_from).parent
         why = loop_checkpoint_problem(Path(resume_from))
         if why is not None:
             raise ValueError(f"cannot resume from {resume_from}: {why}")
