@@ -428,3 +428,14 @@ def test_resume_names_a_corrupt_checkpoint_and_accepts_the_state_file(tiny_flore
     state = training.train(model, rows, collator, config,
                            resume_from=tmp_path / "checkpoint-1" / checkpoints.CHECKPOINT_FILE)
     assert state.step == 3
+
+
+def test_fp16_overflow_every_step_is_counted_once_the_scale_reaches_one(tiny_florence2_path, rows, tmp_path):
+    # a NaN gradient with a finite loss is a routine overflow for the GradScaler, but not forever:
+    # from 65536 the scale halves to 1 after 16 overflows; from then on the steps count
+    with pytest.raises(FloatingPointError, match="2 steps had a NaN/inf loss or gradient"):
+        _loop_run(tiny_florence2_path, rows, tmp_path, dtype="float16", at_calls=set(range(1, 40)), where="grad",
+                  max_skipped=1, max_steps=30)
+    history = json.loads((tmp_path / "history.json").read_text())
+    overflows = [r for r in history if r.get("skipped", "").startswith("fp16 overflow")]
+    assert len(overflows) == 16 and len(history) == 18

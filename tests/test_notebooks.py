@@ -124,3 +124,17 @@ def test_comparison_notebook_on_empty_results_names_the_notebooks_to_run(tmp_pat
         assert name in text
     assert "No results yet" in text
     assert not any(output.get("output_type") == "error" for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+def test_notebook_refuses_to_replace_another_producers_results_before_training(tmp_path, tiny_cache):
+    from nbclient.exceptions import CellExecutionError
+
+    from vlm_helpers import results
+
+    results.write_run(tmp_path / "results", task="docvqa", model="florence2", stage="finetuned", mode="tiny",
+                      notebook="vlm-train", metrics={"anls": 0.5}, records=[])
+    with pytest.raises(CellExecutionError, match=r"FileExistsError.*vlm-train") as stopped:
+        run_notebook("02_florence2_docvqa.ipynb", tmp_path / "results", tiny_cache, timeout=120)
+    assert "replace_problem(RESULTS_DIR" in str(stopped.value)  # the setup cell, before any training
+    assert json.loads((tmp_path / "results" / "docvqa__florence2__finetuned.metrics.json").read_text())[
+        "notebook"] == "vlm-train"

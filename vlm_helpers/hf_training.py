@@ -288,6 +288,7 @@ def _guarded_trainer(trainer_class, guard: "_NonFiniteGuard"):
         def training_step(self, *args, **kwargs):
             loss = super().training_step(*args, **kwargs)
             guard.add_loss(loss)
+            guard.scaler = getattr(self.accelerator, "scaler", None)  # fp16: accelerate's GradScaler
             return loss
 
     return GuardedTrainer
@@ -300,7 +301,8 @@ class _NonFiniteGuard:
     processes, so DDP replicas stay identical) and drops the gradients of a bad step, so the
     optimizer leaves those weights and their moments alone; ``on_step_end`` logs the step's
     own loss. The grad scaler of fp16 runs skips an overflowing step by itself: such a step
-    (finite loss, infinite gradient) is recorded but not counted toward ``max_skipped``.
+    (finite loss, infinite gradient) is recorded but not counted toward ``max_skipped``, unless
+    the scale has fallen to 1 (then the gradient is infinite unscaled, and the step counts).
     """
 
     def __init__(self, max_skipped: int, fp16: bool):
@@ -309,6 +311,7 @@ class _NonFiniteGuard:
         self.skipped_steps: list[int] = []
         self._loss = None
         self._record: dict = {}
+        self.scaler = None
 
     def add_loss(self, loss) -> None:
         loss = loss.detach().float()
@@ -356,7 +359,8 @@ class _NonFiniteGuard:
             self._record["learning_rate"] = lr_scheduler.get_last_lr()[0]
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             return
-        if self.fp16 and math.isfinite(loss_value):
+        scale = self.scaler.get_scale() if self.scaler is not None else 2.0
+        if self.fp16 and math.isfinite(loss_value) and scale > 1:  # infinite even unscaled: counted below
             self._record["skipped"] = ("fp16 overflow (non-finite gradient norm): the gradient scaler skips this "
                                        "update and lowers its scale")
             return

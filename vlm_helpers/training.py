@@ -22,7 +22,8 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
    and the step is recorded as skipped. More than ``max_skipped_steps`` such steps stop
    training with a message; weights in memory and in every checkpoint stay finite. (With
    fp16, a finite loss with an infinite gradient is the gradient scaler's routine overflow:
-   it skips that update and lowers its scale; recorded, not counted.);
+   it skips that update and lowers its scale; recorded, not counted, unless the scale has
+   already fallen to 1, where the gradient is infinite unscaled and the step counts.);
 7. the loss history goes to ``history.json`` for plotting (and each record to ``log_fn``);
    a skipped step's record has ``"loss": null`` (if the loss itself was not finite) and a
    ``"skipped"`` reason.
@@ -290,7 +291,9 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
                 scaler.update()
             else:
                 optimizer.step()
-        elif scaler is not None and math.isfinite(step_loss):  # fp16 overflow: the scaler's routine skip
+        elif scaler is not None and math.isfinite(step_loss) and scaler.get_scale() > 1:
+            # fp16 overflow: the scaler's routine skip. (At a scale of 1 or less the gradient is
+            # infinite without any scaling: that is counted below like any other bad step.)
             scaler.step(optimizer)  # sees the inf and does not step
             scaler.update()
             record.update(grad_norm=None, skipped=f"fp16 overflow ({problem}): the gradient scaler skipped the "
