@@ -135,6 +135,6 @@ def test_notebook_refuses_to_replace_another_producers_results_before_training(t
                       notebook="vlm-train", metrics={"anls": 0.5}, records=[])
     with pytest.raises(CellExecutionError, match=r"FileExistsError.*vlm-train") as stopped:
         run_notebook("02_florence2_docvqa.ipynb", tmp_path / "results", tiny_cache, timeout=120)
-    assert "replace_problem(RESULTS_DIR" in str(stopped.value)  # the setup cell, before any training
+    assert "check_replaceable(RESULTS_DIR" in str(stopped.value)  # the setup cell, before any training
     assert json.loads((tmp_path / "results" / "docvqa__florence2__finetuned.metrics.json").read_text())[
         "notebook"] == "vlm-train"

@@ -155,6 +155,46 @@ def set_aside_incomplete(incomplete: list[tuple[Path, str]], log: Callable[[str]
         log(f"set aside {path.name} as {target.name} ({why}); resuming from the newest complete checkpoint")
 
 
+def resume_point(output_dir: str | Path, resume, *, problem: Callable[[Path], str | None] = loop_checkpoint_problem,
+                 results: tuple[str, ...] = ("final",), argument: str = "resume_from='latest'",
+                 is_main: bool = True) -> Path | None:
+    """The checkpoint a run continues from, or None for a fresh run; refuses what would lose work.
+
+    ``resume``: None/False (fresh), ``"latest"``/True (the newest *complete* checkpoint), or a
+    checkpoint folder (or the state file inside it). A fresh run into a folder holding any
+    checkpoint, complete or not, or one of ``results`` (``final``, ``adapter``) raises
+    ``FileExistsError`` before anything is written. Before resuming, the main process sets
+    incomplete checkpoints aside (:func:`set_aside_incomplete`). ``problem`` is the
+    completeness rule (this loop's, or the HF Trainer's); ``argument`` names the way to resume
+    in messages.
+    """
+    output_dir = Path(output_dir)
+    complete, incomplete = scan_checkpoints(output_dir, problem)
+    if resume is None or resume is False:
+        earlier = [p.name for p in complete] + [p.name for p, _ in incomplete]
+        earlier += [name for name in results if (output_dir / name).exists()]
+        if earlier:
+            raise FileExistsError(
+                f"{output_dir} already holds {', '.join(earlier)} from an earlier run; nothing was changed. "
+                f"Resume with {argument} (the newest complete checkpoint), or choose a new output_dir.")
+        return None
+    if resume == "latest" or resume is True:
+        if not complete:
+            found = f" (only incomplete ones: {describe_incomplete(incomplete)})" if incomplete else ""
+            raise FileNotFoundError(f"{argument} but {output_dir} holds no complete checkpoint{found}")
+        resume = complete[-1]
+    else:
+        resume = Path(resume)
+        if resume.is_file():  # the state file itself: its folder is the checkpoint
+            resume = resume.parent
+        why = problem(resume)
+        if why is not None:
+            raise ValueError(f"cannot resume from {resume}: {why}")
+    if is_main and incomplete:
+        set_aside_incomplete(incomplete)
+    return resume
+
+
 def check_finite_weights(model: nn.Module) -> None:
     """Raise ``FloatingPointError`` naming the first trainable parameter holding NaN or inf.
 

@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vlm_helpers.checkpoints import describe_incomplete, scan_checkpoints, set_aside_incomplete
+from vlm_helpers.checkpoints import resume_point, scan_checkpoints
 
 __all__ = ["REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
            "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs",
@@ -254,33 +254,6 @@ def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _resume_point(output_dir: Path, resume_from_checkpoint, *, is_main: bool) -> str | None:
-    """The checkpoint to continue (or None for a fresh run), after refusing to overwrite an earlier run."""
-    complete, incomplete = scan_checkpoints(output_dir, trainer_checkpoint_problem)
-    if resume_from_checkpoint in (None, False):
-        earlier = [p.name for p in complete] + [p.name for p, _ in incomplete]
-        earlier += [name for name in ("adapter",) if (output_dir / name).exists()]
-        if earlier:
-            raise FileExistsError(
-                f"{output_dir} already holds {', '.join(earlier)} from an earlier run; nothing was changed. "
-                "Continue it with resume_from_checkpoint=True (the newest complete checkpoint), or choose a "
-                "new output_dir.")
-        return None
-    if resume_from_checkpoint is True:
-        if not complete:
-            found = f" (only incomplete ones: {describe_incomplete(incomplete)})" if incomplete else ""
-            raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir} holds no complete "
-                                    f"checkpoint{found}")
-        resume_from_checkpoint = complete[-1]
-    else:
-        why = trainer_checkpoint_problem(Path(resume_from_checkpoint))
-        if why is not None:
-            raise ValueError(f"cannot resume from {resume_from_checkpoint}: {why}")
-    if is_main and incomplete:
-        set_aside_incomplete(incomplete)
-    return str(resume_from_checkpoint)
-
-
 def _guarded_trainer(trainer_class, guard: "_NonFiniteGuard"):
     """A ``Trainer`` subclass that hands every micro-batch's loss to ``guard``."""
 
@@ -406,8 +379,9 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     from vlm_helpers.checkpoints import check_finite_weights
 
-    resume = _resume_point(Path(args.output_dir), resume_from_checkpoint,
-                           is_main=int(os.environ.get("RANK", "0")) == 0)
+    resume = resume_point(args.output_dir, resume_from_checkpoint, problem=trainer_checkpoint_problem,
+                          results=("adapter",), argument="resume_from_checkpoint=True",
+                          is_main=int(os.environ.get("RANK", "0")) == 0)
 
     class CurrentIntervals(TrainerCallback):
         def on_train_begin(self, arguments, state, control, **kwargs):
@@ -432,6 +406,6 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     callbacks += [GenerationEval()] if eval_fn is not None else []
     trainer = _guarded_trainer(Trainer, guard)(model=model, args=args, train_dataset=train_rows,
                                                data_collator=collator, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     model.eval()
     return trainer, history_from_log(trainer.state.log_history)

@@ -125,8 +125,18 @@ def replace_problem(results_dir: str | Path, *, task: str, model: str, stage: st
     return None
 
 
-def _finite_or_null(history: list[dict]) -> list[dict]:
-    """The history with NaN/inf (which JSON cannot hold) written as null."""
+def check_replaceable(results_dir: str | Path, *, task: str, model: str, mode: str, notebook: str,
+                      stages: tuple[str, ...] = STAGES) -> None:
+    """Raise ``FileExistsError`` when writing these runs would replace one it must not
+    (:func:`replace_problem`). Call it before training, so a refusal costs seconds, not hours."""
+    for stage in stages:
+        problem = replace_problem(results_dir, task=task, model=model, stage=stage, mode=mode, notebook=notebook)
+        if problem:
+            raise FileExistsError(problem)
+
+
+def finite_or_null(history: list[dict]) -> list[dict]:
+    """The history with NaN/inf (which JSON cannot hold) as null (also used by ``training.save_history``)."""
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             for record in history]
 
@@ -151,9 +161,7 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
     results_dir = Path(results_dir)
     name = run_name(task, model, stage)
     if not replace:
-        problem = replace_problem(results_dir, task=task, model=model, stage=stage, mode=mode, notebook=notebook)
-        if problem:
-            raise FileExistsError(problem)
+        check_replaceable(results_dir, task=task, model=model, mode=mode, notebook=notebook, stages=(stage,))
     samples = len(records) if records is not None else int(metrics.get("samples", 0))
     summary = {"task": task, "model": model, "stage": stage, "mode": mode, "notebook": notebook,
                "samples": samples, "metrics": {k: float(v) for k, v in metrics.items() if k != "samples"}}
@@ -164,7 +172,7 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
         _write_atomic(results_dir / f"{name}.predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     if history is not None:
-        _write_atomic(results_dir / f"{name}.history.json", json.dumps(_finite_or_null(history), indent=1, allow_nan=False))
+        _write_atomic(results_dir / f"{name}.history.json", json.dumps(finite_or_null(history), indent=1, allow_nan=False))
     path = results_dir / f"{name}.metrics.json"
     _write_atomic(path, json.dumps(summary, indent=1))
     return path

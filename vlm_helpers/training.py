@@ -49,11 +49,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlm_helpers.checkpoints import (checkpoint_all_ranks, describe_incomplete, load_checkpoint,
-                                     loop_checkpoint_problem, scan_checkpoints, set_aside_incomplete)
+from vlm_helpers.checkpoints import checkpoint_all_ranks, load_checkpoint, resume_point, scan_checkpoints
 from vlm_helpers.collators import IGNORE_INDEX
 from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
 from vlm_helpers.models import frozen_to_eval
+from vlm_helpers.results import finite_or_null
 
 @dataclass
 class TrainConfig:
@@ -211,28 +211,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     """
     rank, world_size = world()
     output_dir = Path(config.output_dir)
-    complete, incomplete = scan_checkpoints(output_dir)
-    if resume_from == "latest":
-        if not complete:
-            found = f" (only incomplete ones: {describe_incomplete(incomplete)})" if incomplete else ""
-            raise FileNotFoundError(f"resume_from='latest' but {output_dir} holds no complete checkpoint{found}")
-        resume_from = complete[-1]
-    elif resume_from is None:
-        earlier = [p.name for p in complete] + [p.name for p, _ in incomplete]
-        earlier += [name for name in ("final",) if (output_dir / name).exists()]
-        if earlier:
-            raise FileExistsError(
-                f"{output_dir} already holds {', '.join(earlier)} from an earlier run; nothing was changed. "
-                "Resume with resume_from='latest' (the newest complete checkpoint), or choose a new output_dir."
-            )
-    else:
-        if Path(resume_from).is_file():  # the training_state.pt file itself: its folder is the checkpoint
-            resume_from = Path(resume_from).parent
-        why = loop_checkpoint_problem(Path(resume_from))
-        if why is not None:
-            raise ValueError(f"cannot resume from {resume_from}: {why}")
-    if resume_from is not None and incomplete and rank == 0:
-        set_aside_incomplete(incomplete)
+    resume_from = resume_point(output_dir, resume_from, is_main=rank == 0)
     output_dir.mkdir(parents=True, exist_ok=True)
     total = total_steps(len(dataset), config, world_size)
     optimizer, scheduler = make_optimizer(model, config, total)
@@ -349,9 +328,7 @@ def save_history(history: list[dict], path: str | Path) -> None:
     """
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-             for r in history]
-    tmp.write_text(json.dumps(clean, indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(finite_or_null(history), indent=1, allow_nan=False))
     os.replace(tmp, path)
 
 
