@@ -18,39 +18,115 @@ and what the Phi-3 article got wrong, fixed here:
   never learns to stop; we keep it and mask whatever the template writes after it;
 - the Phi-3 collator only ever used ``examples[0]`` (batch size 1); this one takes any batch.
 
-How the prompt is masked: each row is rendered twice, prompt only (with the generation prompt,
-e.g. ``"Assistant:"``) and the full conversation. Both go through the processor (which expands
-``<image>`` into the image tokens), and the prompt's ids must be a prefix of the full ids. If a
-tokenizer merged characters across the prompt/answer boundary that check fails loudly instead of
-silently supervising the wrong tokens. The images are processed twice for that; on real data this
-costs milliseconds per row, far less than the forward pass.
+The contract, for any processor with a chat template (tested on nine families in
+``tests/test_other_families.py``):
+
+- the training tokens of a row are exactly ``processor.apply_chat_template(conversation, tokenize=True)``:
+  the rendered text goes through the processor with ``add_special_tokens=False`` when the template
+  writes the BOS token itself (Gemma 3, Llama 3.2 Vision), as transformers does, so no row starts
+  with two BOS tokens. One exception: a template that writes no end-of-turn token after the answer
+  (vicuna-style LLaVA-1.5; LLaVA-NeXT-Mistral, whose template writes a literal ``<\\s>``) gets the
+  tokenizer's eos token right after the answer instead of whatever text follows it, which is what
+  these models were trained with; otherwise they never learn to stop;
+- the generation prompt (``add_generation_prompt=True``) is exactly the text before the answer in
+  training; a template whose generation prompt differs from the assistant header it renders
+  (LLaVA-OneVision's ``"assistant\\n"`` vs ``"assistant \\n"``) is refused with both renderings;
+- only the answer and the end-of-turn token are supervised; prompt, image tokens and padding are -100.
+
+How the prompt is masked: each row is rendered twice, prompt only and the full conversation. Both
+go through the processor (which expands ``<image>`` into the image tokens), and the prompt's ids
+must be a prefix of the full ids. If a tokenizer merged characters across the prompt/answer
+boundary that check fails loudly instead of silently supervising the wrong tokens. The images
+are processed twice for that; on real data this costs milliseconds per row.
+
+Prefix-LM processors (PaliGemma) are not chat models and are refused at construction: they build
+labels themselves from ``processor(text=prefix, images=..., suffix=answer)``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from vlm_helpers.collators import IGNORE_INDEX, check_plain_text, format_supervision, pick_answer
 from vlm_helpers.data.images import to_rgb
 from vlm_helpers.data.validation import reserved_text
 
-__all__ = ["ChatVLMCollator", "describe_sample", "detect_end_of_turn", "vision_token_ids"]
+__all__ = ["AnswerLayout", "ChatVLMCollator", "answer_layout", "check_chat_processor", "describe_sample",
+           "detect_end_of_turn", "special_tokens_flag", "vision_token_ids"]
 
 #: Processor attributes that may name vision placeholder tokens (Idefics2 has the first two;
 #: Idefics3/SmolVLM add a global image token; other families use begin/end-of-image tokens).
-_VISION_TOKEN_ATTRIBUTES = ("image_token", "fake_image_token", "global_image_token", "boi_token",
-                            "eoi_token", "image_start_token", "image_end_token", "image_break_token")
+#: :func:`vision_token_ids` also finds, by trying, every token the processor inserts for an image.
+_VISION_TOKEN_ATTRIBUTES = ("image_token", "fake_image_token", "global_image_token", "global_image_tag",
+                            "boi_token", "eoi_token", "image_start_token", "image_end_token", "image_break_token",
+                            "vision_start_token", "vision_end_token")
 
 _SENTINEL = "\u2402ANSWER\u2402"  # a string no chat template writes by itself
+_PROBE_TEXT = "Q"
+
+
+def _probe_messages(*, image: bool = True, answer: str | None = None) -> list[dict]:
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": _PROBE_TEXT}]
+    messages = [{"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def _probe_image() -> Image.Image:
+    """A plain RGB image big enough for every image processor's minimum (e.g. Qwen2-VL's 56 px)."""
+    return Image.new("RGB", (64, 64), (128, 96, 64))
+
+
+def special_tokens_flag(tokenizer, texts: Sequence[str]) -> bool:
+    """``add_special_tokens`` for rendered chat texts: False when the template wrote the BOS itself.
+
+    The rule transformers' ``apply_chat_template(tokenize=True)`` applies; without it, templates that
+    write ``bos_token`` (Gemma 3, Llama 3.2 Vision) get a second BOS from the tokenizer.
+    """
+    bos = tokenizer.bos_token
+    starts = {bool(bos) and text.startswith(bos) for text in texts}
+    if len(starts) > 1:
+        raise ValueError(f"some rendered rows start with {bos!r} and some do not: check the chat template")
+    return not starts.pop() if starts else True
+
+
+def check_chat_processor(processor) -> None:
+    """Refuse processors the chat collator cannot serve, with what to do instead.
+
+    Prefix-LM processors (PaliGemma) take the answer as ``suffix=`` and build ``labels`` and
+    ``token_type_ids`` themselves; a chat template bolted on would train a format the model never saw.
+    """
+    kwargs_class = getattr(processor, "valid_processor_kwargs", None)
+    text_kwargs = getattr(kwargs_class, "__annotations__", {}).get("text_kwargs")
+    if "suffix" in getattr(text_kwargs, "__annotations__", {}):
+        raise ValueError(
+            f"{type(processor).__name__} is a prefix-LM processor (PaliGemma-style), not a chat model: the prompt "
+            "is attended bidirectionally and only the suffix is generated. ChatVLMCollator cannot train it. "
+            "Fine-tune it with processor(text=['<image>' + prefix, ...], images=..., suffix=[answer, ...], "
+            "return_tensors='pt'), which returns input_ids, token_type_ids and labels (prefix masked, eos "
+            "appended to the answer), and generate from processor(text=prompts, images=...) without a suffix.")
+    if not getattr(processor, "chat_template", None):
+        raise ValueError(f"{type(processor).__name__} has no chat template: set processor.chat_template "
+                         "(the model card gives the prompt format) before building a ChatVLMCollator")
+    if getattr(processor, "tokenizer", None) is None:
+        raise ValueError(f"{type(processor).__name__} has no tokenizer: is it a text-and-image processor?")
 
 
 def vision_token_ids(processor) -> set[int]:
-    """Ids of every image-related placeholder token the processor inserts (never supervised).
+    """Ids of every image-related token the processor inserts (never supervised).
 
-    ``processor.image_token_id`` plus the ids of tokens such as ``<fake_token_around_image>``
-    (Idefics2) or a global-image token (Idefics3), whichever the processor defines.
+    Found by trying: the same one-line user turn is processed with and without an image, and every
+    added token (``tokenizer.added_tokens_decoder``) that appears only with the image is an image
+    token: Gemma 3's ``<start_of_image>``, ``<image_soft_token>``, ``<end_of_image>``; SmolVLM's
+    ``<global-img>`` and ``<row_1_col_1>`` tiles; Qwen2-VL's ``<|vision_start|>``, ``<|image_pad|>``...
+    Ordinary text the processor adds around images (newlines) is not an added token and stays
+    learnable. The ids named by the processor's image-token attributes are added to the set.
     """
     tokenizer = processor.tokenizer
     ids: set[int] = set()
@@ -62,41 +138,99 @@ def vision_token_ids(processor) -> set[int]:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is not None and token_id != tokenizer.unk_token_id:
                 ids.add(int(token_id))
+    if getattr(processor, "chat_template", None):
+        added = {int(i) for i in tokenizer.added_tokens_decoder} | set(tokenizer.all_special_ids)
+        with_image = processor.apply_chat_template(_probe_messages(image=True), add_generation_prompt=True)
+        without = processor.apply_chat_template(_probe_messages(image=False), add_generation_prompt=True)
+        flag = special_tokens_flag(tokenizer, [with_image])
+        inserted = processor(text=[with_image], images=[[_probe_image()]], add_special_tokens=flag)
+        plain = processor(text=[without], add_special_tokens=flag)
+        ids |= (set(_flat_ids(inserted["input_ids"])) - set(_flat_ids(plain["input_ids"]))) & added
     if not ids:
         raise ValueError(f"{type(processor).__name__} defines no image token: is it a vision-language processor?")
     return ids
 
 
-def detect_end_of_turn(processor) -> str:
-    """The special token the chat template writes right after an assistant answer.
+def _flat_ids(input_ids) -> list[int]:
+    return [int(i) for row in input_ids for i in (row.tolist() if hasattr(row, "tolist") else row)]
 
-    Renders a conversation whose answer is a sentinel string and returns the first special
-    token after it: ``<end_of_utterance>`` for Idefics2, ``<|end|>`` for Phi-3. Falls back to
-    the tokenizer's eos token when the template writes no special token after the answer.
+
+@dataclass(frozen=True)
+class AnswerLayout:
+    """Where the answer sits in a processor's chat template (see :func:`answer_layout`).
+
+    ``end_of_turn``: the token that ends the answer. ``appended``: True when the template writes no
+    end-of-turn token after the answer, so the collator appends ``end_of_turn`` itself. ``tail``: the
+    text the template writes after the answer (replaced by ``end_of_turn`` when ``appended``).
+    """
+
+    end_of_turn: str
+    appended: bool
+    tail: str
+
+
+def answer_layout(processor, end_of_turn: str | None = None) -> AnswerLayout:
+    """Read from the chat template how an answer ends, and check the generation prompt.
+
+    A conversation whose answer is a sentinel string is rendered, and:
+
+    - the generation prompt (``add_generation_prompt=True``) must be exactly the text before the
+      answer, give or take whitespace the answer itself starts with; otherwise training and
+      inference prompts differ, and this raises with both renderings;
+    - the first special token after the answer is the end-of-turn token (``<end_of_utterance>``,
+      ``<|end|>``, ``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``). When the template writes
+      none (vicuna-style LLaVA-1.5, LLaVA-NeXT-Mistral's literal ``<\\s>``), the tokenizer's eos
+      token is appended right after the answer, which is what those models were trained with.
+
+    ``end_of_turn`` overrides the detected token (it is appended if the template does not write it).
     """
     tokenizer = processor.tokenizer
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Q"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]},
-    ]
-    rendered = processor.apply_chat_template(messages, tokenize=False)
-    if _SENTINEL not in rendered:
-        raise ValueError("The chat template dropped the assistant's answer; pass end_of_turn= explicitly.")
-    suffix = rendered.split(_SENTINEL, 1)[1]
+    rendered = processor.apply_chat_template(_probe_messages(answer=_SENTINEL))
+    if rendered.count(_SENTINEL) != 1:
+        raise ValueError(f"The chat template does not write the assistant's answer once: {rendered!r}")
+    head, tail = rendered.split(_SENTINEL)
+    prompt = processor.apply_chat_template(_probe_messages(), add_generation_prompt=True)
+    if not head.startswith(prompt) or head[len(prompt):].strip():
+        raise ValueError(
+            "The chat template's generation prompt is not the text it writes before an answer, so a model "
+            "trained on its conversations would be asked differently at inference. With a one-word question "
+            f"'Q' and an image:\n  inference prompt (add_generation_prompt=True): {prompt!r}\n"
+            f"  training conversation, up to the answer:         {head!r}\n"
+            "Fix processor.chat_template so that both agree (usually the assistant header of the "
+            "conversation or the generation prompt has a stray space or newline).")
     special = set(tokenizer.all_special_ids) | {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    for token_id in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
-        if token_id in special:
-            return tokenizer.convert_ids_to_tokens(token_id)
-    if tokenizer.eos_token is None:
-        raise ValueError(f"No special token after the answer in {rendered!r}; pass end_of_turn= explicitly.")
-    return tokenizer.eos_token
+    written = [tokenizer.convert_ids_to_tokens(i) for i in tokenizer(tail, add_special_tokens=False)["input_ids"]
+               if i in special]
+    if end_of_turn is None:
+        if written:
+            return AnswerLayout(written[0], appended=False, tail=tail)
+        if tokenizer.eos_token is None:
+            raise ValueError(f"The chat template writes no special token after the answer ({tail!r}) and the "
+                             "tokenizer has no eos token: pass end_of_turn= (the token that should end an answer)")
+        end_of_turn = tokenizer.eos_token
+    elif end_of_turn in written:
+        return AnswerLayout(end_of_turn, appended=False, tail=tail)
+    if tail.strip():
+        warnings.warn(f"The chat template writes {tail!r} after the answer, with no end-of-turn token; the "
+                      f"collator ends each answer with {end_of_turn!r} instead, as the model was trained "
+                      "(e.g. LLaVA-NeXT-Mistral's template writes a literal '<\\s>', a typo for '</s>').",
+                      UserWarning, stacklevel=3)
+    return AnswerLayout(end_of_turn, appended=True, tail=tail)
+
+
+def detect_end_of_turn(processor) -> str:
+    """The token that ends an assistant answer: the first special token the chat template writes
+    after it (``<end_of_utterance>`` for Idefics2, ``<|end|>`` for Phi-3), else the eos token
+    (see :func:`answer_layout`)."""
+    return answer_layout(processor).end_of_turn
 
 
 class ChatVLMCollator:
     """Turn rows into training batches (``__call__``) or generation inputs (``generation_inputs``).
 
     Args:
-        processor: a processor with a chat template and an image token (Idefics2, LLaVA, ...).
+        processor: a processor with a chat template and an image token (Idefics2, LLaVA, Qwen2-VL,
+            Gemma 3, ...); prefix-LM processors (PaliGemma) are refused (:func:`check_chat_processor`).
         instruction: a short text put before the image, e.g. ``"Answer briefly."`` ("" for none).
         question_key: column with the question; ``None`` for tasks without one (captioning).
         answer_key: column with the target: a list of acceptable answers (DocVQA) or one string.
@@ -105,13 +239,15 @@ class ChatVLMCollator:
         answer_choice: ``"random"`` (reproducible per row id and ``seed``) or ``"first"``.
         max_length: the longest training sequence, in tokens; a row that does not fit raises with
             its id (nothing is cut silently: a cut answer never learns to stop).
-        end_of_turn: the token that ends the assistant turn; detected from the template if None.
+        end_of_turn: the token that ends the assistant turn; detected from the template if None
+            (:func:`answer_layout`: the template's own end-of-turn token, else eos appended).
     """
 
     def __init__(self, processor, *, instruction: str, question_key: str | None = "question",
                  answer_key: str = "answers", image_key: str = "image", id_key: str = "questionId",
                  answer_choice: str = "random", seed: int = 0, max_length: int | None = None,
                  end_of_turn: str | None = None):
+        check_chat_processor(processor)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.instruction = instruction
@@ -122,7 +258,8 @@ class ChatVLMCollator:
         self.answer_choice = answer_choice
         self.seed = seed
         self.max_length = max_length
-        self.end_of_turn = end_of_turn or detect_end_of_turn(processor)
+        self.layout = answer_layout(processor, end_of_turn)
+        self.end_of_turn = self.layout.end_of_turn
         self.end_of_turn_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         if self.end_of_turn_id is None or self.end_of_turn_id == self.tokenizer.unk_token_id:
             raise ValueError(f"end_of_turn {self.end_of_turn!r} is not a single token of this tokenizer")
@@ -173,8 +310,24 @@ class ChatVLMCollator:
         return self.processor.apply_chat_template(self.messages(row), add_generation_prompt=True)
 
     def full_text(self, row: dict, answer: str) -> str:
-        """The whole conversation, answer and end-of-turn included."""
-        return self.processor.apply_chat_template(self.messages(row, answer))
+        """The whole conversation, answer and end-of-turn included.
+
+        When the template writes no end-of-turn token (``self.layout.appended``), the text it writes
+        after the answer is replaced by the end-of-turn token (see :func:`answer_layout`).
+        """
+        text = self.processor.apply_chat_template(self.messages(row, answer))
+        if not self.layout.appended:
+            return text
+        tail = self.layout.tail
+        if not text.endswith(answer + tail):
+            raise ValueError(f"the chat template renders this answer differently from the probe ({text[-80:]!r} "
+                             f"does not end with the answer + {tail!r}): pass end_of_turn= explicitly")
+        return text[: len(text) - len(tail)] + self.end_of_turn
+
+    def _process(self, texts: list[str], images: list[list], **kwargs):
+        """The processor on rendered texts: no second BOS when the template wrote one (:func:`special_tokens_flag`)."""
+        return self.processor(text=texts, images=images,
+                              add_special_tokens=special_tokens_flag(self.tokenizer, texts), **kwargs)
 
     def target(self, row: dict, position: int) -> str:
         """The answer to learn for one row; a clear error names the row when there is none."""
@@ -211,8 +364,7 @@ class ChatVLMCollator:
         for position, row in enumerate(rows):
             self._check_question(row, position)
         texts = [self.prompt_text(row) for row in rows]
-        return dict(self.processor(text=texts, images=self._images(rows), return_tensors="pt",
-                                   padding=True, padding_side="left"))
+        return dict(self._process(texts, self._images(rows), return_tensors="pt", padding=True, padding_side="left"))
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         """A RIGHT-padded training batch: processor outputs plus ``labels``."""
@@ -220,10 +372,9 @@ class ChatVLMCollator:
             self._check_question(row, position)
         answers = [self.target(row, i) for i, row in enumerate(rows)]
         images = self._images(rows)
-        full = self.processor(text=[self.full_text(row, a) for row, a in zip(rows, answers)], images=images,
-                              return_tensors="pt", padding=True, padding_side="right")
-        prompts = self.processor(text=[self.prompt_text(row) for row in rows], images=images,
-                                 padding=False)["input_ids"]
+        full = self._process([self.full_text(row, a) for row, a in zip(rows, answers)], images,
+                             return_tensors="pt", padding=True, padding_side="right")
+        prompts = self._process([self.prompt_text(row) for row in rows], images, padding=False)["input_ids"]
         input_ids, attention = full["input_ids"], full["attention_mask"]  # (batch, width)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for i, row in enumerate(rows):
@@ -237,7 +388,7 @@ class ChatVLMCollator:
                     "so the prompt cannot be masked by its length (the tokenizer merges text across the "
                     "prompt/answer boundary; check the chat template)")
             answer_ids = ids[len(prompt):]
-            if self.end_of_turn_id not in answer_ids:
+            if self.end_of_turn_id not in answer_ids:  # e.g. an answer that ends in text the template changes
                 raise ValueError(f"{where}: no {self.end_of_turn!r} after the answer; pass end_of_turn= explicitly")
             stop = len(prompt) + answer_ids.index(self.end_of_turn_id) + 1  # keep the end-of-turn token
             if self.max_length is not None and length > self.max_length:

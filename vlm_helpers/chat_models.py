@@ -121,6 +121,44 @@ def disable_bnb_cpu_repacking(model: nn.Module) -> int:
     return count
 
 
+def image_only_processor_class(processor_class):
+    """``processor_class`` without its video processor, for images only; no torchvision needed.
+
+    Qwen2-VL's and LLaVA-OneVision's processors also hold a video processor, which transformers
+    builds with torchvision; on an install without it (CPU machines, this project's CI) loading
+    the processor fails even when no video is ever passed. This subclass (same name, so a saved
+    processor still names the real class) loads and saves only the image processor and the
+    tokenizer; passing ``videos=`` to it fails.
+    """
+    attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
+
+    class ImageOnly(processor_class):
+        @classmethod
+        def get_attributes(cls):
+            return list(attributes)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    ImageOnly.__doc__ = f"{processor_class.__name__} for images only (no video processor, no torchvision)."
+    return ImageOnly
+
+
+def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
+    """``AutoProcessor.from_pretrained(path)``; without torchvision, the image-only processor
+    (:func:`image_only_processor_class`) for families whose processor also handles videos."""
+    import importlib.util
+
+    import transformers
+    from transformers import AutoProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    processor_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    if (processor_class is None or importlib.util.find_spec("torchvision") is not None
+            or "video_processor" not in processor_class.get_attributes()):
+        return AutoProcessor.from_pretrained(path, **kwargs)
+    return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
+
+
 def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | None = None,
                         image_longest_edge: int | None = None):
     """The processor of a chat VLM, with Idefics2's image settings applied (see :func:`load_chat_vlm`).
@@ -129,7 +167,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     LLaVA processors get :func:`vlm_helpers.phi3_vision.prepare_llava_processor` (fields from the
     model's config), so they insert as many image tokens as the vision tower yields features.
     """
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(checkpoint)
     model_type = config.model_type
@@ -146,7 +184,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
                                                              image_longest_edge)}
     elif do_image_splitting or image_longest_edge is not None:
         raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
-    processor = AutoProcessor.from_pretrained(checkpoint, **processor_kwargs)
+    processor = processor_from_pretrained(checkpoint, model_type, **processor_kwargs)
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
         from vlm_helpers.phi3_vision import prepare_llava_processor
 
@@ -316,7 +354,6 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, prese
     the reloaded model computes what the trained one did, not a fp16 variant of it.
     """
     from peft import PeftModel, prepare_model_for_kbit_training
-    from transformers import AutoProcessor
 
     model, processor = load_chat_vlm(base_checkpoint, preset=preset, quantize_4bit=quantize_4bit, **load_kwargs)
     if quantize_4bit:
@@ -324,7 +361,7 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, prese
     model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
     model.eval()
     if _has_processor(adapter_path):
-        processor = AutoProcessor.from_pretrained(adapter_path)
+        processor = processor_from_pretrained(adapter_path, model.config.model_type)
     return model, processor
 
 
@@ -340,7 +377,7 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     trained 4-bit model (the adapter now sits on the unrounded weights): evaluate the merged model.
     """
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=dtype)
@@ -348,5 +385,5 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)
     source = adapter_path if _has_processor(adapter_path) else base_checkpoint
-    AutoProcessor.from_pretrained(source).save_pretrained(out_dir)
+    processor_from_pretrained(source, base.config.model_type).save_pretrained(out_dir)
     return out_dir

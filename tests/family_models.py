@@ -1,0 +1,284 @@
+"""Tiny random models of vision-language families the series does not build itself (issue 12).
+
+Each family is derived from its real checkpoint's vendored configuration
+(``vlm_helpers/tiny/real_configs/<owner>--<name>/``, source and revision in its ``SOURCES.md``):
+``config.json`` shrunk by sizes only (:func:`vlm_helpers.tiny.real.shrink`), the real
+``generation_config.json``, ``preprocessor_config.json``, ``processor_config.json`` and chat template,
+and a small tokenizer of the real *kind* (the family's own transformers tokenizer class, so the
+real normalizer, pre-tokenizer and BOS/EOS handling) trained on a small corpus, with every added
+token of the real tokenizer (``added_tokens_decoder``: special flags, strip rules) and the real
+``tokenizer_config.json`` settings (BOS/EOS/pad roles, ``add_bos_token``...). Token ids change (a
+few hundred pieces instead of 150,000), so every id in the configuration files is mapped from the
+real token to the tiny one: nothing refers to an id the tiny tokenizer does not have.
+
+:func:`build_family` saves a folder laid out like the Hub repository, which the series' own
+loaders (:func:`vlm_helpers.chat_models.load_chat_vlm`) load exactly as they would the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
+
+__all__ = ["FAMILIES", "Family", "build_family", "tiny_tokenizer"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family: the real checkpoint it shrinks, its tokenizer facts and how to shrink it.
+
+    ``tokens`` maps the real id of every token the template, processor or configuration use to
+    ``(content, special)``, and ``roles`` gives bos/eos/pad/unk: both from the vendored
+    ``tokenizer_facts.json`` (the real ``tokenizer_config.json`` files of these repositories are
+    not in the stored pages; ``SOURCES.md`` says how each fact was established).
+    ``config_source``: ``"config.json"`` (vendored) or ``"<model_type>:<architecture>"``, the
+    transformers defaults of that model type, which describe the same checkpoint, when the
+    published file is not vendored. ``reconstructed``: processor files the repository has but
+    that are not vendored, as the class defaults they would load with.
+    """
+
+    name: str
+    model_id: str
+    tokenizer_kind: str          # "qwen2" | "gemma" | "llama3" | "gpt2" | "sentencepiece"
+    tokens: dict
+    roles: dict
+    sizes: dict                  # shrink() sizes for config.json
+    processor_sizes: dict = field(default_factory=dict)   # {"preprocessor_config.json": {...}, ...}
+    tokenizer_settings: dict = field(default_factory=dict)  # other tokenizer settings
+    lora_targets: str | list[str] = ""                     # what the README recommends for this family
+    config_source: str = "config.json"
+    chat_template: str | None = None                       # only when no vendored template file exists
+    reconstructed: dict = field(default_factory=dict)
+    vision_tokens: frozenset = frozenset()                 # tokens vision_token_ids must find
+    end_of_turn: str = ""                                  # the token that must end every answer
+# --------------------------------------------------------------------------------------------------
+# tokenizers
+# --------------------------------------------------------------------------------------------------
+
+#: Llama 3's pre-tokenization split (tokenizer.json of meta-llama/Llama-3.2-11B-Vision-Instruct).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _corpus(extra: list[str]) -> list[str]:
+    from vlm_helpers.tiny.corpus import default_corpus
+
+    return list(default_corpus()) + extra
+
+
+def _train_bpe(normalizer, pre_tokenizer, texts, *, vocab_size: int, reserved: list[str], byte_level: bool):
+    """A BPE trained with the family's own normalizer/pre-tokenizer; returns (vocab, merges)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None if byte_level else reserved[0], byte_fallback=not byte_level))
+    if normalizer is not None:
+        bpe.normalizer = normalizer
+    if pre_tokenizer is not None:
+        bpe.pre_tokenizer = pre_tokenizer
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=alphabet,
+                                  min_frequency=2, show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    vocab = dict(sorted(state["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    if not byte_level:  # SentencePiece-style byte fallback: <0x00>..<0xFF> right after the reserved tokens
+        pieces = [t for t in vocab if t not in reserved]
+        tokens = reserved + [f"<0x{b:02X}>" for b in range(256)] + pieces
+        vocab = {}
+        for token in tokens:
+            vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def tiny_tokenizer(family: Family, extra_corpus: list[str] = (), vocab_size: int = 600):
+    """A small tokenizer of the family's real kind, with the real added tokens and settings."""
+    import transformers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    texts = _corpus(list(extra_corpus))
+    role = {k: v for k, v in family.roles.items() if v is not None}
+    kind = family.tokenizer_kind
+    if kind == "sentencepiece":  # Llama-2 / Mistral: the real Mistral SentencePiece model (offline)
+        from vlm_helpers.tiny.chat_tokenizer import sentencepiece_tokenizer
+
+        decoder = {str(i): {"content": c, "special": sp, "normalized": False, "lstrip": False, "rstrip": False,
+                            "single_word": False} for i, (c, sp) in family.tokens.items()}
+        return sentencepiece_tokenizer({**role, **family.tokenizer_settings, "added_tokens_decoder": decoder})
+    if kind in ("qwen2", "gpt2"):
+        cls = transformers.Qwen2Tokenizer if kind == "qwen2" else transformers.GPT2Tokenizer
+        backend = cls(vocab={"a": 0}, merges=[]).backend_tokenizer
+        vocab, merges = _train_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
+                                   reserved=[], byte_level=True)
+        tokenizer = cls(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
+    elif kind == "gemma":
+        backend = transformers.GemmaTokenizer().backend_tokenizer
+        base = [family.tokens[i][0] for i in sorted(family.tokens) if i < 5]  # <pad> <eos> <bos> <unk> <mask>
+        vocab, merges = _train_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
+                                   reserved=base, byte_level=False)
+        tokenizer = transformers.GemmaTokenizer(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
+    elif kind == "llama3":
+        split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
+        pre = pre_tokenizers.Sequence([split, byte_level])
+        vocab, merges = _train_bpe(None, pre, texts, vocab_size=vocab_size, reserved=[], byte_level=True)
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+        backend.pre_tokenizer = pre
+        backend.decoder = decoders.ByteLevel()
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **family.tokenizer_settings)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    vocabulary = tokenizer.get_vocab()
+    tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)
+                          for _, (content, special) in sorted(family.tokens.items()) if content not in vocabulary])
+    if kind == "llama3":  # roles once the tokens exist; BOS comes from a TemplateProcessing post-processor
+        tokenizer.add_special_tokens(role)
+        bos = role["bos_token"]
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))])
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# ids: real -> tiny
+# --------------------------------------------------------------------------------------------------
+
+def id_map(family: Family, tokenizer) -> dict[int, int]:
+    """Real token id -> tiny token id, for every token of ``family.tokens``."""
+    mapping = {}
+    for real_id, (content, _) in family.tokens.items():
+        tiny = tokenizer.convert_tokens_to_ids(content)
+        if tiny is None or tiny == tokenizer.unk_token_id and content != tokenizer.unk_token:
+            raise KeyError(f"{content!r} is not a token of the tiny {family.name} tokenizer")
+        mapping[real_id] = tiny
+    return mapping
+
+
+def remap_ids(values, mapping: dict[int, int], where: str):
+    """Replace every token id in a config dict (keys ending in ``token_id``, ``token_index``...)."""
+    if isinstance(values, dict):
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                out[key] = remap_ids(value, mapping, f"{where}.{key}")
+            elif _is_id_key(key) and value is not None:
+                out[key] = _map(value, mapping, f"{where}.{key}")
+            else:
+                out[key] = value
+        return out
+    return values
+
+
+def _is_id_key(key: str) -> bool:
+    return key.endswith(("token_id", "token_ids", "token_index")) or key in ("image_token_index",)
+
+
+def _map(value, mapping, where):
+    if isinstance(value, list):
+        return [_map(v, mapping, where) for v in value]
+    if isinstance(value, int):
+        if value not in mapping:
+            raise KeyError(f"{where}: real token id {value} is not an added token of the vendored tokenizer_config")
+        return mapping[value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# the checkpoint folder
+# --------------------------------------------------------------------------------------------------
+
+def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_std: float = 0.1) -> Path:
+    """Save a tiny random ``family`` model, its tokenizer and the real processor files to ``save_dir``."""
+    import torch
+
+    from vlm_helpers.tiny.common import reinit_weights
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer(family)
+    mapping = id_map(family, tokenizer)
+    vocab_size = -(-len(tokenizer) // 64) * 64
+    config = shrink(_published_config(family), family.sizes)
+    config = remap_ids(config, mapping, "config.json")
+    text_key = "text_config" if "text_config" in config else None
+    (config[text_key] if text_key else config)["vocab_size"] = vocab_size
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_class(config)(build_config(config))
+        reinit_weights(model, init_std)
+    model.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    _write_tokenizer_config(family, save_dir, tokenizer)
+    for name in ("generation_config.json", "preprocessor_config.json", "processor_config.json",
+                 "chat_template.json", "video_preprocessor_config.json"):
+        try:
+            real = real_json(family.model_id, name)
+        except FileNotFoundError:
+            real = None
+        if real is None:
+            continue
+        if real is None and name in family.reconstructed:
+            real = dict(family.reconstructed[name])
+        if real is None:
+            continue
+        real = remap_ids(real, mapping, name)
+        real.update(family.processor_sizes.get(name, {}))
+        (save_dir / name).write_text(json.dumps(real, indent=2) + "\n")
+    jinja = _vendored(family, "chat_template.jinja")
+    if jinja is not None:
+        (save_dir / "chat_template.jinja").write_text(jinja)
+    keep_repository_layout(save_dir, family.model_id)
+    return save_dir
+
+
+def _published_config(family: Family) -> dict:
+    """The vendored config.json, or the transformers defaults of the model type when it is not vendored."""
+    if family.config_source == "config.json":
+        return real_json(family.model_id, "config.json")
+    from transformers import AutoConfig
+
+    model_type, architecture = family.config_source.split(":")
+    config = AutoConfig.for_model(model_type).to_dict()
+    config["architectures"] = [architecture]
+    return config
+
+
+def _vendored(family: Family, name: str) -> str | None:
+    from vlm_helpers.tiny.real import real_dir
+
+    path = real_dir(family.model_id) / name
+    return path.read_text() if path.exists() else None
+
+
+def _write_tokenizer_config(family: Family, save_dir: Path, tokenizer) -> None:
+    """The chat template, when the repository keeps none in a file of its own."""
+    if family.chat_template is None:
+        return
+    path = save_dir / "tokenizer_config.json"
+    saved = json.loads(path.read_text())
+    saved["chat_template"] = family.chat_template
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+_QWEN2_VL_TOKENS = {  # tokenizer_facts.json of Qwen/Qwen2-VL-2B-Instruct (ids from its config.json)
+    151643: ("<|endoftext|>", True), 151644: ("<|im_start|>", True), 151645: ("<|im_end|>", True),
+    151652: ("<|vision_start|>", True), 151653: ("<|vision_end|>", True), 151654: ("<|vision_pad|>", True),
+    151655: ("<|image_pad|>", True), 151656: ("<|video_pad|>", True),
+}
+
+#: LoRA on the language model's attention and MLP projections only, whatever the prefix.
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+FAMILIES: dict[str, Family] = {
+    "qwen2-vl": Family(
+        name="qwen2-vl", model_id="Qwen/Qwen2-VL-2B-Instruct", tokenizer_kind="qwen2", tokens=_QWEN2_VL_TOKENS,
+        roles={"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None},
+        sizes={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [2, 3, 3]},
+               "vision_config": {"depth": 1, "embed_dim": 64, "num_heads": 2, "hidden_size": 64}},
+        lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<|im_end|>",
+        vision_tokens=frozenset({"<|vision_start|>", "<|image_pad|>", "<|vision_end|>"})),
+}
