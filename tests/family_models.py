@@ -18,6 +18,7 @@ loaders (:func:`vlm_helpers.chat_models.load_chat_vlm`) load exactly as they wou
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def remap_ids(values, mapping: dict[int, int], where: str):
 
 
 def _is_id_key(key: str) -> bool:
-    return key.endswith(("token_id", "token_ids", "token_index")) or key in ("image_token_index",)
+    return isinstance(key, str) and key.endswith(("token_id", "token_ids", "token_index"))
 
 
 def _map(value, mapping, where):
@@ -209,6 +210,7 @@ def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_st
         torch.manual_seed(seed)
         model = model_class(config)(build_config(config))
         reinit_weights(model, init_std)
+        open_zero_gates(model)
     model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     _write_tokenizer_config(family, save_dir, tokenizer)
@@ -218,8 +220,6 @@ def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_st
             real = real_json(family.model_id, name)
         except FileNotFoundError:
             real = None
-        if real is None:
-            continue
         if real is None and name in family.reconstructed:
             real = dict(family.reconstructed[name])
         if real is None:
@@ -232,6 +232,24 @@ def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_st
         (save_dir / "chat_template.jinja").write_text(jinja)
     keep_repository_layout(save_dir, family.model_id)
     return save_dir
+
+
+def open_zero_gates(model, value: float = 1.0) -> list[str]:
+    """Give branch gates that start at exactly zero the value a trained checkpoint would have.
+
+    Mllama multiplies each cross-attention and its MLP by ``tanh(gate)``, gates initialised to 0 so
+    that pre-training starts from the text model; the real 11B checkpoint has learned non-zero gates.
+    Left at 0, no gradient reaches LoRA in those layers and the image is ignored, unlike full mode.
+    """
+    import torch
+
+    opened = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if re.search(r"(^|_)gate(_|$)", name.rsplit(".", 1)[-1]) and param.numel() <= 8 and not param.any():
+                param.fill_(value)
+                opened.append(name)
+    return opened
 
 
 def _published_config(family: Family) -> dict:
@@ -282,3 +300,60 @@ FAMILIES: dict[str, Family] = {
         lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<|im_end|>",
         vision_tokens=frozenset({"<|vision_start|>", "<|image_pad|>", "<|vision_end|>"})),
 }
+
+_GEMMA3_TOKENS = {  # tokenizer_facts.json of google/gemma-3-4b-it; 105 (<start_of_turn>) is inferred
+    0: ("<pad>", True), 1: ("<eos>", True), 2: ("<bos>", True), 3: ("<unk>", True), 4: ("<mask>", True),
+    105: ("<start_of_turn>", True), 106: ("<end_of_turn>", True), 255999: ("<start_of_image>", True),
+    256000: ("<end_of_image>", True), 262144: ("<image_soft_token>", True),
+}
+FAMILIES["gemma3"] = Family(
+    name="gemma3", model_id="google/gemma-3-4b-it", tokenizer_kind="gemma", tokens=_GEMMA3_TOKENS,
+    roles={"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    tokenizer_settings={"extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                                 "image_token": "<image_soft_token>"}},
+    sizes={"mm_tokens_per_image": 4,
+           "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "image_size": 56}},
+    processor_sizes={"processor_config.json": {"image_seq_length": 4},
+                     "preprocessor_config.json": {"image_seq_length": 4, "size": {"height": 56, "width": 56}}},
+    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<end_of_turn>",
+    vision_tokens=frozenset({"<start_of_image>", "<image_soft_token>", "<end_of_image>"}))
+
+_MLLAMA_TOKENS = {  # tokenizer_facts.json of meta-llama/Llama-3.2-11B-Vision-Instruct; the pad string is inferred
+    128000: ("<|begin_of_text|>", True), 128001: ("<|end_of_text|>", True), 128004: ("<|finetune_right_pad_id|>", True),
+    128006: ("<|start_header_id|>", True), 128007: ("<|end_header_id|>", True), 128008: ("<|eom_id|>", True),
+    128009: ("<|eot_id|>", True), 128010: ("<|python_tag|>", True), 128256: ("<|image|>", True),
+}
+FAMILIES["mllama"] = Family(
+    name="mllama", model_id="meta-llama/Llama-3.2-11B-Vision-Instruct", tokenizer_kind="llama3", tokens=_MLLAMA_TOKENS,
+    roles={"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"},
+    config_source="mllama:MllamaForConditionalGeneration",  # config.json not vendored: MllamaConfig's defaults (11B)
+    sizes={"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "num_key_value_heads": 2, "cross_attention_layers": [1]},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_global_layers": 1, "attention_heads": 2, "image_size": 56,
+                             "intermediate_layers_indices": [0], "vision_output_dim": 128}},
+    processor_sizes={"preprocessor_config.json": {"size": {"height": 56, "width": 56}}},
+    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<|eot_id|>", vision_tokens=frozenset({"<|image|>"}))
+
+_LLAVA15_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-1.5-7b-hf (revision 6b71355)
+    0: ("<unk>", True), 1: ("<s>", True), 2: ("</s>", True), 32000: ("<image>", True), 32001: ("<pad>", True),
+}
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+FAMILIES["llava-1.5"] = Family(
+    name="llava-1.5", model_id="llava-hf/llava-1.5-7b-hf", tokenizer_kind="sentencepiece", tokens=_LLAVA15_TOKENS,
+    roles={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    tokenizer_settings={"add_bos_token": True, "add_eos_token": False, "legacy": False, "padding_side": "left"},
+    config_source="llava:LlavaForConditionalGeneration",  # config.json not vendored: LlavaConfig's defaults (1.5-7b)
+    sizes={"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "num_key_value_heads": 2},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "image_size": 56, "projection_dim": 64}},
+    reconstructed={"preprocessor_config.json": {  # CLIPImageProcessor as llava-1.5 uses it, at 56 px
+        "image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", "do_resize": True,
+        "size": {"shortest_edge": 56}, "do_center_crop": True, "crop_size": {"height": 56, "width": 56},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _CLIP_MEAN,
+        "image_std": _CLIP_STD, "do_convert_rgb": True, "resample": 3}},
+    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))

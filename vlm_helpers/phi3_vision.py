@@ -102,9 +102,10 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
     "default" strategy drops) = 575 ``<image>`` tokens, while the CLIP tower yields 576 features,
     and the first forward pass fails with "Image features and image tokens do not match". So every
     field is compared with the value the model's config implies and set when it differs, not only
-    when it is missing. The chat template is set to :data:`PHI3_LLAVA_CHAT_TEMPLATE`: the repository
-    has no processor-level template, and a tokenizer template copied from the text-only Phi-3-mini
-    (if its tokenizer_config.json carries one; that file could not be read offline) cannot place an image.
+    when it is missing. A missing or text-only chat template is set to :data:`PHI3_LLAVA_CHAT_TEMPLATE`:
+    the xtuner repository has no processor-level template, and a tokenizer template copied from the
+    text-only Phi-3-mini (if its tokenizer_config.json carries one) cannot place an image. A template
+    that places images (llava-hf's own LLaVA checkpoints) is kept.
     :func:`vlm_helpers.chat_models.load_chat_processor` (and so ``load_chat_vlm``) calls this for
     every LLaVA checkpoint. ``model_or_config``: the model or its config.
     """
@@ -115,11 +116,28 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
         if old != value:
             setattr(processor, name, value)
             changed.append(f"{name}: {old!r} -> {value!r}")
-    if getattr(processor, "chat_template", None) != PHI3_LLAVA_CHAT_TEMPLATE:
-        old = "none" if getattr(processor, "chat_template", None) is None else "the checkpoint's"
+    if not _template_places_images(processor):
+        old = "none" if getattr(processor, "chat_template", None) is None else "a template without images"
         processor.chat_template = PHI3_LLAVA_CHAT_TEMPLATE
         changed.append(f"chat_template: {old} -> PHI3_LLAVA_CHAT_TEMPLATE")
     return changed
+
+
+def _template_places_images(processor) -> bool:
+    """Whether the processor's chat template writes the image token for an image part.
+
+    Checkpoints with a real LLaVA template (llava-hf/llava-1.5-7b-hf's ``USER: <image>\\n...``) keep it;
+    only a missing or text-only template is replaced by :data:`PHI3_LLAVA_CHAT_TEMPLATE`.
+    """
+    if not getattr(processor, "chat_template", None):
+        return False
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
+    from jinja2 import TemplateError
+
+    try:
+        return processor.image_token in processor.apply_chat_template(messages, add_generation_prompt=True)
+    except (TemplateError, TypeError, KeyError, ValueError):  # a template that cannot render an image part
+        return False
 
 
 def image_tokens_per_image(processor, image_size: int) -> int:

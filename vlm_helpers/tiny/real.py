@@ -51,7 +51,7 @@ SIZE_FIELDS = frozenset({
     # which text layers cross-attend (indices below num_hidden_layers), LLaVA-NeXT's tiling grid
     "depth", "mrope_section", "mm_tokens_per_image", "num_global_layers", "vision_output_dim",
     "intermediate_layers_indices", "cross_attention_layers", "max_num_tiles", "image_grid_pinpoints",
-    "image_seq_len",
+    "image_seq_len", "attention_heads",
 })
 
 
