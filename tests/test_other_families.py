@@ -229,3 +229,120 @@ def test_a_model_without_a_vision_encoder_is_an_error_not_a_silent_pass():
                                       num_key_value_heads=1, intermediate_size=64, vocab_size=256)
     with pytest.raises(ValueError, match="Found no vision encoder in Qwen2ForCausalLM"):
         add_lora(transformers.Qwen2ForCausalLM(config), target_modules=["q_proj"], quantized=False)
+
+
+def _facts(model_id: str) -> dict:
+    import json
+
+    from vlm_helpers.tiny.real import real_dir
+
+    return json.loads((real_dir(model_id) / "tokenizer_facts.json").read_text())
+
+
+NEXT = "llava-hf/llava-v1.6-mistral-7b-hf"
+
+
+@pytest.mark.parametrize("template, appended", [("chat_template_pre_pr43", True), ("chat_template", False)])
+def test_llava_next_mistral_templates_end_every_answer_with_eos(family_dirs, template, appended):
+    """LLaVA-NeXT-Mistral's template wrote a literal '<\\s>' before its PR #43 (a typo for '</s>'): the
+    collator says so and ends the answer with eos; the current template writes '</s>' itself."""
+    processor = load_chat_processor(family_dirs["llava-1.5"])  # the same tokenizer kind (Mistral SentencePiece)
+    processor.chat_template = _facts(NEXT)[template]
+    if appended:
+        with pytest.warns(UserWarning, match=r"<\\\\s>"):
+            collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    else:
+        collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
+    assert (collator.end_of_turn, collator.layout.appended) == ("</s>", appended)
+    rows = make_rows()
+    batch = collator(rows)
+    tokenizer = processor.tokenizer
+    for i, row in enumerate(rows):
+        supervised = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+        assert tokenizer.decode(supervised[:-1]).strip() == row["answers"][0]
+        assert supervised[-1] == tokenizer.eos_token_id
+        assert "<\\s>" not in tokenizer.decode(unpadded(batch, i))
+
+
+def _onevision_processor():
+    """LLaVA-OneVision's processor with a tiny Qwen2 tokenizer and the template transformers' own
+    LLaVA-OneVision processor tests use (the Hub's chat_template.json of llava-onevision-qwen2-0.5b-ov-hf
+    is not in the stored pages; its assistant header is the same, see its SOURCES.md)."""
+    from family_models import Family, tiny_tokenizer
+
+    from vlm_helpers.chat_models import image_only_processor_class
+    from vlm_helpers.tiny.common import image_processor_class
+
+    tokens = {151643: ("<|endoftext|>", True), 151644: ("<|im_start|>", True), 151645: ("<|im_end|>", True),
+              151646: ("<image>", True), 151647: ("<video>", True)}  # added_tokens.json of the repository
+    family = Family(name="llava-onevision", model_id="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+                    tokenizer_kind="qwen2", tokens=tokens, roles={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+                    sizes={})
+    template = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
+        "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+        "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+        "{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+        "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+        "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+        "{% generation %}{{ '\\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    processor_class = image_only_processor_class(transformers.LlavaOnevisionProcessor)
+    return processor_class(image_processor=image_processor_class("LlavaOnevisionImageProcessor")(),
+                           tokenizer=tiny_tokenizer(family), chat_template=template, patch_size=14,
+                           vision_feature_select_strategy="full")
+
+
+def test_a_generation_prompt_that_differs_from_the_assistant_header_is_refused_with_both_renderings():
+    with pytest.raises(ValueError, match="generation prompt is not the text it writes before an answer") as error:
+        ChatVLMCollator(_onevision_processor(), instruction=INSTRUCTION)
+    message = str(error.value)
+    assert repr("<|im_start|>user <image>\nQ<|im_end|><|im_start|>assistant\n") in message
+    assert repr("<|im_start|>user <image>\nQ<|im_end|><|im_start|>assistant \n") in message
+
+
+def _paligemma_processor(chat_template):
+    from family_models import FAMILIES, Family, tiny_tokenizer
+
+    from vlm_helpers.tiny.common import image_processor_class
+
+    gemma = FAMILIES["gemma3"]
+    family = Family(name="paligemma", model_id=gemma.model_id, tokenizer_kind="gemma", sizes={},
+                    tokens={**{i: t for i, t in gemma.tokens.items() if i < 5}, 257152: ("<image>", True)},
+                    roles=gemma.roles)
+    image_processor = image_processor_class("SiglipImageProcessor")(size={"height": 56, "width": 56})
+    image_processor.image_seq_length = 16
+    return transformers.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(family),
+                                           chat_template=chat_template)
+
+
+@pytest.mark.parametrize("chat_template", [None, "{% for m in messages %}{{ m['content'][-1]['text'] }}{% endfor %}"])
+def test_prefix_lm_processors_are_refused_at_construction_with_how_to_fine_tune_them(chat_template):
+    with pytest.raises(ValueError, match=r"prefix-LM processor .*suffix=\[answer"):
+        ChatVLMCollator(_paligemma_processor(chat_template), instruction=INSTRUCTION)
+
+
+def test_smolvlm_image_tokens_include_the_global_image_tag_and_the_tile_tokens():
+    """SmolVLM (Idefics3) names its global-image token ``global_image_tag`` and writes a
+    ``<row_i_col_j>`` token per tile: all are found from what the processor inserts."""
+    import json
+
+    from family_models import Family, tiny_tokenizer
+
+    from vlm_helpers.tiny.common import image_processor_class
+    from vlm_helpers.tiny.real import real_dir
+
+    model_id = "HuggingFaceTB/SmolVLM-256M-Instruct"
+    tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    named = ["<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>", "<global-img>"]
+    family = Family(name="smolvlm", model_id=model_id, tokenizer_kind="gpt2", sizes={},
+                    tokens={-i: (t, True) for i, t in enumerate(named + tiles, start=1)},  # real ids not vendored
+                    roles={"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>"})
+    template = json.loads((real_dir(model_id) / "chat_template.json").read_text())["chat_template"]
+    image_processor = image_processor_class("Idefics3ImageProcessor")(
+        do_image_splitting=True, size={"longest_edge": 128}, max_image_size={"longest_edge": 64})
+    processor = transformers.Idefics3Processor(image_processor=image_processor, tokenizer=tiny_tokenizer(family),
+                                               chat_template=template, image_seq_len=4)
+    found = set(processor.tokenizer.convert_ids_to_tokens(sorted(vision_token_ids(processor))))
+    assert {"<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>"} <= found
+    assert "<end_of_utterance>" not in found

@@ -102,9 +102,12 @@ def check_chat_processor(processor) -> None:
     Prefix-LM processors (PaliGemma) take the answer as ``suffix=`` and build ``labels`` and
     ``token_type_ids`` themselves; a chat template bolted on would train a format the model never saw.
     """
+    import inspect
+
     kwargs_class = getattr(processor, "valid_processor_kwargs", None)
     text_kwargs = getattr(kwargs_class, "__annotations__", {}).get("text_kwargs")
-    if "suffix" in getattr(text_kwargs, "__annotations__", {}):
+    takes_suffix = "suffix" in inspect.signature(processor.__call__).parameters
+    if takes_suffix or "suffix" in getattr(text_kwargs, "__annotations__", {}):
         raise ValueError(
             f"{type(processor).__name__} is a prefix-LM processor (PaliGemma-style), not a chat model: the prompt "
             "is attended bidirectionally and only the suffix is generated. ChatVLMCollator cannot train it. "
