@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlm_helpers.chat_models import IDEFICS2_LORA_TARGETS
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
 __all__ = ["FAMILIES", "Family", "build_family", "tiny_tokenizer"]
@@ -217,7 +218,7 @@ def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_st
     for name in ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.json", "video_preprocessor_config.json"):
         try:
-            real = real_json(family.model_id, name)
+            real = real_json(family.model_id, name, reconstructed=True)  # README in reconstructed/ says how
         except FileNotFoundError:
             real = None
         if real is None and name in family.reconstructed:
@@ -255,7 +256,7 @@ def open_zero_gates(model, value: float = 1.0) -> list[str]:
 def _published_config(family: Family) -> dict:
     """The vendored config.json, or the transformers defaults of the model type when it is not vendored."""
     if family.config_source == "config.json":
-        return real_json(family.model_id, "config.json")
+        return real_json(family.model_id, "config.json", reconstructed=True)
     from transformers import AutoConfig
 
     model_type, architecture = family.config_source.split(":")
@@ -357,3 +358,47 @@ FAMILIES["llava-1.5"] = Family(
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _CLIP_MEAN,
         "image_std": _CLIP_STD, "do_convert_rgb": True, "resample": 3}},
     lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
+
+_LLAVA_NEXT_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-v1.6-mistral-7b-hf: Mistral's vocabulary + two
+    0: ("<unk>", True), 1: ("<s>", True), 2: ("</s>", True),  # tokens the conversion script adds
+    32000: ("<image>", True), 32001: ("<pad>", True),
+}
+_NEXT_GRID = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]  # the real 336-px grids, at 56 px
+FAMILIES["llava-next"] = Family(
+    name="llava-next", model_id="llava-hf/llava-v1.6-mistral-7b-hf", tokenizer_kind="sentencepiece",
+    tokens=_LLAVA_NEXT_TOKENS, roles={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    # Mistral-7B-Instruct-v0.2's tokenizer_config.json settings, which the conversion script starts from
+    tokenizer_settings={"add_bos_token": True, "add_eos_token": False, "legacy": True,
+                        "spaces_between_special_tokens": False, "clean_up_tokenization_spaces": False},
+    sizes={"image_grid_pinpoints": _NEXT_GRID,
+           "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "num_key_value_heads": 2},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "image_size": 56, "projection_dim": 64}},
+    processor_sizes={"preprocessor_config.json": {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56},
+                                                  "image_grid_pinpoints": _NEXT_GRID}},
+    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
+
+_SMOLVLM_TILES = {49153 + 6 * (r - 1) + (c - 1): (f"<row_{r}_col_{c}>", True) for r in range(1, 7) for c in range(1, 7)}
+_SMOLVLM_TOKENS = {  # SmolLM2's first special tokens, then the added ones; the added ids are SmolVLM2-256M's
+    0: ("<|endoftext|>", True), 1: ("<|im_start|>", True), 2: ("<|im_end|>", True),  # (same 4.74 kB added_tokens.json;
+    49152: ("<global-img>", True), **_SMOLVLM_TILES, 49189: ("<fake_token_around_image>", True),  # see SOURCES.md)
+    49190: ("<image>", True), 49279: ("<end_of_utterance>", True),
+}
+FAMILIES["smolvlm"] = Family(
+    name="smolvlm", model_id="HuggingFaceTB/SmolVLM-256M-Instruct", tokenizer_kind="gpt2", tokens=_SMOLVLM_TOKENS,
+    roles={"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
+           "unk_token": "<|endoftext|>"},
+    # config.json and preprocessor_config.json: reconstructed/ (its README says from what)
+    sizes={"text_config": {"hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 6,
+                           "num_key_value_heads": 2, "head_dim": 16},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "image_size": 128}},
+    # image 128 px in 16-px patches, pixel shuffle 4: (128/16)^2 / 4^2 = 4 tokens per tile (real: 64);
+    # the resize limit stays 4 tiles wide, as the real 2048 / 512
+    processor_sizes={"processor_config.json": {"image_seq_len": 4},
+                     "preprocessor_config.json": {"max_image_size": {"longest_edge": 128},
+                                                  "size": {"longest_edge": 512}}},
+    # Idefics3 names its language model ``text_model``, as Idefics2 does: the ``language_model`` pattern matches nothing
+    lora_targets=IDEFICS2_LORA_TARGETS, end_of_turn="<end_of_utterance>",
+    vision_tokens=frozenset({"<fake_token_around_image>", "<global-img>", "<image>", "<row_1_col_1>"}))

@@ -68,15 +68,6 @@ CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_instal
 INSTRUCTION = "Answer briefly."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On this 2-core box, two intra-op threads contending with anything else ran ~100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class _LazyCheckpoints(dict):
     """Build (or find in the cache) each tiny model the first time a test asks for it."""
 

@@ -57,16 +57,6 @@ SPECS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; with 2 cores and any other busy process,
-    OpenMP's spinning threads made these tests 5-10x slower (4.6 s -> 26-42 s measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class _LazyBuilds(dict):
     """Build each tiny model the first time a test asks for it."""
 
