@@ -77,7 +77,7 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
             labels = batch.pop("labels")
             with autocast:
                 logits = model(**batch, labels=labels).logits
-                loss = training.token_loss_sum(logits, labels, causal=False) / labels.ne(-100).sum()
+                loss = training.token_loss_sum(logits, labels) / labels.ne(-100).sum()
         else:  # the blog's way: processor on the device in the loop, pad ids as labels
             from vlm_helpers.data.images import to_rgb
 

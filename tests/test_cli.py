@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm_helpers import train
+from vlm_helpers.cli import launch, main as train
 from vlm_helpers.checkpoints import checkpoint_dirs
 from vlm_helpers.hf_training import trainer_checkpoint_dirs
 from vlm_helpers.training import load_history
@@ -35,7 +35,7 @@ def _env(tiny_cache: Path) -> dict:
 
 def _torchrun(args: list[str], env: dict, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "vlm_helpers.train", *args]
+               "-m", "vlm_helpers.cli", *args]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -163,17 +163,17 @@ def test_fsdp_two_processes_match_one_process_and_resume_anywhere(cli_env, singl
 
 
 def test_fsdp_settings_from_accelerate_environment():
-    assert train.fsdp_from_environment({}) is None
-    assert train.fsdp_from_environment({"ACCELERATE_USE_FSDP": "false"}) is None
+    assert launch.fsdp_from_environment({}) is None
+    assert launch.fsdp_from_environment({"ACCELERATE_USE_FSDP": "false"}) is None
     exported = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
                 "FSDP_SHARDING_STRATEGY": "FULL_SHARD", "FSDP_OFFLOAD_PARAMS": "false",
                 "FSDP_TRANSFORMER_CLS_TO_WRAP": "BartEncoderLayer,BartDecoderLayer"}
-    settings = train.fsdp_from_environment(exported)
-    assert settings == train.FSDPSettings(True, False, ("BartEncoderLayer", "BartDecoderLayer"))
+    settings = launch.fsdp_from_environment(exported)
+    assert settings == launch.FSDPSettings(True, False, ("BartEncoderLayer", "BartDecoderLayer"))
     v1 = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP", "FSDP_OFFLOAD_PARAMS": "true"}
-    assert train.fsdp_from_environment(v1) == train.FSDPSettings(False, True, ())
+    assert launch.fsdp_from_environment(v1) == launch.FSDPSettings(False, True, ())
     with pytest.raises(ValueError, match="HYBRID_SHARD is not supported"):
-        train.fsdp_from_environment({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"})
+        launch.fsdp_from_environment({"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"})
 
 
 def test_cauldron_dataset_trains(monkeypatch_module, tmp_path, capsys):
@@ -309,7 +309,7 @@ def test_resume_needs_a_checkpoint_and_fresh_runs_refuse_to_overwrite(ddp_run, t
 
 
 def test_help_explains_recipes_defaults_and_launchers():
-    result = subprocess.run([sys.executable, "-m", "vlm_helpers.train", "--help"], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "vlm_helpers.cli", "--help"], cwd=REPO, capture_output=True,
                             text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0
     text = result.stdout
@@ -325,12 +325,12 @@ def test_validation_stops_at_or_skips_a_bad_row(capsys):
     import datasets
 
     from vlm_helpers.data.docvqa import make_synthetic_docvqa
-    from vlm_helpers.recipes import _validated
+    from vlm_helpers.cli.recipes import _validated
 
     rows = make_synthetic_docvqa(4, seed=0).to_list()
     rows[2]["answers"] = []  # what DocVQA's test split looks like
     data = datasets.Dataset.from_list(rows, features=make_synthetic_docvqa(1, seed=0).features)
-    env = train.Distributed()
+    env = launch.Distributed()
     with pytest.raises(ValueError, match="row 2.*empty list"):
         _validated(data, "train", SimpleNamespace(skip_bad_rows=False), env)
     kept = _validated(data, "train", SimpleNamespace(skip_bad_rows=True), env)
@@ -346,7 +346,7 @@ def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.chat_models import default_4bit, load_chat_processor
     from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
-    from vlm_helpers.recipes import phi3_aircraft_spec
+    from vlm_helpers.cli.recipes import phi3_aircraft_spec
     from vlm_helpers.tiny import tiny_checkpoint
 
     spec = phi3_aircraft_spec()

@@ -21,7 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_helpers import checkpoints, collators, models, train, training
+from vlm_helpers import checkpoints, collators, models, training
+from vlm_helpers.cli import main as train
 from vlm_helpers.data.docvqa import make_synthetic_docvqa
 from vlm_helpers.data.validation import DataValidationError, clean_dataset, reserved_text, validate_dataset
 from vlm_helpers.hf_training import latest_trainer_checkpoint, trainer_checkpoint_problem
@@ -63,7 +64,7 @@ else:
             stop_here(json_path)
     TrainerState.save_to_json = save_to_json
 
-from vlm_helpers.train import main
+from vlm_helpers.cli.main import main
 sys.exit(main(sys.argv[4:]))
 """
 
@@ -92,7 +93,7 @@ def _kill_during_checkpoint(kind: str, target: str, argv: list[str], env: dict, 
 
 
 def _cli(argv: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_helpers.train", *argv], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "vlm_helpers.cli", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

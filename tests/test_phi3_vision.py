@@ -18,7 +18,7 @@ def test_microsoft_checkpoint_is_refused_on_the_installed_transformers_with_advi
         check_model_choice(MICROSOFT, trust_remote_code=True, revision=PINNED)
     message = str(error.value)
     assert "4.49" in message and transformers.__version__ in message
-    assert phi3_vision.DEFAULT_MODEL_ID in message and "transformers<4.49" in message
+    assert phi3_vision.LLAVA_PHI3_MODEL_ID in message and "transformers<4.49" in message
 
 
 @pytest.mark.parametrize("kwargs,expected", [
@@ -33,7 +33,7 @@ def test_opt_in_needs_remote_code_and_a_pinned_commit(kwargs, expected):
 
 def test_opt_in_is_accepted_on_an_old_enough_transformers_and_native_ids_always_pass():
     check_model_choice(MICROSOFT, trust_remote_code=True, revision=PINNED, transformers_version="4.48.3")
-    check_model_choice(phi3_vision.DEFAULT_MODEL_ID)
+    check_model_choice(phi3_vision.LLAVA_PHI3_MODEL_ID)
     check_model_choice("/some/local/llava-folder")
 
 

@@ -197,7 +197,7 @@ def llava_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llava_lora(llava_dir):
     """Loaded as notebook 04 does on a T4 (4-bit, as chat_models.default_4bit says), its LoRA added."""
-    from vlm_helpers.recipes import phi3_aircraft_spec
+    from vlm_helpers.cli.recipes import phi3_aircraft_spec
 
     spec, preset = phi3_aircraft_spec(), on_cpu(T4, "phi3-aircraft")
     model, processor = chat_models.load_chat_vlm(llava_dir, preset=preset,
@@ -238,7 +238,7 @@ def test_llava_phi3_raw_processor_is_one_image_token_short_at_336_px(llava_dir):
 
 def test_llava_phi3_collates_trains_and_generates_at_336_px(llava_lora):
     model, processor, preset = llava_lora
-    from vlm_helpers.recipes import phi3_aircraft_spec
+    from vlm_helpers.cli.recipes import phi3_aircraft_spec
 
     spec = phi3_aircraft_spec()
     collator = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,

@@ -61,3 +61,16 @@ def test_describe_is_one_readable_line_that_names_the_mode():
     tiny = runtime.describe(CPU, runtime.choose_preset(CPU, "florence2-docvqa", tiny=True))
     assert "TINY" in tiny and "CPU" in tiny
     assert "tiny random model" in runtime.mode_label(True)
+
+
+@pytest.mark.parametrize("preset_name", ["t4", "a100", "cpu"])
+@pytest.mark.parametrize("recipe", ["florence2-docvqa", "idefics2-qlora-docvqa", "phi3-aircraft"])
+def test_a_forced_preset_gets_the_same_gradient_checkpointing_rule_as_a_detected_one(monkeypatch, preset_name, recipe):
+    """setup(preset_name=...) and choose_preset() share one rule (they once disagreed for 'cpu')."""
+    profiles = {"t4": T4, "a100": A100, "cpu": CPU}
+    monkeypatch.setattr(runtime, "detect_hardware", lambda: profiles[preset_name])
+    detected = runtime.choose_preset(profiles[preset_name], recipe)
+    forced = runtime.setup(recipe, tiny=False, preset_name=preset_name)[1]
+    assert forced.gradient_checkpointing == detected.gradient_checkpointing
+    assert detected.gradient_checkpointing == (preset_name == "t4" or (preset_name == "a100"
+                                                                       and recipe != "florence2-docvqa"))

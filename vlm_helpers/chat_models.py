@@ -27,7 +27,6 @@ __all__ = [
     "quantization_report",
     "IDEFICS2_MODEL_ID",
     "LLAVA_PHI3_LORA_TARGETS",
-    "LLAVA_PHI3_MODEL_ID",
     "add_lora",
     "bnb_4bit_config",
     "default_4bit",
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 IDEFICS2_MODEL_ID = "HuggingFaceM4/idefics2-8b"
-LLAVA_PHI3_MODEL_ID = "xtuner/llava-phi-3-mini-hf"
 
 #: LoRA targets for Idefics2: every projection of the Mistral text model and of the connector
 #: (``modality_projection`` MLP + ``perceiver_resampler``), none in the SigLIP vision encoder.

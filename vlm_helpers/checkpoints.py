@@ -29,16 +29,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from vlm_helpers.distributed import full_copy, is_dtensor, is_sharded, shard_like, unwrap, world
-
-if TYPE_CHECKING:
-    from vlm_helpers.training import TrainConfig, TrainState
 
 CHECKPOINT_FILE = "training_state.pt"
 
@@ -207,10 +203,13 @@ def check_finite_weights(model: nn.Module) -> None:
                 raise FloatingPointError(f"trainable parameter {name!r} holds NaN or inf: refusing to save it")
 
 
-def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig,
+def save_checkpoint(model, optimizer, scheduler, scaler, state, config,
                     rng_states: list[dict] | None = None, *, trainable: dict | None = None,
                     optimizer_state: dict | None = None) -> Path:
     """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
+
+    ``state`` and ``config``: the loop's ``TrainState`` and ``TrainConfig`` dataclasses
+    (:mod:`vlm_helpers.training`, which imports this module, not the other way round).
 
     ``rng_states``: one RNG state per rank (see :func:`gather_rng_states`); by default
     this process's state only. ``trainable``/``optimizer_state``: already gathered full
@@ -243,7 +242,7 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state: TrainState, conf
     return target
 
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
-                    config: TrainConfig | None = None) -> dict:
+                    config=None) -> dict:
     """Restore everything :func:`save_checkpoint` wrote; return the saved training state as a dict
     (the fields of :class:`vlm_helpers.training.TrainState`).
 
@@ -302,7 +301,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
     set_rng_state(rng_states[rank] if len(rng_states) == world_size else saved["rng"])
     return state
 
-def checkpoint_all_ranks(model, optimizer, scheduler, scaler, state: TrainState, config: TrainConfig, rank: int) -> None:
+def checkpoint_all_ranks(model, optimizer, scheduler, scaler, state, config, rank: int) -> None:
     """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint."""
     rng_states = gather_rng_states()
     trainable = optimizer_state = None

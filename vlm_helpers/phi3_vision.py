@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_MODEL_ID = "xtuner/llava-phi-3-mini-hf"
+#: The native transformers conversion of LLaVA-Phi-3-mini the series fine-tunes (notebook 04).
+LLAVA_PHI3_MODEL_ID = "xtuner/llava-phi-3-mini-hf"
 MICROSOFT_CHECKPOINTS = ("microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct")
 #: First transformers version whose cache API breaks the Microsoft remote code.
 REMOTE_CODE_BREAKS_AT = (4, 49)
@@ -58,7 +59,7 @@ def check_model_choice(model_id: str, *, trust_remote_code: bool = False, revisi
         import transformers
 
         transformers_version = transformers.__version__
-    advice = (f"Use the default native checkpoint instead: MODEL_ID = {DEFAULT_MODEL_ID!r} "
+    advice = (f"Use the default native checkpoint instead: MODEL_ID = {LLAVA_PHI3_MODEL_ID!r} "
               "(same architecture: CLIP ViT-L/14-336 + MLP projector + Phi-3-mini).")
     if not trust_remote_code:
         raise RemoteCodeRefused(

@@ -1,7 +1,7 @@
 """An explicit, readable training loop with exact gradient accumulation and exact resume.
 
 Taught in ``notebooks/02_florence2_docvqa.ipynb``; the command line
-(:mod:`vlm_helpers.train`) runs the same loop under torchrun. What it does, in order:
+(:mod:`vlm_helpers.cli`) runs the same loop under torchrun. What it does, in order:
 
 1. the data order of epoch ``e`` is a permutation seeded by ``seed + e``, so any step's
    batch can be rebuilt after a restart without replaying earlier batches;
@@ -129,23 +129,21 @@ def total_steps(num_rows: int, config: TrainConfig, world_size: int = 1) -> int:
     return steps
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> torch.Tensor:
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of cross-entropy over supervised tokens (label != -100).
 
-    ``causal=True`` (decoder-only models): position ``t`` predicts label ``t+1``.
-    ``causal=False`` (Florence-2's decoder): logits and labels are already aligned.
+    Logits and labels are aligned: Florence-2's decoder is fed the labels shifted right (the model
+    does it when given ``labels``), so position ``t``'s logits predict ``labels[t]``.
     """
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
     return nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1).to(logits.device),
         ignore_index=IGNORE_INDEX, reduction="sum",
     )
 
 
-def supervised_tokens(labels: torch.Tensor, *, causal: bool) -> int:
+def supervised_tokens(labels: torch.Tensor) -> int:
     """How many label positions the loss counts."""
-    return int((labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum())
+    return int(labels.ne(IGNORE_INDEX).sum())
 
 
 def nonfinite_problem(loss: float | None, grad_norm: float | None) -> str | None:
@@ -197,7 +195,7 @@ def _micro_batches(dataset, collator, config: TrainConfig, state: TrainState, ra
 
 
 def train(model: nn.Module, dataset: Sequence, collator: Callable, config: TrainConfig, *,
-          resume_from: str | Path | None = None, causal: bool = False,
+          resume_from: str | Path | None = None,
           eval_fn: Callable[[int], dict] | None = None,
           log_fn: Callable[[dict], None] | None = None) -> TrainState:
     """Train ``model`` on ``dataset`` (rows) batched by ``collator``; return the final state.
@@ -235,7 +233,7 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     stream = _micro_batches(dataset, collator, config, state, rank, world_size)
     while state.step < total:
         window = [next(stream) for _ in range(config.grad_accum)]
-        local_tokens = sum(supervised_tokens(batch["labels"], causal=causal) for _, _, batch in window)
+        local_tokens = sum(supervised_tokens(batch["labels"]) for _, _, batch in window)
         step_tokens = all_reduce_sum(local_tokens, config.device)
         if step_tokens == 0:
             raise ValueError(f"Step {state.step + 1} has no supervised token: check the collator's labels")
@@ -247,9 +245,8 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
             sync = no_gradient_sync(model) if (world_size > 1 and index < len(window) - 1) else nullcontext()
             with sync:
                 with autocast:
-                    logits = model(**batch, labels=labels if not causal else None).logits \
-                        if not causal else model(**batch).logits
-                    summed = token_loss_sum(logits, labels, causal=causal)
+                    logits = model(**batch, labels=labels).logits
+                    summed = token_loss_sum(logits, labels)
                 loss = summed * world_size / step_tokens
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += float(summed.detach())

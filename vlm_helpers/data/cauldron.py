@@ -1,6 +1,6 @@
 """The Cauldron: many vision-language datasets in one chat format, turned into DocVQA-style rows.
 
-Used by the command line (``vlm-train --dataset cauldron``, see :mod:`vlm_helpers.train`),
+Used by the command line (``vlm-train --dataset cauldron``, see :mod:`vlm_helpers.cli`),
 following the florence2-finetuning repository, which trains Florence-2 on DocVQA *or*
 on The Cauldron (``HuggingFaceM4/the_cauldron``).
 

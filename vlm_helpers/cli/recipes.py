@@ -1,6 +1,6 @@
 """The command line's recipes: what to train, on which data, with which defaults.
 
-Used by :mod:`vlm_helpers.train` (``vlm-train --recipe ...``). A recipe is a small
+Used by :mod:`vlm_helpers.cli` (``vlm-train --recipe ...``). A recipe is a small
 :class:`Recipe` record (name, datasets it accepts, default hyper-parameters for full
 and tiny mode) plus one ``run(settings, env)`` function that does the work with the
 same helpers the notebooks use. Adding a recipe = writing that function and one
@@ -10,7 +10,7 @@ same helpers the notebooks use. Adding a recipe = writing that function and one
 
 * ``settings`` (:class:`RunSettings`): every option already resolved: command line
   value if given, else the recipe's default for the mode, else the hardware preset's;
-* ``env`` (:class:`vlm_helpers.train.Distributed`): rank, world size, device, and helpers
+* ``env`` (:class:`vlm_helpers.cli.launch.Distributed`): rank, world size, device, and helpers
   (``env.wrap(model)`` for DistributedDataParallel or FSDP2, ``env.barrier()``,
   ``env.main_process_first()``, ``env.log(...)`` which prints on rank 0 only).
 
@@ -29,7 +29,6 @@ and a data function. Both kinds write a checkpoint after the last step (plus eve
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,11 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from vlm_helpers.runtime import Preset
-    from vlm_helpers.train import Distributed
+    from vlm_helpers.cli.launch import Distributed
 
-__all__ = ["ChatSpec", "Defaults", "REPORT_TO_CHOICES", "RECIPES", "Recipe", "RunSettings", "Tracker",
-           "check_report_to", "get_recipe", "register", "run_florence2_docvqa", "run_idefics2_qlora_docvqa",
-           "run_phi3_aircraft", "weights_digest"]
+__all__ = ["ChatSpec", "Defaults", "RECIPES", "Recipe", "RunSettings", "get_recipe", "register", "run_florence2_docvqa",
+           "run_idefics2_qlora_docvqa", "run_phi3_aircraft", "weights_digest"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class Recipe:
 
 @dataclass
 class RunSettings:
-    """Every option of one run, resolved (see :func:`vlm_helpers.train.resolve_settings`)."""
+    """Every option of one run, resolved (see :func:`vlm_helpers.cli.main.resolve_settings`)."""
 
     recipe: str
     dataset: str
@@ -159,14 +157,6 @@ def get_recipe(name: str) -> Recipe:
 
 # ----------------------------------------------------------------- shared pieces
 
-#: Experiment trackers ``--report-to`` accepts -> (package it needs, environment variable with its key).
-REPORT_TO_CHOICES: dict[str, tuple[str | None, str | None]] = {
-    "none": (None, None),
-    "tensorboard": ("tensorboard", None),
-    "trackio": ("trackio", None),
-    "wandb": ("wandb", "WANDB_API_KEY"),
-}
-
 
 def weights_digest(model) -> dict:
     """SHA-256 and sum of the trainable weights (names sorted): equal on every rank if DDP kept them in sync.
@@ -195,59 +185,6 @@ def write_weight_digest(model, settings: RunSettings, env: Distributed, step: in
     path.write_text(json.dumps({"rank": env.rank, "world_size": env.world_size, "step": step,
                                 **weights_digest(model)}, indent=1))
     return path
-
-
-class Tracker:
-    """Sends each training record to the trackers of ``--report-to`` (rank 0 only).
-
-    Keys come from the environment (``WANDB_API_KEY``), never from the command line.
-    """
-
-    def __init__(self, names: tuple[str, ...], settings: RunSettings):
-        self.names = [n for n in names if n != "none"]
-        self._writers: list[Callable[[dict, int], None]] = []
-        self._closers: list[Callable[[], None]] = []
-        run_name = f"{settings.recipe}-{settings.dataset}"
-        config = {k: v for k, v in settings.describe().items() if isinstance(v, (int, float, str, bool, type(None)))}
-        for name in self.names:
-            if name == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(log_dir=str(settings.output_dir / "runs"))
-                self._writers.append(lambda rec, step, w=writer: [w.add_scalar(k, v, step) for k, v in rec.items()])
-                self._closers.append(writer.close)
-            elif name in ("wandb", "trackio"):
-                module = __import__(name)
-                module.init(project="vlm-finetuning", name=run_name, config=config)
-                self._writers.append(lambda rec, step, m=module: m.log(rec, step=step))
-                self._closers.append(module.finish)
-
-    def log(self, record: dict) -> None:
-        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        for write in self._writers:
-            write(values, int(record["step"]))
-
-    def close(self) -> None:
-        for close in self._closers:
-            close()
-
-
-def check_report_to(names: tuple[str, ...]) -> str | None:
-    """A problem with ``--report-to`` (unknown name, missing package or key), or None."""
-    import os
-
-    unknown = [n for n in names if n not in REPORT_TO_CHOICES]
-    if unknown:
-        return f"unknown tracker(s) {unknown}; choose from {', '.join(REPORT_TO_CHOICES)}"
-    if "none" in names and len(names) > 1:
-        return "'none' cannot be combined with other trackers"
-    for name in names:
-        package, key = REPORT_TO_CHOICES[name]
-        if package and importlib.util.find_spec(package) is None:
-            return f"--report-to {name} needs the {package!r} package: pip install {package}"
-        if key and not os.environ.get(key):
-            return f"--report-to {name} needs the environment variable {key} (never pass keys on the command line)"
-    return None
 
 
 def _train_log_line(record: dict, total: int | None) -> str:
@@ -381,6 +318,8 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     def evaluate_during_training(step: int) -> dict:
         result = evaluate_on_rank0(f"[vlm-train] step {step}")
         return {f"eval_{k}": v for k, v in result[1].items() if k != "samples"} if result else {}
+
+    from vlm_helpers.cli.tracking import Tracker
 
     tracker = Tracker(settings.report_to, settings) if env.is_main else None
 
@@ -595,7 +534,8 @@ def _aircraft_rows(settings: RunSettings):
 
 def phi3_aircraft_spec() -> ChatSpec:
     """What ``phi3-aircraft`` trains: notebook 04's model, LoRA, prompt layout and 4-bit rule."""
-    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
+    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS
+    from vlm_helpers.phi3_vision import LLAVA_PHI3_MODEL_ID
 
     return ChatSpec(model_id=LLAVA_PHI3_MODEL_ID, tiny_name="llava-phi3", lora_targets=LLAVA_PHI3_LORA_TARGETS,
                     lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_4bit=None, init_lora_weights=True,
