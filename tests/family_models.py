@@ -38,8 +38,8 @@ class Family:
     not in the stored pages; ``SOURCES.md`` says how each fact was established).
     ``config_source``: ``"config.json"`` (vendored) or ``"<model_type>:<architecture>"``, the
     transformers defaults of that model type, which describe the same checkpoint, when the
-    published file is not vendored. ``reconstructed``: processor files the repository has but
-    that are not vendored, as the class defaults they would load with.
+    published file is not vendored. A file the repository has but that could not be read comes
+    from the checkpoint's ``reconstructed/`` folder, whose README says how it was made.
     """
 
     name: str
@@ -53,7 +53,6 @@ class Family:
     lora_targets: str | list[str] = ""                     # what the README recommends for this family
     config_source: str = "config.json"
     chat_template: str | None = None                       # only when no vendored template file exists
-    reconstructed: dict = field(default_factory=dict)
     vision_tokens: frozenset = frozenset()                 # tokens vision_token_ids must find
     end_of_turn: str = ""                                  # the token that must end every answer
 # --------------------------------------------------------------------------------------------------
@@ -221,8 +220,6 @@ def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_st
             real = real_json(family.model_id, name, reconstructed=True)  # README in reconstructed/ says how
         except FileNotFoundError:
             real = None
-        if real is None and name in family.reconstructed:
-            real = dict(family.reconstructed[name])
         if real is None:
             continue
         real = remap_ids(real, mapping, name)
@@ -342,7 +339,6 @@ FAMILIES["mllama"] = Family(
 _LLAVA15_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-1.5-7b-hf (revision 6b71355)
     0: ("<unk>", True), 1: ("<s>", True), 2: ("</s>", True), 32000: ("<image>", True), 32001: ("<pad>", True),
 }
-_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 FAMILIES["llava-1.5"] = Family(
     name="llava-1.5", model_id="llava-hf/llava-1.5-7b-hf", tokenizer_kind="sentencepiece", tokens=_LLAVA15_TOKENS,
     roles={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
@@ -352,11 +348,7 @@ FAMILIES["llava-1.5"] = Family(
                            "num_key_value_heads": 2},
            "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                              "num_attention_heads": 2, "image_size": 56, "projection_dim": 64}},
-    reconstructed={"preprocessor_config.json": {  # CLIPImageProcessor as llava-1.5 uses it, at 56 px
-        "image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", "do_resize": True,
-        "size": {"shortest_edge": 56}, "do_center_crop": True, "crop_size": {"height": 56, "width": 56},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _CLIP_MEAN,
-        "image_std": _CLIP_STD, "do_convert_rgb": True, "resample": 3}},
+    processor_sizes={"preprocessor_config.json": {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}},
     lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
 
 _LLAVA_NEXT_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-v1.6-mistral-7b-hf: Mistral's vocabulary + two
