@@ -27,12 +27,12 @@ def build_model(size: str, device: str):
     import torch
     from transformers import Florence2ForConditionalGeneration
 
-    from vlm_helpers import models
+    from vlm_helpers import florence2
     from vlm_helpers.tiny import tiny_checkpoint
     from vlm_helpers.tiny.florence2 import florence2_base_config
 
     tiny_path = tiny_checkpoint("florence2")
-    model, processor = models.load_florence2(tiny_path, device=device)
+    model, processor = florence2.load_florence2(tiny_path, device=device)
     if size == "base":  # same processor pipeline, full-size random weights, 768 px images
         torch.manual_seed(0)
         model = Florence2ForConditionalGeneration(florence2_base_config()).to(device)
@@ -47,8 +47,8 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
     import torch
     from torch.utils.data import DataLoader
 
-    from vlm_helpers import collators, models, runtime, training
-    from vlm_helpers.data.docvqa import make_synthetic_docvqa
+    from vlm_helpers import florence2, freezing, loop, runtime
+    from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
     profile = runtime.detect_hardware()
     device = profile.device
@@ -59,8 +59,8 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
     model, processor = build_model(size, device)
     model.train()
     if variant == "ours":
-        models.freeze(*models.florence2_vision_modules(model))
-        loader = DataLoader(rows, batch_size=batch_size, collate_fn=collators.Florence2Collator(processor),
+        freezing.freeze(*florence2.florence2_vision_modules(model))
+        loader = DataLoader(rows, batch_size=batch_size, collate_fn=florence2.Florence2Collator(processor),
                             num_workers=2 if device == "cuda" else 0)
         dtype = preset.dtype
     else:
@@ -77,7 +77,7 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
             labels = batch.pop("labels")
             with autocast:
                 logits = model(**batch, labels=labels).logits
-                loss = training.token_loss_sum(logits, labels) / labels.ne(-100).sum()
+                loss = loop.token_loss_sum(logits, labels) / labels.ne(-100).sum()
         else:  # the blog's way: processor on the device in the loop, pad ids as labels
             from vlm_helpers.data.images import to_rgb
 
@@ -107,7 +107,7 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
     return {"variant": variant, "size": size, "device": profile.gpu_name or "CPU", "dtype": dtype,
             "samples_per_s": len(timings) * batch_size / total, "peak_mib": peak,
             "peak_kind": "GPU allocated" if device == "cuda" else "process RSS",
-            "trainable": models.count_parameters(model).trainable}
+            "trainable": freezing.count_parameters(model).trainable}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ few hundred pieces instead of 150,000), so every id in the configuration files i
 real token to the tiny one: nothing refers to an id the tiny tokenizer does not have.
 
 :func:`build_family` saves a folder laid out like the Hub repository, which the series' own
-loaders (:func:`vlm_helpers.chat_models.load_chat_vlm`) load exactly as they would the real one.
+loaders (:func:`vlm_helpers.lora.load_chat_vlm`) load exactly as they would the real one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_helpers.chat_models import IDEFICS2_LORA_TARGETS
+from vlm_helpers.lora import IDEFICS2_LORA_TARGETS
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
 __all__ = ["FAMILIES", "Family", "build_family", "tiny_tokenizer"]

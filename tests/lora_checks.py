@@ -44,3 +44,9 @@ def assert_two_steps_train_lora_only(model, batch: dict, lr: float = 1e-2) -> No
     assert all(not torch.equal(lora_before[n], p) for n, p in lora.items())
     after = dict(model.named_parameters())
     assert all(torch.equal(before, after[n]) for n, before in frozen_before.items())
+
+
+def trainer_values(preset) -> dict:
+    """The preset's values as the plain arguments of ``make_training_arguments`` (as the notebooks pass them)."""
+    return dict(batch_size=preset.batch_size, grad_accum=preset.grad_accum, dtype=preset.dtype,
+                gradient_checkpointing=preset.gradient_checkpointing, device=preset.device)

@@ -17,18 +17,25 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_checks import assert_two_steps_train_lora_only
+from lora_checks import assert_two_steps_train_lora_only, trainer_values
 
 from vlm_helpers.chat_collator import ChatVLMCollator, describe_sample, detect_end_of_turn, vision_token_ids
-from vlm_helpers.collators import IGNORE_INDEX, supervised_text
+from vlm_helpers.supervision import IGNORE_INDEX, supervised_text
 from vlm_helpers.runtime import HardwareProfile, choose_preset, override
 
 pytest.importorskip("peft")
 bnb = pytest.importorskip("bitsandbytes")
 
-from vlm_helpers.chat_models import (  # noqa: E402
+from vlm_helpers.hf_trainer import (  # noqa: E402
+    history_from_log,
+    make_training_arguments,
+    secret,
+    train_with_trainer,
+    validate_report_to,
+)
+from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS  # noqa: E402
+from vlm_helpers.lora import (  # noqa: E402
     IDEFICS2_LORA_TARGETS,
-    LLAVA_PHI3_LORA_TARGETS,
     add_lora,
     load_adapter,
     load_chat_processor,
@@ -37,13 +44,6 @@ from vlm_helpers.chat_models import (  # noqa: E402
     lora_report,
     merge_for_export,
     save_adapter,
-)
-from vlm_helpers.hf_training import (  # noqa: E402
-    history_from_log,
-    make_training_arguments,
-    secret,
-    train_with_trainer,
-    validate_report_to,
 )
 
 MODELS = {
@@ -105,7 +105,7 @@ def make_rows() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def docvqa_rows():
-    from vlm_helpers.data.docvqa import docvqa_dataset
+    from vlm_helpers.data.sources import docvqa_dataset
 
     return {"train": docvqa_dataset("train", tiny=True, max_samples=48),
             "validation": list(docvqa_dataset("validation", tiny=True, max_samples=6))}
@@ -118,8 +118,6 @@ def docvqa_rows():
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_collator_supervises_answer_and_end_of_turn_only(chat_paths, name):
-    from transformers import AutoProcessor
-
     spec = MODELS[name]
     processor = load_chat_processor(chat_paths[name])
     tokenizer = processor.tokenizer
@@ -215,7 +213,7 @@ def test_collator_max_length_raises_instead_of_cutting(chat_paths):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_4bit_lora_trains_adapters_only(chat_paths, name):
     spec = MODELS[name]
-    model, processor = load_chat_vlm(chat_paths[name], preset=preset_for(name), quantize_4bit=True)
+    model, processor = load_chat_vlm(chat_paths[name], dtype=preset_for(name).dtype, attn_implementation=preset_for(name).attn_implementation, quantize_4bit=True)
     text_linears = [m for n, m in model.named_modules() if re.fullmatch(spec["text_linear"], n)]
     assert text_linears and all(isinstance(m, bnb.nn.Linear4bit) for m in text_linears)
     assert not any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
@@ -260,7 +258,7 @@ def trained_adapter(chat_paths, docvqa_rows, tmp_path_factory):
 
     path = chat_paths["idefics2"]
     preset = preset_for("idefics2")
-    model, processor = load_chat_vlm(path, preset=preset, quantize_4bit=True)
+    model, processor = load_chat_vlm(path, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=True)
     model = add_lora(model, target_modules=IDEFICS2_LORA_TARGETS, dropout=0.0, quantized=True,
                      modules_to_save=["lm_head"])
     collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
@@ -271,7 +269,7 @@ def trained_adapter(chat_paths, docvqa_rows, tmp_path_factory):
         return {"anls": anls(predictions, [row["answers"] for row in eval_rows])}
 
     out = tmp_path_factory.mktemp("trainer")
-    args = make_training_arguments(preset, output_dir=str(out / "run"), learning_rate=1e-2, max_steps=24,
+    args = make_training_arguments(**trainer_values(preset), output_dir=str(out / "run"), learning_rate=1e-2, max_steps=24,
                                    warmup_steps=0.1, logging_steps=1, save_steps=None, seed=0)
     _, history = train_with_trainer(model, docvqa_rows["train"], collator, args, eval_fn=eval_fn, eval_every=8)
     adapter = save_adapter(model, processor, out / "adapter")
@@ -316,11 +314,11 @@ def test_adapter_round_trip_in_a_fresh_process(trained_adapter, docvqa_rows):
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_chat_vlm import INSTRUCTION, predict, preset_for
         from vlm_helpers.chat_collator import ChatVLMCollator
-        from vlm_helpers.chat_models import load_adapter
-        from vlm_helpers.data.docvqa import docvqa_dataset
+        from vlm_helpers.lora import load_adapter
+        from vlm_helpers.data.sources import docvqa_dataset
 
         model, processor = load_adapter({str(trained_adapter["base"])!r}, {str(trained_adapter["adapter"])!r},
-                                        preset=preset_for("idefics2"), quantize_4bit=True)
+                                        dtype=preset_for("idefics2").dtype, attn_implementation=preset_for("idefics2").attn_implementation, quantize_4bit=True)
         collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
         rows = list(docvqa_dataset("validation", tiny=True, max_samples=6))[:3]
         predictions, tokens, logits = predict(model, processor, collator, rows)
@@ -340,7 +338,7 @@ def test_merge_for_export_matches_the_unmerged_adapter(trained_adapter, docvqa_r
     rows = docvqa_rows["validation"][3:6]
     collator = trained_adapter["collator"]
     unmerged, processor = load_adapter(trained_adapter["base"], trained_adapter["adapter"],
-                                       preset=preset_for("idefics2"), quantize_4bit=False)
+                                       dtype=preset_for("idefics2").dtype, attn_implementation=preset_for("idefics2").attn_implementation, quantize_4bit=False)
     expected = predict(unmerged, processor, collator, rows)
 
     out = merge_for_export(trained_adapter["base"], trained_adapter["adapter"], trained_adapter["out"] / "merged",
@@ -359,20 +357,20 @@ def test_merge_for_export_matches_the_unmerged_adapter(trained_adapter, docvqa_r
 
 
 def test_training_arguments_follow_the_preset(tmp_path):
-    cpu = make_training_arguments(preset_for("idefics2"), output_dir=str(tmp_path), max_steps=5, warmup_steps=0.1)
+    cpu = make_training_arguments(**trainer_values(preset_for("idefics2")), output_dir=str(tmp_path), max_steps=5, warmup_steps=0.1)
     assert (cpu.fp16, cpu.bf16, cpu.optim.value, cpu.remove_unused_columns) == (False, False, "adamw_torch", False)
     assert cpu.eval_strategy.value == "no" and cpu.warmup_steps == 0.1 and cpu.report_to == []
 
     t4 = HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)
     preset = choose_preset(t4, "idefics2-qlora-docvqa")
-    gpu = make_training_arguments(preset, output_dir=str(tmp_path), max_steps=5)
+    gpu = make_training_arguments(**trainer_values(preset), output_dir=str(tmp_path), max_steps=5)
     assert (gpu.fp16, gpu.bf16, gpu.optim.value) == (True, False, "paged_adamw_8bit")
     # transformers 5.23 calls it activation_checkpointing; the old names mirror the new ones
     assert gpu.gradient_checkpointing and gpu.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert (gpu.per_device_train_batch_size, gpu.gradient_accumulation_steps) == (preset.batch_size, preset.grad_accum)
     assert not cpu.gradient_checkpointing
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():  # TrainingArguments refuses bf16 on CPU
-        bf16 = make_training_arguments(override(preset, dtype="bfloat16"), output_dir=str(tmp_path), max_steps=5)
+        bf16 = make_training_arguments(**trainer_values(override(preset, dtype="bfloat16")), output_dir=str(tmp_path), max_steps=5)
         assert (bf16.fp16, bf16.bf16) == (False, True)
 
 
@@ -407,8 +405,6 @@ def test_history_from_log_has_the_training_loop_shape():
 
 def test_generation_stops_at_the_end_of_turn_token_even_if_the_config_forgets_it(chat_paths):
     """A real checkpoint's generation config may list only eos; the collator's stop ids reach generate."""
-    from transformers import AutoProcessor
-
     from vlm_helpers.evaluation import generate_predictions
 
     processor = load_chat_processor(chat_paths["llava-phi3"])

@@ -18,8 +18,8 @@ import pytest
 
 from vlm_helpers.cli import launch, main as train
 from vlm_helpers.checkpoints import checkpoint_dirs
-from vlm_helpers.hf_training import trainer_checkpoint_dirs
-from vlm_helpers.training import load_history
+from vlm_helpers.hf_trainer import trainer_checkpoint_dirs
+from vlm_helpers.loop import load_history
 
 REPO = Path(__file__).resolve().parents[1]
 # small data so each run takes seconds: 48 training questions, 4 to evaluate on
@@ -324,7 +324,7 @@ def test_validation_stops_at_or_skips_a_bad_row(capsys):
 
     import datasets
 
-    from vlm_helpers.data.docvqa import make_synthetic_docvqa
+    from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
     from vlm_helpers.cli.recipes import _validated
 
     rows = make_synthetic_docvqa(4, seed=0).to_list()
@@ -344,18 +344,19 @@ def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
 
     from vlm_helpers import runtime
     from vlm_helpers.chat_collator import ChatVLMCollator
-    from vlm_helpers.chat_models import default_4bit, load_chat_processor
+    from vlm_helpers.llava_phi3 import default_4bit
+    from vlm_helpers.lora import load_chat_processor
     from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
     from vlm_helpers.cli.recipes import phi3_aircraft_spec
     from vlm_helpers.tiny import tiny_checkpoint
 
     spec = phi3_aircraft_spec()
-    assert spec.quantize_4bit is None  # -> default_4bit(preset), the notebook's rule
+    assert spec.quantize_4bit is None  # -> default_4bit(preset.name), the notebook's rule
     t4 = runtime.choose_preset(runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True,
                                                        flash_attn_installed=False), "phi3-aircraft")
     a100 = runtime.choose_preset(runtime.HardwareProfile("cuda", "A100", (8, 0), 40.0, on_colab=True,
                                                          flash_attn_installed=False), "phi3-aircraft")
-    assert default_4bit(t4) and not default_4bit(a100)
+    assert default_4bit(t4.name) and not default_4bit(a100.name)
 
     processor = load_chat_processor(tiny_checkpoint("llava-phi3"))
     row = {"id": "1", "question": AIRCRAFT_PROMPT, "caption": "boeing 707", "image": Image.new("RGB", (40, 30))}

@@ -21,11 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_helpers import checkpoints, collators, models, training
+from lora_checks import trainer_values
+
+from vlm_helpers import checkpoints, florence2, freezing, loop, supervision
 from vlm_helpers.cli import main as train
-from vlm_helpers.data.docvqa import make_synthetic_docvqa
-from vlm_helpers.data.validation import DataValidationError, clean_dataset, reserved_text, validate_dataset
-from vlm_helpers.hf_training import latest_trainer_checkpoint, trainer_checkpoint_problem
+from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
+from vlm_helpers.data.validation import DataValidationError, reserved_text, validate_dataset
+from vlm_helpers.hf_trainer import latest_trainer_checkpoint, trainer_checkpoint_problem
 from vlm_helpers.runtime import HardwareProfile, choose_preset, override
 
 CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False)
@@ -125,7 +127,7 @@ def test_sigkill_during_a_loop_checkpoint_then_fresh_run_refuses_and_resume_cont
     assert "checkpoint-2.tmp" in resumed.stdout + resumed.stderr  # reported when it was removed
     assert not (out / "checkpoint-2.tmp").exists()
     assert [p.name for p in checkpoints.checkpoint_dirs(out)] == ["checkpoint-2", "checkpoint-3"]
-    history = training.load_history(out / "history.json")
+    history = loop.load_history(out / "history.json")
     assert [r["step"] for r in history] == [1, 2, 3]
 
 
@@ -158,7 +160,7 @@ def test_sigkill_during_a_trainer_checkpoint_resumes_from_the_previous_complete_
     assert "resuming" in resumed.stdout and "checkpoint-2" in resumed.stdout
     assert (out / "incomplete-checkpoint-4" / "trainer_state.json").is_file()  # kept for inspection
     assert latest_trainer_checkpoint(out).name == "checkpoint-4"
-    history = training.load_history(out / "history.json")
+    history = loop.load_history(out / "history.json")
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) for r in history)
 
@@ -197,14 +199,14 @@ def _poison(model, *, at_calls: set[int], where: str):
 
 
 def _loop_run(path, rows, out, *, dtype="float32", at_calls, where, max_skipped=10, max_steps=4):
-    model, processor = models.load_florence2(path)
-    models.freeze(*models.florence2_vision_modules(model))
+    model, processor = florence2.load_florence2(path)
+    freezing.freeze(*florence2.florence2_vision_modules(model))
     _poison(model, at_calls=at_calls, where=where)
-    config = training.TrainConfig(output_dir=str(out), learning_rate=1e-3, max_steps=max_steps, batch_size=4,
+    config = loop.TrainConfig(output_dir=str(out), learning_rate=1e-3, max_steps=max_steps, batch_size=4,
                                   checkpoint_every=1, keep_checkpoints=10, progress=False, dtype=dtype,
                                   max_skipped_steps=max_skipped)
-    collator = collators.Florence2Collator(processor)
-    return model, training.train(model, rows, collator, config)
+    collator = florence2.Florence2Collator(processor)
+    return model, loop.train(model, rows, collator, config)
 
 
 def _saved_trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -248,21 +250,22 @@ def test_trainer_nan_loss_is_skipped_and_the_adapter_stays_finite(tiny_cache, tm
     from safetensors.torch import load_file
 
     from vlm_helpers.chat_collator import ChatVLMCollator
-    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS, add_lora, load_chat_vlm, save_adapter
-    from vlm_helpers.hf_training import make_training_arguments, train_with_trainer
+    from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
+    from vlm_helpers.lora import add_lora, load_chat_vlm, save_adapter
+    from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer
     from vlm_helpers.tiny import tiny_checkpoint
 
     preset = override(choose_preset(CPU, "phi3-aircraft", tiny=True), batch_size=4, grad_accum=1)
-    model, processor = load_chat_vlm(tiny_checkpoint("llava-phi3", tiny_cache), preset=preset, quantize_4bit=False)
+    model, processor = load_chat_vlm(tiny_checkpoint("llava-phi3", tiny_cache), dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=False)
     model = add_lora(model, target_modules=LLAVA_PHI3_LORA_TARGETS, dropout=0.0, quantized=False)
     _poison(model, at_calls={2}, where="loss")
     collator = ChatVLMCollator(processor, instruction="Answer briefly.")
     train_rows = [dict(r) for r in make_synthetic_docvqa(8, seed=1)]
-    args = make_training_arguments(preset, output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=4,
+    args = make_training_arguments(**trainer_values(preset), output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=4,
                                    logging_steps=2, save_steps=1, save_total_limit=10, seed=0, disable_tqdm=True)
     _, history = train_with_trainer(model, train_rows, collator, args)
 
-    training.save_history(history, tmp_path / "history.json")  # what vlm-train and results/ store
+    loop.save_history(history, tmp_path / "history.json")  # what vlm-train and results/ store
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert history[1]["loss"] is None and "non-finite loss" in history[1]["skipped"]
@@ -293,11 +296,11 @@ def _image() -> Image.Image:
 def test_reserved_tokens_are_refused_before_training_and_by_the_collator(tiny_cache, family, question_token,
                                                                          answer_token):
     from vlm_helpers.chat_collator import ChatVLMCollator
-    from vlm_helpers.chat_models import load_chat_processor
+    from vlm_helpers.lora import load_chat_processor
     from vlm_helpers.tiny import tiny_checkpoint
 
     path = tiny_checkpoint(family, tiny_cache)
-    processor = models.load_florence2(path)[1] if family == "florence2" else load_chat_processor(path)
+    processor = florence2.load_florence2(path)[1] if family == "florence2" else load_chat_processor(path)
     assert question_token in reserved_text(processor).kinds and answer_token in reserved_text(processor).kinds
     good = {"questionId": 1, "question": "What is the total?", "answers": ["12"], "image": _image()}
     bad_question = dict(good, questionId=2, question=f"What does {question_token} show?")
@@ -313,7 +316,7 @@ def test_reserved_tokens_are_refused_before_training_and_by_the_collator(tiny_ca
     assert "answers[0] contains" in report.skipped_rows[1].reason and "row 2 (questionId=3)" in str(report)
     assert validate_dataset(data[:1], split="train", processor=processor)[1].kept == 1  # plain text passes
 
-    collator = (collators.Florence2Collator(processor) if family == "florence2"
+    collator = (florence2.Florence2Collator(processor) if family == "florence2"
                 else ChatVLMCollator(processor, instruction="Answer briefly."))
     collator([good])  # builds
     for row in (bad_question, bad_answer):
@@ -322,10 +325,10 @@ def test_reserved_tokens_are_refused_before_training_and_by_the_collator(tiny_ca
 
 
 def test_florence2_collator_refuses_an_answer_too_long_instead_of_cutting_it(tiny_florence2_path):
-    _, processor = models.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path)
     row = {"questionId": 7, "question": "What is written?", "answers": ["word " * 80], "image": _image()}
     with pytest.raises(ValueError, match=r"questionId=7.*max_answer_tokens=64"):
-        collators.Florence2Collator(processor)([row])
+        florence2.Florence2Collator(processor)([row])
 
 
 # ------------------------------------------------------------------ nothing the user made is overwritten
@@ -336,10 +339,10 @@ def test_fresh_loop_run_refuses_a_folder_holding_a_final_model(tiny_florence2_pa
     (out / "final").mkdir(parents=True)
     (out / "final" / "model.safetensors").write_bytes(b"the user's fine-tuned model")
     (out / "history.json").write_text("[]")
-    model, processor = models.load_florence2(tiny_florence2_path)
-    config = training.TrainConfig(output_dir=str(out), max_steps=1, batch_size=4, progress=False)
+    model, processor = florence2.load_florence2(tiny_florence2_path)
+    config = loop.TrainConfig(output_dir=str(out), max_steps=1, batch_size=4, progress=False)
     with pytest.raises(FileExistsError, match=r"holds final from an earlier run; nothing was changed"):
-        training.train(model, rows, collators.Florence2Collator(processor), config)
+        loop.train(model, rows, florence2.Florence2Collator(processor), config)
     assert (out / "final" / "model.safetensors").read_bytes() == b"the user's fine-tuned model"
     assert (out / "history.json").read_text() == "[]"
 
@@ -356,10 +359,10 @@ def test_cli_refuses_an_output_dir_holding_a_finished_run(recipe, result, tmp_pa
 
 
 def test_trainer_refuses_a_folder_holding_an_adapter(tmp_path):
-    from vlm_helpers.hf_training import make_training_arguments, train_with_trainer
+    from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer
 
     (tmp_path / "adapter").mkdir()
-    args = make_training_arguments(choose_preset(CPU, "phi3-aircraft", tiny=True),
+    args = make_training_arguments(**trainer_values(choose_preset(CPU, "phi3-aircraft", tiny=True)),
                                    output_dir=str(tmp_path), max_steps=1)
     with pytest.raises(FileExistsError, match="holds adapter from an earlier run"):
         train_with_trainer(None, [], None, args)
@@ -383,18 +386,17 @@ def test_cli_refuses_to_replace_a_notebooks_fine_tuned_results_before_training(t
 
 
 def test_florence2_collator_draws_only_among_answers_that_fit(tiny_florence2_path):
-    _, processor = models.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path)
     row = {"questionId": 9, "question": "What is the total?", "answers": ["12", "word " * 80], "image": _image()}
     for seed in range(6):  # a random draw of the long alternative would stop a run at this batch
-        batch = collators.Florence2Collator(processor, answer_choice="random", seed=seed)([row])
-        assert collators.supervised_text(batch["labels"][0], processor.tokenizer) == "<s>12</s>"
+        batch = florence2.Florence2Collator(processor, answer_choice="random", seed=seed)([row])
+        assert supervision.supervised_text(batch["labels"][0], processor.tokenizer) == "<s>12</s>"
 
 
 def test_trainer_history_is_strict_json_and_skips_count_across_a_resume():
     from types import SimpleNamespace
 
-    from vlm_helpers import results
-    from vlm_helpers.hf_training import _NonFiniteGuard, history_from_log
+    from vlm_helpers.hf_trainer import _NonFiniteGuard, history_from_log
 
     log = [{"step": 1, "step_loss": 2.0}, {"step": 2, "step_loss": None, "skipped": "non-finite loss (nan): x"},
            {"step": 2, "loss": 1.5, "grad_norm": float("nan"), "learning_rate": 0.1},
@@ -420,13 +422,13 @@ def test_resume_names_a_corrupt_checkpoint_and_accepts_the_state_file(tiny_flore
     _loop_run(tiny_florence2_path, rows, tmp_path, at_calls=set(), where="grad", max_steps=2)
     state_file = tmp_path / "checkpoint-2" / checkpoints.CHECKPOINT_FILE
     state_file.write_bytes(state_file.read_bytes()[:1000])  # a disk that filled up
-    model, processor = models.load_florence2(tiny_florence2_path)
-    models.freeze(*models.florence2_vision_modules(model))  # as the run that wrote the checkpoints
-    config = training.TrainConfig(output_dir=str(tmp_path), max_steps=3, batch_size=4, progress=False)
-    collator = collators.Florence2Collator(processor)
+    model, processor = florence2.load_florence2(tiny_florence2_path)
+    freezing.freeze(*florence2.florence2_vision_modules(model))  # as the run that wrote the checkpoints
+    config = loop.TrainConfig(output_dir=str(tmp_path), max_steps=3, batch_size=4, progress=False)
+    collator = florence2.Florence2Collator(processor)
     with pytest.raises(ValueError, match=r"checkpoint-2/training_state.pt cannot be read.*older checkpoint"):
-        training.train(model, rows, collator, config, resume_from="latest")
-    state = training.train(model, rows, collator, config,
+        loop.train(model, rows, collator, config, resume_from="latest")
+    state = loop.train(model, rows, collator, config,
                            resume_from=tmp_path / "checkpoint-1" / checkpoints.CHECKPOINT_FILE)
     assert state.step == 3
 

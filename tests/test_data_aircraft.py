@@ -20,16 +20,18 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from vlm_helpers.data import aircraft as A
+from vlm_helpers.data import sources
+from vlm_helpers.tiny import synthetic_aircraft as S
 
 
 @pytest.fixture(scope="module")
 def raw_train() -> Dataset:
-    return A.make_synthetic_fgvc(100, seed=0)
+    return S.make_synthetic_fgvc(100, seed=0)
 
 
 @pytest.fixture(scope="module")
 def raw_test() -> Dataset:
-    return A.make_synthetic_fgvc(25, seed=1)
+    return S.make_synthetic_fgvc(25, seed=1)
 
 
 def _pixels(ds: Dataset) -> list[np.ndarray]:
@@ -50,8 +52,8 @@ def test_article_constants() -> None:
     assert A.TAGS_COLUMN == "clip_tags_ViT_L_14"
     assert A.ARTICLE_SPLIT_SIZES == {"train": 108, "validation": 28, "test": 16}
     assert len(A.FGVC_VARIANTS) == 100 == len(set(A.FGVC_VARIANTS))
-    assert all(look.label in A.FGVC_VARIANTS for look in A.AIRCRAFT_LOOKS.values())
-    assert set(A.ROW_CYCLE) == set(A.AIRCRAFT_LOOKS)
+    assert all(look.label in A.FGVC_VARIANTS for look in S.AIRCRAFT_LOOKS.values())
+    assert set(S.ROW_CYCLE) == set(S.AIRCRAFT_LOOKS)
 
 
 def test_synthetic_has_real_schema(raw_train: Dataset) -> None:
@@ -67,7 +69,7 @@ def test_synthetic_has_real_schema(raw_train: Dataset) -> None:
 
 
 def test_image_size_is_configurable() -> None:
-    ds = A.make_synthetic_fgvc(2, image_size=(64, 48))
+    ds = S.make_synthetic_fgvc(2, image_size=(64, 48))
     assert ds[0]["image"].size == (64, 48)
 
 
@@ -90,7 +92,7 @@ def test_filter_is_exact_list_membership() -> None:
 
 
 def test_filter_keeps_exactly_the_target_boeings(raw_train: Dataset) -> None:
-    kinds = A.synthetic_kinds(100)
+    kinds = S.synthetic_kinds(100)
     expected = [i for i, k in enumerate(kinds) if k in A.TARGET_TYPES]
     kept = A.filter_boeing(raw_train)
     assert kept["id"] == expected and len(kept) == 80
@@ -129,7 +131,7 @@ def test_split_train_val_is_seeded(raw_train: Dataset) -> None:
 
 
 def test_tiny_mode_reproduces_article_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    splits = A.aircraft_dataset(tiny=True)
+    splits = sources.aircraft_dataset(tiny=True)
     assert A.split_sizes(splits) == A.ARTICLE_SPLIT_SIZES
     assert "train=108, validation=28, test=16" in capsys.readouterr().out
 
@@ -149,7 +151,7 @@ def test_caption_target(raw_train: Dataset) -> None:
     assert A.caption_target({"clip_tags_ViT_L_14": ["tupolev sb", "boeing 707"]}) == (
         "tupolev sb, boeing 707"
     )
-    for t, tags in zip(A.synthetic_kinds(4), raw_train.select(range(4))["clip_tags_ViT_L_14"]):
+    for t, tags in zip(S.synthetic_kinds(4), raw_train.select(range(4))["clip_tags_ViT_L_14"]):
         assert A.caption_target({"clip_tags_ViT_L_14": tags}).startswith(f"boeing {t}, {t}")
 
 
@@ -157,11 +159,11 @@ def test_caption_target(raw_train: Dataset) -> None:
 
 
 def test_synthetic_is_deterministic_and_prefix_stable(raw_train: Dataset) -> None:
-    again = A.make_synthetic_fgvc(12, seed=0)
+    again = S.make_synthetic_fgvc(12, seed=0)
     for a, b in zip(_pixels(again), _pixels(raw_train.select(range(12)))):
         np.testing.assert_array_equal(a, b)
     assert again["clip_tags_ViT_L_14"] == raw_train.select(range(12))["clip_tags_ViT_L_14"]
-    other = A.make_synthetic_fgvc(12, seed=5)
+    other = S.make_synthetic_fgvc(12, seed=5)
     assert any(not np.array_equal(a, b) for a, b in zip(_pixels(again), _pixels(other)))
     # the kinds (and so the tags and sizes) do not depend on the seed
     assert other["clip_tags_ViT_L_14"] == again["clip_tags_ViT_L_14"]
@@ -178,13 +180,13 @@ def test_images_vary_within_a_type(raw_train: Dataset) -> None:
 
 def test_each_type_shows_its_own_colour_and_no_other() -> None:
     """Every target type paints a big region in its fuselage colour; no other target does."""
-    colours = {t: np.array(A.AIRCRAFT_LOOKS[t].fuselage, dtype=float) for t in A.TARGET_TYPES}
+    colours = {t: np.array(S.AIRCRAFT_LOOKS[t].fuselage, dtype=float) for t in A.TARGET_TYPES}
     means = {}
     for t in A.TARGET_TYPES:
         fractions = {u: [] for u in A.TARGET_TYPES}
         region = []
         for i in range(8):
-            img = np.asarray(A.render_aircraft(t, np.random.default_rng([9, i]))).astype(float)
+            img = np.asarray(S.render_aircraft(t, np.random.default_rng([9, i]))).astype(float)
             for u, c in colours.items():
                 near = np.linalg.norm(img - c, axis=-1) < 45
                 fractions[u].append(near.mean())
@@ -200,7 +202,7 @@ def test_each_type_shows_its_own_colour_and_no_other() -> None:
 
 
 def test_engine_traits_are_distinct() -> None:
-    looks = A.AIRCRAFT_LOOKS
+    looks = S.AIRCRAFT_LOOKS
     assert looks["707"].engines_per_wing == 2
     assert all(looks[t].engines_per_wing == 1 for t in ("737", "777", "787"))
     assert looks["777"].pod_radius > looks["787"].pod_radius > looks["737"].pod_radius
@@ -236,7 +238,7 @@ def test_load_fgvc_aircraft_requests_the_article_datasets(
 
     # aircraft_dataset(tiny=False) takes exactly the same path
     calls.clear()
-    full = A.aircraft_dataset(tiny=False, max_samples=5, verbose=False)
+    full = sources.aircraft_dataset(tiny=False, max_samples=5, verbose=False)
     assert [c[0] for c in calls] == [A.TRAIN_DATASET_ID, A.TEST_DATASET_ID]
     assert A.split_sizes(full) == {"train": 5, "validation": 5, "test": 5}
     assert capsys.readouterr().out == ""

@@ -9,15 +9,10 @@ import pytest
 from PIL import Image
 
 from vlm_helpers.data import cauldron
-from vlm_helpers.data.cauldron import (
-    CAULDRON_SUBSETS,
-    cauldron_dataset,
-    check_subsets,
-    flatten_cauldron,
-    load_cauldron,
-    make_synthetic_cauldron,
-    strip_instruction,
-)
+from vlm_helpers.tiny import synthetic_cauldron
+from vlm_helpers.data.cauldron import CAULDRON_SUBSETS, check_subsets, flatten_cauldron, load_cauldron, strip_instruction
+from vlm_helpers.data.sources import cauldron_dataset
+from vlm_helpers.tiny.synthetic_cauldron import make_synthetic_cauldron
 
 # Written out by hand from the HuggingFaceM4/the_cauldron dataset card (every config has
 # these two columns), on purpose not imported from the module under test.
@@ -133,14 +128,14 @@ def test_flatten_skips_multi_image_and_imageless_rows_unless_asked():
 
 
 def test_flattened_rows_pass_validation_and_batch_for_florence2(synthetic, tiny_florence2_path):
-    from vlm_helpers import collators, models
+    from vlm_helpers import florence2
     from vlm_helpers.data.validation import validate_dataset
 
     flat = flatten_cauldron(synthetic)
     _, report = validate_dataset(flat, split="train", return_rows=False)
     assert report.kept == flat.num_rows and report.skipped == 0
-    _, processor = models.load_florence2(tiny_florence2_path)
-    batch = collators.Florence2Collator(processor, answer_choice="random")([flat[i] for i in range(4)])
+    _, processor = florence2.load_florence2(tiny_florence2_path)
+    batch = florence2.Florence2Collator(processor, answer_choice="random")([flat[i] for i in range(4)])
     assert batch["labels"].shape[0] == 4 and batch["pixel_values"].shape[0] == 4
 
 
@@ -200,4 +195,4 @@ def test_cauldron_dataset_tiny_mode_is_offline_and_sized(monkeypatch):
     flat = cauldron_dataset(["docvqa", "chartqa"], tiny=True, max_samples=7, seed=3)
     assert flat.num_rows == 7 and set(flat["subset"]) == {"docvqa", "chartqa"}
     default = cauldron_dataset(["docvqa"], tiny=True)
-    assert default.num_rows >= 3 * cauldron.TINY_ROWS_PER_SUBSET  # 20 pages, 3-5 questions each
+    assert default.num_rows >= 3 * synthetic_cauldron.TINY_ROWS_PER_SUBSET  # 20 pages, 3-5 questions each

@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_helpers.data import docvqa
-from vlm_helpers.data.docvqa import (
-    QUESTION_TEMPLATES,
-    docvqa_dataset,
-    load_docvqa,
-    make_synthetic_docvqa,
-    sample_document,
-)
+from vlm_helpers.tiny import synthetic_docvqa
+from vlm_helpers.tiny.synthetic_docvqa import QUESTION_TEMPLATES, make_synthetic_docvqa, sample_document
+from vlm_helpers.data.sources import docvqa_dataset
+from vlm_helpers.data.docvqa import load_docvqa
 from vlm_helpers.data.images import ImageDecodeError, to_rgb
 from vlm_helpers.data.validation import DataValidationError, validate_dataset, validate_row
 
@@ -395,4 +391,4 @@ def test_docvqa_dataset_picks_source(monkeypatch):
     assert calls == [("train", True)]  # tiny mode never touches the Hub
     with pytest.raises(ValueError, match="test"):
         docvqa_dataset("test", tiny=True)
-    assert docvqa.synthetic_split_seed(0, "train") != docvqa.synthetic_split_seed(0, "validation")
+    assert synthetic_docvqa.synthetic_split_seed(0, "train") != synthetic_docvqa.synthetic_split_seed(0, "validation")

@@ -10,12 +10,8 @@ import pytest
 from PIL import Image
 
 from vlm_helpers.data import docvqa
-from vlm_helpers.data.docvqa import (
-    DOCVQA_1200_ID,
-    docvqa_1200_rows,
-    docvqa_dataset,
-    load_docvqa_1200,
-)
+from vlm_helpers.data.docvqa import DOCVQA_1200_ID, docvqa_1200_rows, load_docvqa_1200
+from vlm_helpers.data.sources import docvqa_dataset
 from vlm_helpers.data.validation import clean_dataset
 
 # Written out by hand from the dataset card of nielsr/docvqa_1200_examples, on purpose not

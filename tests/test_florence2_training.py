@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_helpers import checkpoints, collators, models, training
-from vlm_helpers.data.docvqa import make_synthetic_docvqa
+from vlm_helpers import checkpoints, florence2, freezing, loop, supervision
+from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
 
 @pytest.fixture(scope="module")
@@ -16,31 +16,31 @@ def rows():
 
 @pytest.fixture()
 def model_and_processor(tiny_florence2_path):
-    return models.load_florence2(tiny_florence2_path)
+    return florence2.load_florence2(tiny_florence2_path)
 
 
 def test_blog_freezing_freezes_nothing_and_requires_grad_does(model_and_processor):
     model, _ = model_and_processor
-    before = models.count_parameters(model)
-    vision = models.florence2_vision_modules(model)[0]
+    before = freezing.count_parameters(model)
+    vision = florence2.florence2_vision_modules(model)[0]
     for param in vision.parameters():
         param.is_trainable = False  # the blog's line: a new attribute that nobody reads
-    assert models.count_parameters(model).trainable == before.trainable
-    frozen = models.freeze(vision)
-    after = models.count_parameters(model)
+    assert freezing.count_parameters(model).trainable == before.trainable
+    frozen = freezing.freeze(vision)
+    after = freezing.count_parameters(model)
     assert frozen == sum(p.numel() for p in vision.parameters()) > 0
     assert after.trainable == before.trainable - frozen
 
 
 def test_frozen_vision_tower_gets_no_gradient_and_does_not_move(model_and_processor, rows):
     model, processor = model_and_processor
-    vision = models.florence2_vision_modules(model)[0]
-    models.freeze(vision)
+    vision = florence2.florence2_vision_modules(model)[0]
+    freezing.freeze(vision)
     vision_before = {n: p.detach().clone() for n, p in vision.named_parameters()}
     decoder = model.model.language_model.decoder
     decoder_before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    batch = collators.Florence2Collator(processor)(rows[:4])
+    batch = florence2.Florence2Collator(processor)(rows[:4])
     model.train()
     model(**batch).loss.backward()
     assert all(p.grad is None for p in vision.parameters())
@@ -53,20 +53,20 @@ def test_frozen_vision_tower_gets_no_gradient_and_does_not_move(model_and_proces
 
 def test_labels_mask_padding_and_supervise_start_answer_and_end_token(model_and_processor, rows):
     _, processor = model_and_processor
-    collate = collators.Florence2Collator(processor)
+    collate = florence2.Florence2Collator(processor)
     batch = collate(rows[:6])
     tokenizer = processor.tokenizer
     lengths = set()
     for row, labels in zip(rows[:6], batch["labels"]):
-        supervised = labels[labels != collators.IGNORE_INDEX]
+        supervised = labels[labels != supervision.IGNORE_INDEX]
         lengths.add(len(supervised))
         # every supervised position comes first, the rest is -100 (right padding)
-        assert torch.all(labels[: len(supervised)] != collators.IGNORE_INDEX)
-        assert torch.all(labels[len(supervised):] == collators.IGNORE_INDEX)
+        assert torch.all(labels[: len(supervised)] != supervision.IGNORE_INDEX)
+        assert torch.all(labels[len(supervised):] == supervision.IGNORE_INDEX)
         assert tokenizer.pad_token_id not in supervised.tolist()
-        assert collators.supervised_text(labels, tokenizer) == tokenizer.bos_token + row["answers"][0] + tokenizer.eos_token
+        assert supervision.supervised_text(labels, tokenizer) == tokenizer.bos_token + row["answers"][0] + tokenizer.eos_token
     assert len(lengths) > 1, "the sample should mix answer lengths so that padding exists"
-    shown = collators.format_supervision(batch["labels"][0], batch["labels"][0], tokenizer)
+    shown = supervision.format_supervision(batch["labels"][0], batch["labels"][0], tokenizer)
     assert "[</s>]" in shown and shown.startswith("[<s>]")
 
 
@@ -81,12 +81,12 @@ def test_training_decoder_prefix_is_the_one_generation_forces(model_and_processo
     assert real["forced_bos_token_id"] == processor.tokenizer.bos_token_id
     # the tiny checkpoint generates with the real generation config
     assert model.generation_config.forced_bos_token_id == real["forced_bos_token_id"]
-    labels = collators.Florence2Collator(processor)(rows[:2])["labels"]
+    labels = florence2.Florence2Collator(processor)(rows[:2])["labels"]
     start = model.config.text_config.decoder_start_token_id
     decoder_inputs = shift_tokens_right(labels, model.config.text_config.pad_token_id, start)
     assert decoder_inputs[:, :2].tolist() == [[start, real["forced_bos_token_id"]]] * 2
     # and generation really starts that way
-    inputs = collators.Florence2Collator(processor).generation_inputs(rows[:1])
+    inputs = florence2.Florence2Collator(processor).generation_inputs(rows[:1])
     generated = model.generate(**inputs, max_new_tokens=3, num_beams=1, do_sample=False)
     assert generated[0, :2].tolist() == [start, real["forced_bos_token_id"]]
 
@@ -95,17 +95,17 @@ def test_collator_refuses_a_row_without_answers(model_and_processor, rows):
     _, processor = model_and_processor
     broken = dict(rows[0], answers=[], questionId=4242)
     with pytest.raises(ValueError, match="4242"):
-        collators.Florence2Collator(processor)([rows[1], broken])
+        florence2.Florence2Collator(processor)([rows[1], broken])
 
 
 def _run(path, rows, output_dir, *, max_steps, resume=None, batch_size=4, grad_accum=1, checkpoint_every=2,
          dtype="float32"):
-    model, processor = models.load_florence2(path)
-    models.freeze(*models.florence2_vision_modules(model))
-    config = training.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps,
+    model, processor = florence2.load_florence2(path)
+    freezing.freeze(*florence2.florence2_vision_modules(model))
+    config = loop.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps,
                                   batch_size=batch_size, grad_accum=grad_accum, warmup_steps=2,
                                   checkpoint_every=checkpoint_every, keep_checkpoints=10, progress=False, dtype=dtype)
-    state = training.train(model, rows, collators.Florence2Collator(processor, answer_choice="random"), config,
+    state = loop.train(model, rows, florence2.Florence2Collator(processor, answer_choice="random"), config,
                            resume_from=resume)
     return model, [h["loss"] for h in state.history]
 
@@ -152,7 +152,7 @@ def test_collator_runs_in_dataloader_worker_processes(model_and_processor, rows)
     from torch.utils.data import DataLoader
 
     _, processor = model_and_processor
-    collate = collators.Florence2Collator(processor)
+    collate = florence2.Florence2Collator(processor)
     in_workers = list(DataLoader(rows[:8], batch_size=4, collate_fn=collate, num_workers=2))
     in_process = [collate(rows[i:i + 4]) for i in (0, 4)]
     assert len(in_workers) == 2
@@ -164,11 +164,11 @@ def test_collator_runs_in_dataloader_worker_processes(model_and_processor, rows)
 
 
 def test_frozen_vision_tower_stays_in_eval_mode_during_training(tiny_florence2_path, rows, tmp_path):
-    model, processor = models.load_florence2(tiny_florence2_path)
-    vision = models.florence2_vision_modules(model)[0]
-    models.freeze(vision)
+    model, processor = florence2.load_florence2(tiny_florence2_path)
+    vision = florence2.florence2_vision_modules(model)[0]
+    freezing.freeze(vision)
     model.train()
-    assert models.frozen_to_eval(model) == ["model.vision_tower"]
+    assert freezing.frozen_to_eval(model) == ["model.vision_tower"]
     assert not vision.training and model.model.language_model.training
     modes = []
     original_forward = model.forward
@@ -178,7 +178,7 @@ def test_frozen_vision_tower_stays_in_eval_mode_during_training(tiny_florence2_p
         return original_forward(*args, **kwargs)
 
     model.forward = recording_forward
-    config = training.TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2, batch_size=4,
+    config = loop.TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2, batch_size=4,
                                   progress=False)
-    training.train(model, rows, collators.Florence2Collator(processor), config)
+    loop.train(model, rows, florence2.Florence2Collator(processor), config)
     assert modes and all(m == (True, False) for m in modes)

@@ -22,9 +22,8 @@ from family_models import FAMILIES, build_family
 from lora_checks import assert_two_steps_train_lora_only
 
 from vlm_helpers.chat_collator import ChatVLMCollator, vision_token_ids
-from vlm_helpers.chat_models import add_lora, load_adapter, load_chat_processor, load_chat_vlm, save_adapter, \
-    vision_encoders
-from vlm_helpers.collators import IGNORE_INDEX
+from vlm_helpers.lora import add_lora, load_adapter, load_chat_processor, load_chat_vlm, save_adapter, vision_encoders
+from vlm_helpers.supervision import IGNORE_INDEX
 from vlm_helpers.evaluation import generate_predictions
 from vlm_helpers.runtime import HardwareProfile, choose_preset
 
@@ -135,13 +134,13 @@ def test_vision_token_ids_are_what_the_processor_inserts(family_dirs, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_add_lora_keeps_out_of_the_vision_encoder(family_dirs, name):
-    model, _ = load_chat_vlm(family_dirs[name], preset=PRESET, quantize_4bit=False)
+    model, _ = load_chat_vlm(family_dirs[name], dtype=PRESET.dtype, attn_implementation=PRESET.attn_implementation, quantize_4bit=False)
     encoders = [encoder for _, encoder in vision_encoders(model)]
     peft_model = add_lora(model, target_modules=FAMILIES[name].lora_targets, quantized=False)
     lora = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
     assert len(lora) >= 7 * 2, lora  # 7 projection types in each of the 2 text layers
     assert not any(p.requires_grad for encoder in encoders for p in encoder.parameters())
-    model, _ = load_chat_vlm(family_dirs[name], preset=PRESET, quantize_4bit=False)
+    model, _ = load_chat_vlm(family_dirs[name], dtype=PRESET.dtype, attn_implementation=PRESET.attn_implementation, quantize_4bit=False)
     with pytest.raises(ValueError, match="LoRA reached the vision encoder"):
         add_lora(model, target_modules="all-linear", quantized=False)
 
@@ -164,7 +163,7 @@ def force_tokens(model, sequence: list[int], then: int):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_generation_stops_at_the_end_of_turn(family_dirs, name):
-    model, processor = load_chat_vlm(family_dirs[name], preset=PRESET, quantize_4bit=False)
+    model, processor = load_chat_vlm(family_dirs[name], dtype=PRESET.dtype, attn_implementation=PRESET.attn_implementation, quantize_4bit=False)
     collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
     tokenizer = processor.tokenizer
     words = tokenizer(" budget review", add_special_tokens=False)["input_ids"]
@@ -184,7 +183,7 @@ def trained(family_dirs, tmp_path_factory):
 
     def train(name):
         if name not in results:
-            model, processor = load_chat_vlm(family_dirs[name], preset=PRESET, quantize_4bit=True)
+            model, processor = load_chat_vlm(family_dirs[name], dtype=PRESET.dtype, attn_implementation=PRESET.attn_implementation, quantize_4bit=True)
             model = add_lora(model, target_modules=FAMILIES[name].lora_targets, quantized=True, dropout=0.0)
             collator = ChatVLMCollator(processor, instruction=INSTRUCTION)
             assert_two_steps_train_lora_only(model, collator(make_rows()), lr=5e-2)
@@ -205,7 +204,7 @@ def test_adapter_round_trip_gives_the_same_predictions(family_dirs, trained, nam
     model, processor, collator, adapter = trained(name)
     rows = make_rows()
     expected = generate_predictions(model, processor, collator, rows, max_new_tokens=6)
-    reloaded, reloaded_processor = load_adapter(family_dirs[name], adapter, preset=PRESET, quantize_4bit=True)
+    reloaded, reloaded_processor = load_adapter(family_dirs[name], adapter, dtype=PRESET.dtype, attn_implementation=PRESET.attn_implementation, quantize_4bit=True)
     assert type(reloaded_processor).__name__ == type(processor).__name__
     again = generate_predictions(reloaded, reloaded_processor, ChatVLMCollator(reloaded_processor,
                                  instruction=INSTRUCTION), rows, max_new_tokens=6)
@@ -263,7 +262,7 @@ def _onevision_processor():
     is not in the stored pages; its assistant header is the same, see its SOURCES.md)."""
     from family_models import Family, tiny_tokenizer
 
-    from vlm_helpers.chat_models import image_only_processor_class
+    from vlm_helpers.lora import image_only_processor_class
     from vlm_helpers.tiny.common import image_processor_class
 
     tokens = {151643: ("<|endoftext|>", True), 151644: ("<|im_start|>", True), 151645: ("<|im_end|>", True),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import transformers
 
-from vlm_helpers import phi3_vision
-from vlm_helpers.phi3_vision import RemoteCodeRefused, check_model_choice
+from vlm_helpers import llava_phi3
+from vlm_helpers.llava_phi3 import check_model_choice, RemoteCodeRefused
 
 MICROSOFT = "microsoft/Phi-3-vision-128k-instruct"
 PINNED = "0123456789abcdef0123456789abcdef01234567"
@@ -18,7 +18,7 @@ def test_microsoft_checkpoint_is_refused_on_the_installed_transformers_with_advi
         check_model_choice(MICROSOFT, trust_remote_code=True, revision=PINNED)
     message = str(error.value)
     assert "4.49" in message and transformers.__version__ in message
-    assert phi3_vision.LLAVA_PHI3_MODEL_ID in message and "transformers<4.49" in message
+    assert llava_phi3.LLAVA_PHI3_MODEL_ID in message and "transformers<4.49" in message
 
 
 @pytest.mark.parametrize("kwargs,expected", [
@@ -33,7 +33,7 @@ def test_opt_in_needs_remote_code_and_a_pinned_commit(kwargs, expected):
 
 def test_opt_in_is_accepted_on_an_old_enough_transformers_and_native_ids_always_pass():
     check_model_choice(MICROSOFT, trust_remote_code=True, revision=PINNED, transformers_version="4.48.3")
-    check_model_choice(phi3_vision.LLAVA_PHI3_MODEL_ID)
+    check_model_choice(llava_phi3.LLAVA_PHI3_MODEL_ID)
     check_model_choice("/some/local/llava-folder")
 
 
@@ -46,7 +46,7 @@ def test_the_checkpoint_alone_gives_one_image_token_too_few_and_load_chat_vlm_fi
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlm_helpers.chat_models import load_chat_vlm
+    from vlm_helpers.lora import load_chat_vlm
     from vlm_helpers.runtime import HardwareProfile, choose_preset
     from vlm_helpers.tiny import tiny_checkpoint
 
@@ -60,23 +60,23 @@ def test_the_checkpoint_alone_gives_one_image_token_too_few_and_load_chat_vlm_fi
     raw.patch_size = raw.patch_size or vision.patch_size  # what "only fill None" did
     raw.vision_feature_select_strategy = raw.vision_feature_select_strategy or "default"
     assert raw.num_additional_image_tokens == 0
-    assert phi3_vision.image_tokens_per_image(raw, vision.image_size) == features - 1
+    assert llava_phi3.image_tokens_per_image(raw, vision.image_size) == features - 1
     inputs = raw(text=["<image>hi"], images=[_image()], return_tensors="pt")
     with pytest.raises(ValueError, match="do not match"), torch.no_grad():
         model(**inputs)
 
     preset = choose_preset(HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False),
                            "phi3-aircraft", tiny=True)
-    model, processor = load_chat_vlm(path, preset=preset, quantize_4bit=False)
+    model, processor = load_chat_vlm(path, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=False)
     assert processor.num_additional_image_tokens == 1
-    assert phi3_vision.image_tokens_per_image(processor, vision.image_size) == features
+    assert llava_phi3.image_tokens_per_image(processor, vision.image_size) == features
     with torch.no_grad():
         model(**processor(text=["<image>hi"], images=[_image()], return_tensors="pt"))
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}],
         add_generation_prompt=True)
     assert prompt == "<|user|>\n<image>\nDescribe.<|end|>\n<|assistant|>\n"
-    assert phi3_vision.prepare_llava_processor(processor, model) == []  # nothing left to change
+    assert llava_phi3.prepare_llava_processor(processor, model) == []  # nothing left to change
 
 
 def _image():

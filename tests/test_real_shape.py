@@ -11,16 +11,16 @@ Florence-2 trained on a decoder prefix that generation never produces.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vlm_helpers import chat_models, evaluation, models, runtime
+from vlm_helpers import evaluation, florence2, freezing, llava_phi3, lora, runtime
 from vlm_helpers.chat_collator import ChatVLMCollator
-from vlm_helpers.collators import IGNORE_INDEX, Florence2Collator, supervised_text
+from vlm_helpers.florence2 import Florence2Collator
+from vlm_helpers.supervision import supervised_text
 from vlm_helpers.tiny.real import LAYOUT_FILES, REAL_CHECKPOINTS, real_json, real_repo_files
 
 T4 = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)
@@ -66,7 +66,7 @@ def assert_layout_like_the_hub(folder, model_id: str) -> None:
 
 def lora_types(model) -> Counter:
     """How many adapted modules per projection type (leaf name)."""
-    return Counter(name.rsplit(".", 1)[-1] for name in chat_models.lora_module_names(model))
+    return Counter(name.rsplit(".", 1)[-1] for name in lora.lora_module_names(model))
 
 
 def assert_supervises_answer_and_end_of_turn(batch, collator, rows) -> None:
@@ -104,9 +104,9 @@ def idefics2_dir(tmp_path_factory):
 def idefics2_qlora(idefics2_dir):
     """Loaded as notebook 03 does on a T4 (4-bit NF4, 490 px, no splitting), LoRA added."""
     preset = on_cpu(T4, "idefics2-qlora-docvqa")
-    model, processor = chat_models.load_chat_vlm(idefics2_dir, preset=preset, quantize_4bit=True,
+    model, processor = lora.load_chat_vlm(idefics2_dir, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=True,
                                                  image_longest_edge=490)
-    model = chat_models.add_lora(model, target_modules=chat_models.IDEFICS2_LORA_TARGETS, r=8, alpha=8,
+    model = lora.add_lora(model, target_modules=lora.IDEFICS2_LORA_TARGETS, r=8, alpha=8,
                                  dropout=0.0, quantized=True, gradient_checkpointing=preset.gradient_checkpointing)
     return model, processor, preset
 
@@ -129,9 +129,9 @@ def test_idefics2_collates_real_pages_at_the_preset(idefics2_dir, idefics2_qlora
     """T4: 490 px, no splitting -> 64 image tokens a page; A100: 980 px, 4 crops + page -> 320."""
     model, _, _ = idefics2_qlora
     preset = on_cpu(profile, "idefics2-qlora-docvqa")
-    splitting = chat_models.default_image_splitting(preset)
+    splitting = lora.default_image_splitting(preset.name)
     longest = {"t4": 490}.get(preset.name)  # notebook 03's IMAGE_LONGEST_EDGE
-    processor = chat_models.load_chat_processor(idefics2_dir, do_image_splitting=splitting,
+    processor = lora.load_chat_processor(idefics2_dir, do_image_splitting=splitting,
                                                 image_longest_edge=longest)
     collator = ChatVLMCollator(processor, instruction="Answer briefly.")
     rows = docvqa_rows(1 if splitting else 2)  # one page at 980 px with crops is 5 images already
@@ -160,7 +160,7 @@ def test_idefics2_lora_reaches_every_projection_of_text_and_connector(idefics2_q
                              "gate_proj": text_layers + perceiver_layers + 1,
                              "up_proj": text_layers + perceiver_layers + 1,
                              "down_proj": text_layers + perceiver_layers + 1})
-    assert not any(".vision_model." in name for name in chat_models.lora_module_names(model))
+    assert not any(".vision_model." in name for name in lora.lora_module_names(model))
     assert type(model.base_model.model.lm_head).__name__ == "Linear"  # QLoRA keeps lm_head out of 4-bit
     assert type(model.base_model.model.model.text_model.layers[0].mlp.down_proj.base_layer).__name__ == "Linear4bit"
 
@@ -196,14 +196,14 @@ def llava_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llava_lora(llava_dir):
-    """Loaded as notebook 04 does on a T4 (4-bit, as chat_models.default_4bit says), its LoRA added."""
+    """Loaded as notebook 04 does on a T4 (4-bit, as llava_phi3.default_4bit says), its LoRA added."""
     from vlm_helpers.cli.recipes import phi3_aircraft_spec
 
     spec, preset = phi3_aircraft_spec(), on_cpu(T4, "phi3-aircraft")
-    model, processor = chat_models.load_chat_vlm(llava_dir, preset=preset,
-                                                 quantize_4bit=chat_models.default_4bit(preset))
-    model = chat_models.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
-                                 dropout=0.0, quantized=chat_models.default_4bit(preset),
+    model, processor = lora.load_chat_vlm(llava_dir, dtype=preset.dtype, attn_implementation=preset.attn_implementation,
+                                                 quantize_4bit=llava_phi3.default_4bit(preset.name))
+    model = lora.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
+                                 dropout=0.0, quantized=llava_phi3.default_4bit(preset.name),
                                  gradient_checkpointing=preset.gradient_checkpointing)
     return model, processor, preset
 
@@ -227,13 +227,13 @@ def test_llava_phi3_raw_processor_is_one_image_token_short_at_336_px(llava_dir):
     features; the project's loader compares every field with the model config and makes it 576."""
     from transformers import AutoProcessor
 
-    from vlm_helpers.phi3_vision import image_tokens_per_image
+    from vlm_helpers.llava_phi3 import image_tokens_per_image
 
     raw = AutoProcessor.from_pretrained(llava_dir)
     assert raw.num_additional_image_tokens == 0 and raw.patch_size is None
     raw.patch_size, raw.vision_feature_select_strategy = 14, "default"  # what the old loader filled in
     assert image_tokens_per_image(raw, 336) == 575
-    assert image_tokens_per_image(chat_models.load_chat_processor(llava_dir), 336) == 576
+    assert image_tokens_per_image(lora.load_chat_processor(llava_dir), 336) == 576
 
 
 def test_llava_phi3_collates_trains_and_generates_at_336_px(llava_lora):
@@ -262,7 +262,7 @@ def test_llava_phi3_lora_reaches_all_seven_projections_of_the_llama_decoder(llav
     text_layers = 2  # REAL_SHAPE_LLAVA_PHI3_SIZES
     assert lora_types(model) == Counter({name: text_layers for name in
                                          ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")})
-    names = chat_models.lora_module_names(model)
+    names = lora.lora_module_names(model)
     assert not any(".vision_tower." in n or ".multi_modal_projector." in n for n in names)
 
 
@@ -278,7 +278,7 @@ def florence2_dir(tmp_path_factory):
 
 
 def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(florence2_dir):
-    model, processor = models.load_florence2(florence2_dir)
+    model, processor = florence2.load_florence2(florence2_dir)
     assert model.config.text_config.d_model == 768 and model.config.text_config.encoder_layers == 6
     assert list(model.config.vision_config.depths) == [1, 1, 9, 1]
     assert 0.22e9 < sum(p.numel() for p in model.parameters()) < 0.24e9  # Florence-2-base: 0.23 B
@@ -296,8 +296,8 @@ def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(floren
     for i, row in enumerate(rows):
         assert supervised_text(batch["labels"][i], processor.tokenizer) == "<s>" + row["answers"][0] + "</s>"
 
-    vision = models.florence2_vision_modules(model)
-    models.freeze(*vision)
+    vision = florence2.florence2_vision_modules(model)
+    freezing.freeze(*vision)
     model.train()
     for module in vision:
         module.eval()

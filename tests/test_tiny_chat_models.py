@@ -16,7 +16,7 @@ from PIL import Image
 from lora_checks import assert_two_steps_train_lora_only, lora_grads, nonzero
 
 from vlm_helpers.tiny.chat_tokenizer import build_byte_fallback_tokenizer
-from vlm_helpers.chat_models import load_chat_processor
+from vlm_helpers.lora import load_chat_processor
 from vlm_helpers.tiny.idefics2 import build_tiny_idefics2
 from vlm_helpers.tiny.llava_phi3 import build_tiny_llava_phi3
 

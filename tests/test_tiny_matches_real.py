@@ -94,9 +94,9 @@ def _target_module_kinds(model, pattern: str) -> set[str]:
 
 @pytest.mark.parametrize("name", ["idefics2", "llava-phi3"])
 def test_lora_targets_match_the_same_modules_in_tiny_and_real(tiny_dirs, name):
-    from vlm_helpers import chat_models
+    from vlm_helpers import llava_phi3, lora
 
-    pattern = {"idefics2": chat_models.IDEFICS2_LORA_TARGETS, "llava-phi3": chat_models.LLAVA_PHI3_LORA_TARGETS}[name]
+    pattern = {"idefics2": lora.IDEFICS2_LORA_TARGETS, "llava-phi3": llava_phi3.LLAVA_PHI3_LORA_TARGETS}[name]
     real_config = real(name, "config.json")
     with torch.device("meta"):
         real_model = model_class(real_config)(build_config(real_config))
@@ -120,7 +120,7 @@ def test_configuration_files_present_and_absent_as_in_the_repository(tiny_dirs, 
 @pytest.mark.parametrize("filename", ["preprocessor_config.json", "processor_config.json"])
 def test_processor_files_differ_in_sizes_only(tiny_dirs, name, filename):
     """One deliberate difference: the tiny Idefics2 stores do_image_splitting False (published: True),
-    the value every tiny-mode preset passes anyway (chat_models.default_image_splitting: on for
+    the value every tiny-mode preset passes anyway (lora.default_image_splitting: on for
     the a100 preset only); the real-shape tier checks both settings at the real size."""
     real_values = real(name, filename)
     path = tiny_dirs[name] / filename

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm_helpers.collators import IGNORE_INDEX, check_plain_text, format_supervision, pick_answer
+from vlm_helpers.supervision import check_plain_text, format_supervision, IGNORE_INDEX, pick_answer
 from vlm_helpers.data.images import to_rgb
 from vlm_helpers.data.validation import reserved_text
 

@@ -1,6 +1,6 @@
 """Checkpoints that resume the *same* loss curve: what is saved, how, and how it is read back.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (used by :func:`vlm_helpers.training.train`
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` (used by :func:`vlm_helpers.loop.train`
 and the command line). A checkpoint is one file, ``checkpoint-<step>/training_state.pt``:
 the trainable weights (the frozen rest is the base checkpoint's), optimizer, scheduler and
 gradient-scaler states, the training position and every process's RNG state. It is written
@@ -9,7 +9,7 @@ half a checkpoint under a checkpoint's name. With FSDP2 the sharded tensors are 
 first, so one format serves one process, DDP and FSDP alike.
 
 What counts as a checkpoint is decided in one place, :func:`scan_checkpoints`, for this loop's
-checkpoints and the HF Trainer's alike (:mod:`vlm_helpers.hf_training` passes its own
+checkpoints and the HF Trainer's alike (:mod:`vlm_helpers.hf_trainer` passes its own
 completeness rule): only folders named exactly ``checkpoint-<step>`` that are complete. A
 staging folder left by a kill mid-write, or a Trainer checkpoint whose ``trainer_state.json``
 is cut short, is *incomplete*: never resumed from, reported, and set aside by
@@ -88,7 +88,7 @@ _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)(\.tmp)?")
 
 
 def loop_checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint of :func:`vlm_helpers.training.train`, or None."""
+    """Why ``path`` is not a complete checkpoint of :func:`vlm_helpers.loop.train`, or None."""
     if path.name.endswith(".tmp"):
         return "a staging folder: the run was stopped while writing this checkpoint"
     if not (path / CHECKPOINT_FILE).is_file():
@@ -209,7 +209,7 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state, config,
     """Write ``output_dir/checkpoint-<step>/training_state.pt`` atomically; prune old ones.
 
     ``state`` and ``config``: the loop's ``TrainState`` and ``TrainConfig`` dataclasses
-    (:mod:`vlm_helpers.training`, which imports this module, not the other way round).
+    (:mod:`vlm_helpers.loop`, which imports this module, not the other way round).
 
     ``rng_states``: one RNG state per rank (see :func:`gather_rng_states`); by default
     this process's state only. ``trainable``/``optimizer_state``: already gathered full
@@ -244,7 +244,7 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state, config,
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
                     config=None) -> dict:
     """Restore everything :func:`save_checkpoint` wrote; return the saved training state as a dict
-    (the fields of :class:`vlm_helpers.training.TrainState`).
+    (the fields of :class:`vlm_helpers.loop.TrainState`).
 
     The data position is stored per process (micro-batches of ``batch_size`` rows each).
     If this run has another number of processes or another ``config.batch_size``, the

@@ -1,6 +1,6 @@
 """Running the same training on several processes: ranks, reductions, DDP and FSDP2 details.
 
-Used by :mod:`vlm_helpers.training` and :mod:`vlm_helpers.checkpoints`; the command line
+Used by :mod:`vlm_helpers.loop` and :mod:`vlm_helpers.checkpoints`; the command line
 (:mod:`vlm_helpers.cli`, README "Scaling out") sets the process group up. On one process
 every function here is a no-op or returns the obvious value, so notebooks never notice it.
 """

@@ -152,6 +152,18 @@ def mode_label(tiny: bool) -> str:
     return "[TINY mode: tiny random model, synthetic data — not a real result]" if tiny else "[FULL mode]"
 
 
+def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: str | None = None) -> str:
+    """Return ``model_id`` in full mode, or the path of the tiny ``tiny_name`` model in tiny mode.
+
+    The one place where the two modes take different models; everything after it is the same code.
+    """
+    if not tiny:
+        return model_id
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    return str(tiny_checkpoint(tiny_name, cache_dir))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
     import random

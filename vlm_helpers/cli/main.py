@@ -19,7 +19,7 @@ their environment. Each copy then
 * uses GPU ``LOCAL_RANK`` (``torch.cuda.set_device``), so ``"cuda"`` means its own GPU;
 * wraps the model in ``DistributedDataParallel`` (``env.wrap``), or with ``--fsdp`` (or
   accelerate's FSDP config) shards it with FSDP2, and trains on its own slice of every
-  global batch (:func:`vlm_helpers.training.epoch_indices`). The HF Trainer recipes
+  global batch (:func:`vlm_helpers.loop.epoch_indices`). The HF Trainer recipes
   leave the wrapping to the Trainer, which joins the same process group;
 * leaves logging, checkpoints, evaluation and ``results/`` to rank 0. Evaluation runs on
   rank 0 alone while the other ranks wait at a barrier: simple and exactly the
@@ -321,7 +321,7 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
     model (``final/``) or adapter (``adapter/``) of an earlier run.
     """
     from vlm_helpers.checkpoints import describe_incomplete, loop_checkpoint_problem, scan_checkpoints
-    from vlm_helpers.hf_training import trainer_checkpoint_problem
+    from vlm_helpers.hf_trainer import trainer_checkpoint_problem
 
     hf = get_recipe(args.recipe).trainer == "hf"
     problem = trainer_checkpoint_problem if hf else loop_checkpoint_problem

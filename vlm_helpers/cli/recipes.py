@@ -17,9 +17,9 @@ same helpers the notebooks use. Adding a recipe = writing that function and one
 It returns a small dict summarising the run (printed by the command line as JSON).
 
 Two kinds of recipe exist. ``trainer="loop"`` (florence2-docvqa) runs the series' own
-loop, :func:`vlm_helpers.training.train`, on a model the recipe wraps with ``env.wrap``.
+loop, :func:`vlm_helpers.loop.train`, on a model the recipe wraps with ``env.wrap``.
 ``trainer="hf"`` (idefics2-qlora-docvqa, phi3-aircraft) hands the model to the HF Trainer
-(:func:`vlm_helpers.hf_training.train_with_trainer`), which does its own DDP under
+(:func:`vlm_helpers.hf_trainer.train_with_trainer`), which does its own DDP under
 torchrun; those share :func:`_run_chat_recipe` and differ only by a :class:`ChatSpec`
 and a data function. Both kinds write a checkpoint after the last step (plus every
 ``--checkpoint-every`` steps) and continue one with ``--resume``; the formats differ
@@ -75,7 +75,7 @@ class Recipe:
     full: Defaults
     tiny: Defaults
     run: Callable[[RunSettings, Distributed], dict]
-    # "loop": vlm_helpers.training (checkpoints hold training_state.pt; --resume, --fsdp);
+    # "loop": vlm_helpers.loop (checkpoints hold training_state.pt; --resume, --fsdp);
     # "hf": the HF Trainer (its own checkpoints, with trainer_state.json; --resume, no --fsdp)
     trainer: str = "loop"
     # (task, model) of its fine-tuned run in results/ (notebook 05 reads "docvqa"/"florence2" etc.)
@@ -203,11 +203,11 @@ def _train_log_line(record: dict, total: int | None) -> str:
 def _docvqa_style_train_rows(settings: RunSettings):
     """Training rows with DocVQA's columns: DocVQA itself, or the flattened Cauldron."""
     if settings.dataset == "cauldron":
-        from vlm_helpers.data.cauldron import cauldron_dataset
+        from vlm_helpers.data.sources import cauldron_dataset
 
         return cauldron_dataset(settings.cauldron_subsets, tiny=settings.tiny, max_samples=settings.max_train_samples,
                                 seed=settings.seed)
-    from vlm_helpers.data.docvqa import docvqa_dataset
+    from vlm_helpers.data.sources import docvqa_dataset
 
     return docvqa_dataset("train", tiny=settings.tiny, max_samples=settings.max_train_samples, seed=settings.seed)
 
@@ -243,17 +243,17 @@ def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **c
 def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     """Fine-tune Florence-2 on DocVQA (or The Cauldron) exactly as notebook 02 does.
 
-    The steps and helpers are the notebook's: :func:`~vlm_helpers.models.resolve_checkpoint`
-    + :func:`~vlm_helpers.models.load_florence2`, freeze the DaViT vision tower,
-    :class:`~vlm_helpers.collators.Florence2Collator` with ``answer_choice="random"``,
-    :func:`~vlm_helpers.data.validation.clean_dataset`, :func:`vlm_helpers.training.train`,
+    The steps and helpers are the notebook's: :func:`~vlm_helpers.runtime.resolve_checkpoint`
+    + :func:`~vlm_helpers.florence2.load_florence2`, freeze the DaViT vision tower,
+    :class:`~vlm_helpers.florence2.Florence2Collator` with ``answer_choice="random"``,
+    :func:`~vlm_helpers.data.validation.clean_dataset`, :func:`vlm_helpers.loop.train`,
     then :func:`~vlm_helpers.evaluation.evaluate` (generation + ANLS) and
     :func:`~vlm_helpers.results.write_run`. Under torchrun the model is wrapped in
     DistributedDataParallel (or sharded with FSDP2); evaluation runs on rank 0 only while
     the others wait (on every rank, same rows, when the model is sharded).
     """
-    from vlm_helpers import checkpoints, collators, distributed, evaluation, models, results, training
-    from vlm_helpers.data.docvqa import docvqa_dataset
+    from vlm_helpers import checkpoints, distributed, evaluation, florence2, freezing, loop, results, runtime
+    from vlm_helpers.data.sources import docvqa_dataset
 
     preset = settings.preset
     # Downloads and cache writes once per machine; the other ranks then read the cache.
@@ -261,24 +261,24 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         train_rows = _docvqa_style_train_rows(settings)
         eval_rows = docvqa_dataset("validation", tiny=settings.tiny, max_samples=settings.max_eval_samples,
                                    seed=settings.seed)
-        checkpoint = models.resolve_checkpoint(models.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
-        model, processor = models.load_florence2(checkpoint, device=env.device,
+        checkpoint = runtime.resolve_checkpoint(florence2.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
+        model, processor = florence2.load_florence2(checkpoint, device=env.device,
                                                  attn_implementation=preset.attn_implementation)
     # checked against the processor too: text holding its special or task tokens is refused here
     train_rows = _validated(train_rows, "train", settings, env, processor=processor)
     eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor)
 
-    before = models.count_parameters(model)
-    models.freeze(*models.florence2_vision_modules(model))
+    before = freezing.count_parameters(model)
+    freezing.freeze(*florence2.florence2_vision_modules(model))
     env.log(f"model {checkpoint}: before freezing {before}; after freezing the vision tower "
-            f"{models.count_parameters(model)}")
-    collator = collators.Florence2Collator(processor, answer_choice="random", seed=settings.seed)
-    generation_collator = collators.Florence2Collator(processor)
+            f"{freezing.count_parameters(model)}")
+    collator = florence2.Florence2Collator(processor, answer_choice="random", seed=settings.seed)
+    generation_collator = florence2.Florence2Collator(processor)
     # DDP replicates the model; FSDP2 (--fsdp / accelerate's FSDP config) shards these blocks and the rest
     train_model = env.wrap(model, shard=("BartEncoderLayer", "BartDecoderLayer", "Florence2VisionBlock"),
                            shard_methods=("generate",))
 
-    config = training.TrainConfig(
+    config = loop.TrainConfig(
         output_dir=str(settings.output_dir), learning_rate=settings.learning_rate, epochs=settings.epochs,
         max_steps=settings.max_steps, batch_size=settings.batch_size, grad_accum=settings.grad_accum,
         weight_decay=settings.weight_decay, warmup_steps=settings.warmup_steps, dtype=preset.dtype,
@@ -287,14 +287,14 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         keep_checkpoints=settings.keep_checkpoints, eval_every=settings.eval_steps, progress=settings.progress,
         max_skipped_steps=settings.max_skipped_steps,
     )
-    total = training.total_steps(len(train_rows), config, env.world_size)
+    total = loop.total_steps(len(train_rows), config, env.world_size)
     env.log(f"training {total} steps: {env.world_size} process(es) x batch {settings.batch_size} x accumulation "
             f"{settings.grad_accum} = {env.world_size * settings.batch_size * settings.grad_accum} rows per step, "
             f"{len(train_rows)} training rows")
 
     # the run's name in results/ ("florence2" is also notebook 02's); the records name the checkpoint
     _, model_label = get_recipe(settings.recipe).results_run(settings.dataset)
-    model_name = "tiny-random-florence2" if settings.tiny else models.FLORENCE2_MODEL_ID
+    model_name = "tiny-random-florence2" if settings.tiny else florence2.FLORENCE2_MODEL_ID
 
     sharded = distributed.is_sharded(train_model)
 
@@ -330,7 +330,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
                 k.startswith("eval_") for k in record):
             env.log(_train_log_line(record, total))
 
-    state = training.train(train_model, train_rows, collator, config, resume_from=settings.resume,
+    state = loop.train(train_model, train_rows, collator, config, resume_from=settings.resume,
                            eval_fn=evaluate_during_training if settings.eval_steps else None, log_fn=log)
     if settings.write_weight_digests:
         write_weight_digest(train_model, settings, env, state.step)
@@ -392,7 +392,7 @@ class ChatSpec:
     lora_r: int
     lora_alpha: int
     lora_dropout: float  # full mode; tiny mode uses 0 so short runs are reproducible
-    quantize_4bit: bool | None  # QLoRA; None: as chat_models.default_4bit (a T4 only)
+    quantize_4bit: bool | None  # QLoRA; None: as llava_phi3.default_4bit (a T4 only)
     init_lora_weights: bool | str
     instruction: str  # ChatVLMCollator(instruction=...)
     question_key: str | None
@@ -401,12 +401,13 @@ class ChatSpec:
     task: str  # results task: "docvqa" or "captioning"
     tiny_modules_to_save: tuple[str, ...] = ()  # whole modules trained next to the adapters, tiny mode only
     image_longest_edge: tuple[tuple[str, int], ...] = ()  # (preset name, pixels): Idefics2's image size
+    image_splitting_by_preset: bool = False  # Idefics2: lora.default_image_splitting(preset name) decides
 
 
 def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                      load_rows: Callable[[RunSettings], tuple[Any, Any]], validation_keys: dict) -> dict:
-    """Load + LoRA (:mod:`vlm_helpers.chat_models`), :class:`~vlm_helpers.chat_collator.ChatVLMCollator`,
-    :func:`~vlm_helpers.hf_training.train_with_trainer`, then evaluation on rank 0 and the adapter.
+    """Load + LoRA (:mod:`vlm_helpers.lora`), :class:`~vlm_helpers.chat_collator.ChatVLMCollator`,
+    :func:`~vlm_helpers.hf_trainer.train_with_trainer`, then evaluation on rank 0 and the adapter.
 
     The HF Trainer does the distributed part itself under torchrun / accelerate launch
     (DDP, and FSDP/DeepSpeed from accelerate's config): the model is NOT wrapped here.
@@ -415,35 +416,38 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     steps); ``settings.resume`` continues one, and ``history.json`` then starts with the records
     the checkpoint holds. Rank 0 alone writes ``history.json``, ``results/`` and ``adapter/``.
     """
-    from vlm_helpers import chat_models, evaluation, models, results, runtime, training
+    from vlm_helpers import evaluation, llava_phi3, loop, lora, results, runtime
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.checkpoints import check_finite_weights
-    from vlm_helpers.hf_training import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
+    from vlm_helpers.hf_trainer import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
     preset = runtime.override(settings.preset, batch_size=settings.batch_size, grad_accum=settings.grad_accum)
-    quantize = chat_models.default_4bit(preset) if spec.quantize_4bit is None else spec.quantize_4bit
+    quantize = llava_phi3.default_4bit(preset.name) if spec.quantize_4bit is None else spec.quantize_4bit
     with env.main_process_first():
         train_rows, eval_rows = load_rows(settings)
-        checkpoint = models.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
+        checkpoint = runtime.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
         load_kwargs = {}
+        if spec.image_splitting_by_preset:
+            load_kwargs["do_image_splitting"] = lora.default_image_splitting(preset.name)
         if dict(spec.image_longest_edge).get(preset.name):
             load_kwargs["image_longest_edge"] = dict(spec.image_longest_edge)[preset.name]
-        model, processor = chat_models.load_chat_vlm(
-            checkpoint, preset=preset, quantize_4bit=quantize,
+        model, processor = lora.load_chat_vlm(
+            checkpoint, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=quantize,
             device_map={"": env.local_rank} if env.device == "cuda" else None, **load_kwargs)
     train_rows = _validated(train_rows, "train", settings, env, processor=processor, **validation_keys)
     eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor, **validation_keys)
-    model = chat_models.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
+    model = lora.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
                                  dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=quantize,
                                  gradient_checkpointing=preset.gradient_checkpointing,
                                  init_lora_weights=spec.init_lora_weights,
                                  modules_to_save=list(spec.tiny_modules_to_save) if settings.tiny and
                                  spec.tiny_modules_to_save else None)
-    env.log(chat_models.lora_report(model))
+    env.log(lora.lora_report(model))
     collator = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
                                answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed)
     args = make_training_arguments(
-        preset, output_dir=str(settings.output_dir), learning_rate=settings.learning_rate, epochs=settings.epochs,
+        output_dir=str(settings.output_dir), batch_size=preset.batch_size, grad_accum=preset.grad_accum,
+        dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing, device=env.device, learning_rate=settings.learning_rate, epochs=settings.epochs,
         max_steps=settings.max_steps or -1, warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
         report_to=list(settings.report_to), logging_steps=settings.logging_steps,
         save_steps=settings.checkpoint_every, save_total_limit=settings.keep_checkpoints, save_at_end=True,
@@ -484,20 +488,20 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                "checkpoint": str(latest_trainer_checkpoint(settings.output_dir))}
     if env.is_main:
         records, scores = final
-        training.save_history(history, settings.output_dir / "history.json")
+        loop.save_history(history, settings.output_dir / "history.json")
         metrics_file = results.write_run(settings.results_dir, task=spec.task, model=model_label, stage="finetuned",
                                          mode="tiny" if settings.tiny else "full", notebook="vlm-train",
                                          metrics=scores, records=records, history=history,
                                          replace=settings.replace_results)
         check_finite_weights(model)  # never save a NaN adapter
-        adapter = chat_models.save_adapter(model, processor, settings.output_dir / "adapter")
+        adapter = lora.save_adapter(model, processor, settings.output_dir / "adapter")
         summary.update(metrics=dict(scores), metrics_file=str(metrics_file), adapter_dir=str(adapter))
     env.barrier()
     return summary
 
 
 def _docvqa_chat_rows(settings: RunSettings):
-    from vlm_helpers.data.docvqa import docvqa_dataset
+    from vlm_helpers.data.sources import docvqa_dataset
 
     return (_docvqa_style_train_rows(settings),
             docvqa_dataset("validation", tiny=settings.tiny, max_samples=settings.max_eval_samples, seed=settings.seed))
@@ -505,20 +509,22 @@ def _docvqa_chat_rows(settings: RunSettings):
 
 def run_idefics2_qlora_docvqa(settings: RunSettings, env: Distributed) -> dict:
     """Idefics2-8B + QLoRA on DocVQA (or The Cauldron) with the HF Trainer (notebook 03's pieces)."""
-    from vlm_helpers.chat_models import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
+    from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
 
     spec = ChatSpec(model_id=IDEFICS2_MODEL_ID, tiny_name="idefics2", lora_targets=IDEFICS2_LORA_TARGETS,
                     lora_r=8, lora_alpha=8, lora_dropout=0.1, quantize_4bit=True, init_lora_weights="gaussian",
                     instruction="Answer briefly.", question_key="question", answer_key="answers",
                     id_key="questionId", task="docvqa",
                     # as notebook 03: the tiny model also trains lm_head; a T4 halves the image size
-                    tiny_modules_to_save=("lm_head",), image_longest_edge=(("t4", 490),))
+                    tiny_modules_to_save=("lm_head",), image_longest_edge=(("t4", 490),),
+                    image_splitting_by_preset=True)
     return _run_chat_recipe(settings, env, spec, _docvqa_chat_rows, {})
 
 
 def _aircraft_rows(settings: RunSettings):
     """Train / validation splits of FGVC-Aircraft (Boeing 707/737/777/787) with a ``caption`` column."""
-    from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT, aircraft_dataset, caption_target
+    from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT, caption_target
+    from vlm_helpers.data.sources import aircraft_dataset
 
     seed = 42 if settings.seed == 0 else settings.seed  # the article's split seed unless one is asked for
     splits = aircraft_dataset(tiny=settings.tiny, seed=seed, verbose=False)
@@ -534,8 +540,8 @@ def _aircraft_rows(settings: RunSettings):
 
 def phi3_aircraft_spec() -> ChatSpec:
     """What ``phi3-aircraft`` trains: notebook 04's model, LoRA, prompt layout and 4-bit rule."""
-    from vlm_helpers.chat_models import LLAVA_PHI3_LORA_TARGETS
-    from vlm_helpers.phi3_vision import LLAVA_PHI3_MODEL_ID
+    from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
+    from vlm_helpers.llava_phi3 import LLAVA_PHI3_MODEL_ID
 
     return ChatSpec(model_id=LLAVA_PHI3_MODEL_ID, tiny_name="llava-phi3", lora_targets=LLAVA_PHI3_LORA_TARGETS,
                     lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_4bit=None, init_lora_weights=True,

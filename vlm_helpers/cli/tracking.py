@@ -1,7 +1,7 @@
 """``--report-to``: the experiment trackers ``vlm-train`` can send its training records to.
 
-The choices and their checks are the Trainer's (:data:`vlm_helpers.hf_training.REPORT_TO_CHOICES`,
-:func:`vlm_helpers.hf_training.validate_report_to`, taught in notebook 03), so a tracker the
+The choices and their checks are the Trainer's (:data:`vlm_helpers.hf_trainer.REPORT_TO_CHOICES`,
+:func:`vlm_helpers.hf_trainer.validate_report_to`, taught in notebook 03), so a tracker the
 notebooks accept is one the command line accepts. :class:`Tracker` logs the explicit loop's records
 (the Trainer recipes hand ``report_to`` to the Trainer instead).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vlm_helpers.hf_training import REPORT_TO_CHOICES, validate_report_to
+from vlm_helpers.hf_trainer import REPORT_TO_CHOICES, validate_report_to
 
 __all__ = ["REPORT_TO_CHOICES", "Tracker", "check_report_to"]
 

@@ -21,7 +21,7 @@ What this module does with it:
 2. :func:`flatten_cauldron` turns every turn into one DocVQA-style row: ``questionId``
    (a string ``"<subset>/<row>/<turn>"``), ``question`` (the user text), ``answers``
    (``[assistant text]``), ``image`` (the row's image), plus ``subset`` and ``source``.
-   Everything downstream (validation, :class:`~vlm_helpers.collators.Florence2Collator`,
+   Everything downstream (validation, :class:`~vlm_helpers.florence2.Florence2Collator`,
    evaluation) then works unchanged.
 
    * **Rows with several images are skipped** by default (``multi_image="skip"``):
@@ -40,25 +40,21 @@ What this module does with it:
      access), and a suffix missing from the list is simply kept, which is harmless.
    * Answers are kept verbatim (only surrounding whitespace is removed).
 
-Offline (tests, ``--tiny``) :func:`make_synthetic_cauldron` builds the same structure,
-with exactly the real columns, from the synthetic DocVQA pages and questions of
-:func:`vlm_helpers.data.docvqa.make_synthetic_docvqa`; :func:`cauldron_dataset` picks
-real or synthetic data and returns flattened rows either way.
+Offline (tests, ``--tiny``) :func:`vlm_helpers.tiny.synthetic_cauldron.make_synthetic_cauldron`
+builds the same structure, with exactly the real columns, from the synthetic DocVQA pages and
+questions; :func:`vlm_helpers.data.sources.cauldron_dataset` picks real or synthetic data and
+returns flattened rows either way.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import datasets
 from datasets import Features, Image, List, Value
 
 from vlm_helpers.data.hub import first_rows
-from vlm_helpers.data.docvqa import QUESTION_TEMPLATES, make_synthetic_docvqa
 
 __all__ = [
     "BREVITY_INSTRUCTIONS",
@@ -67,12 +63,9 @@ __all__ = [
     "CAULDRON_SUBSETS",
     "DEFAULT_SUBSETS",
     "FLAT_FEATURES",
-    "TINY_ROWS_PER_SUBSET",
-    "cauldron_dataset",
     "check_subsets",
     "flatten_cauldron",
     "load_cauldron",
-    "make_synthetic_cauldron",
     "strip_instruction",
 ]
 
@@ -113,9 +106,6 @@ FLAT_FEATURES = Features(
         "source": Value("string"),
     }
 )
-
-#: Raw (page) rows per subset that tiny mode generates when given no ``max_samples``.
-TINY_ROWS_PER_SUBSET = 20
 
 #: Trailing lines that only ask for brevity; :func:`strip_instruction` removes them.
 BREVITY_INSTRUCTIONS: tuple[str, ...] = (
@@ -256,110 +246,3 @@ def flatten_cauldron(
                     name, counts["rows"], counts["turns"], skipped, counts["no_image"], counts["multi_image"],
                     "" if multi_image == "skip" else ", kept with their first image")
     return flat
-
-
-# ------------------------------------------------------------ synthetic data
-
-_SOURCE_NAMES = {"docvqa": "DocVQA", "ai2d": "AI2D", "chartqa": "ChartQA"}
-_LETTERS = "ABCD"
-# question text -> answer pool, for the templates whose answers come from a small pool
-_POOLS = {t.question: t.pool for t in QUESTION_TEMPLATES if t.pool is not None and len(t.pool) > 1}
-
-
-def make_synthetic_cauldron(
-    num_rows: int,
-    *,
-    subsets: Sequence[str] = DEFAULT_SUBSETS,
-    seed: int = 0,
-    image_size: tuple[int, int] = (384, 480),
-) -> datasets.DatasetDict:
-    """A stand-in for :func:`load_cauldron`: ``{subset: Dataset}`` with exactly the real columns.
-
-    Each subset gets ``num_rows`` rows; a row is one synthetic DocVQA page (rendered by
-    :func:`~vlm_helpers.data.docvqa.make_synthetic_docvqa`, seeded per subset) with all
-    its questions as turns. The phrasing depends on the subset, loosely modelled on the
-    real ones (not copied from them, and unverified offline):
-
-    * ``docvqa`` and any other subset: the question, often followed by a brevity
-      instruction line; the answer is the first DocVQA answer;
-    * ``ai2d``: multiple choice (for questions whose answers come from a small pool):
-      ``"Question: ...\\nChoices:\\nA. ...\\nAnswer with the letter."``, answered
-      ``"Answer: B"``; other questions as for docvqa;
-    * ``chartqa``: the question followed by ``"Answer briefly."``.
-    """
-    subsets = check_subsets(subsets)
-    if num_rows < 0:
-        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    parts = {}
-    for subset in subsets:
-        subset_seed = zlib.crc32(f"cauldron/{subset}/{seed}".encode())
-        rng = random.Random(subset_seed)
-        pages: dict[int, dict] = {}
-        if num_rows:
-            # A page carries at most 5 questions, so 5 x num_rows rows span >= num_rows whole pages.
-            questions = make_synthetic_docvqa(5 * num_rows, seed=subset_seed, image_size=image_size)
-            questions = questions.cast_column("image", Image(decode=False))
-            for row in questions:
-                if row["docId"] not in pages:
-                    if len(pages) == num_rows:
-                        break
-                    pages[row["docId"]] = {"images": [row["image"]], "texts": []}
-                user, assistant = _phrase(subset, row["question"], row["answers"][0], rng)
-                pages[row["docId"]]["texts"].append(
-                    {"user": user, "assistant": assistant, "source": _SOURCE_NAMES.get(subset, subset)})
-        columns = {"images": [p["images"] for p in pages.values()], "texts": [p["texts"] for p in pages.values()]}
-        parts[subset] = datasets.Dataset.from_dict(columns, features=CAULDRON_FEATURES)
-    return datasets.DatasetDict(parts)
-
-
-def _phrase(subset: str, question: str, answer: str, rng: random.Random) -> tuple[str, str]:
-    """(user, assistant) texts for one synthetic question in ``subset``'s style."""
-    if subset == "ai2d" and question in _POOLS:
-        pool = _POOLS[question]
-        distractors = rng.sample([v for v in pool if v != answer], min(len(_LETTERS) - 1, len(pool) - 1))
-        choices = distractors + [answer]
-        rng.shuffle(choices)
-        lines = "\n".join(f"{letter}. {choice}" for letter, choice in zip(_LETTERS, choices))
-        return (f"Question: {question}\nChoices:\n{lines}\nAnswer with the letter.",
-                f"Answer: {_LETTERS[choices.index(answer)]}")
-    if subset == "chartqa":
-        return f"{question}\nAnswer briefly.", answer
-    suffix = rng.choice(("", "\nGive a very brief answer.", "\nShort answer required."))
-    return question + suffix, answer
-
-
-# ------------------------------------------------------------ one entry point
-
-
-def cauldron_dataset(
-    subsets: Sequence[str] = DEFAULT_SUBSETS,
-    *,
-    tiny: bool,
-    split: str = "train",
-    max_samples: int | None = None,
-    seed: int = 0,
-    multi_image: str = "skip",
-    strip_instructions: bool = True,
-) -> datasets.Dataset:
-    """Flattened Cauldron rows (DocVQA-style): synthetic when ``tiny``, real otherwise.
-
-    ``max_samples`` counts *flattened* rows (questions) over all subsets, shared evenly:
-    each subset contributes at most ``ceil(max_samples / len(subsets))`` questions, read
-    from that many raw rows at most, and the result is cut to ``max_samples``. Without
-    it, tiny mode builds :data:`TINY_ROWS_PER_SUBSET` pages per subset and full mode
-    loads every subset whole.
-    """
-    subsets = check_subsets(subsets)
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    per_subset = math.ceil(max_samples / len(subsets)) if max_samples is not None else None
-    if tiny:
-        raw = make_synthetic_cauldron(per_subset or TINY_ROWS_PER_SUBSET, subsets=subsets, seed=seed)
-    else:
-        raw = load_cauldron(subsets, split=split, max_samples=per_subset)
-    parts = []
-    for name, part in raw.items():
-        flat = flatten_cauldron(part, subset=name, multi_image=multi_image, strip_instructions=strip_instructions)
-        parts.append(flat.select(range(min(per_subset, len(flat)))) if per_subset is not None else flat)
-    flat = datasets.concatenate_datasets(parts)
-    return flat.select(range(min(max_samples, len(flat)))) if max_samples is not None else flat

@@ -1,7 +1,7 @@
 """A tiny random Florence-2 (notebooks 01, 02, 05), shrunk from Florence-2-base-ft's configuration.
 
 Tiny mode of ``notebooks/02_florence2_docvqa.ipynb`` saves this model to a local folder and loads
-it back with :func:`vlm_helpers.models.load_florence2`, the same loader that loads
+it back with :func:`vlm_helpers.florence2.load_florence2`, the same loader that loads
 ``florence-community/Florence-2-base-ft`` on Colab. It starts from the configuration in
 ``real_configs/florence-community--Florence-2-base-ft/`` (reconstructions: no published file of
 that repository could be read offline; ``reconstructed/README.md`` says how each was made) and
@@ -94,7 +94,7 @@ def build_tiny_florence2(save_dir: str | Path, *, seed: int = 0, init_std: float
                          extra_corpus: Iterable[str] = ()) -> Path:
     """Build the tiny random Florence-2 of tiny mode; save model and processor to ``save_dir``, return it.
 
-    Loading it back is the job of :func:`vlm_helpers.models.load_florence2`, exactly as in full mode.
+    Loading it back is the job of :func:`vlm_helpers.florence2.load_florence2`, exactly as in full mode.
     The text vocabulary is the small tokenizer's length rounded up to 64, as the conversion pads it.
     """
     tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))

@@ -18,7 +18,7 @@ Module tree (transformers 5.x), the same in both::
 
 Like the Hub repository the folder has no ``processor_config.json``: loaded with ``AutoProcessor``
 alone it inserts one ``<image>`` token too few, exactly as the real checkpoint does, until
-:func:`vlm_helpers.phi3_vision.prepare_llava_processor` sets the fields from the model config.
+:func:`vlm_helpers.llava_phi3.prepare_llava_processor` sets the fields from the model config.
 The repository's generation, preprocessor and tokenizer configs could not be read offline; the
 builder uses the reconstructions in ``real_configs/xtuner--llava-phi-3-mini-hf/reconstructed/``
 (whose README says how each was made), and Mistral-7B's SentencePiece model stands in for Phi-3's

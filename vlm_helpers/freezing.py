@@ -1,52 +1,16 @@
-"""Loading models and processors, freezing parts of them, and counting parameters.
+"""Freezing parts of a model and counting what is left to train.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb``. One loader serves both modes: in
-full mode it gets a Hub id (``florence-community/Florence-2-base-ft``), in tiny mode
-the local folder from :func:`vlm_helpers.tiny.tiny_checkpoint`.
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "2. Load the model and freeze the vision
+encoder"): the blog's ``param.is_trainable = False`` froze nothing; ``requires_grad_(False)`` does,
+and a frozen tower also belongs in eval mode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
-
-FLORENCE2_MODEL_ID = "florence-community/Florence-2-base-ft"
-
-
-def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: str | Path | None = None) -> str:
-    """Return ``model_id`` in full mode, or the path of the tiny ``tiny_name`` model in tiny mode."""
-    if not tiny:
-        return model_id
-    from vlm_helpers.tiny import tiny_checkpoint
-
-    return str(tiny_checkpoint(tiny_name, cache_dir))
-
-
-def load_florence2(checkpoint: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   attn_implementation: str = "sdpa"):
-    """Load a Florence-2 model and processor with the native transformers classes.
-
-    For training keep ``dtype=torch.float32`` and let autocast run the maths in fp16/bf16:
-    the blog's learning rate of 1e-6 is below bf16's resolution for weights near 1, so
-    bf16 weights would silently not move. For inference only, load in the preset dtype.
-    Returns ``(model, processor)``.
-    """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, dtype=dtype, attn_implementation=attn_implementation
-    ).to(device)
-    return model, processor
-
-
-def florence2_vision_modules(model: nn.Module) -> list[nn.Module]:
-    """The parts of Florence-2 that see pixels: the DaViT tower (and, if present, its projector)."""
-    return [model.model.vision_tower]
-
 
 def freeze(*modules: nn.Module) -> int:
     """Stop gradients for every parameter of ``modules``; return how many parameters were frozen.
@@ -102,7 +66,7 @@ def frozen_to_eval(model: nn.Module) -> list[str]:
     ``model.train()`` switches *all* submodules to training mode, frozen ones included, so
     dropout and stochastic depth (DaViT's ``drop_path_rate``) keep perturbing the features of
     a vision tower that cannot adapt to them. Call this after every ``model.train()``; the
-    training loop of :mod:`vlm_helpers.training` does.
+    training loop of :mod:`vlm_helpers.loop` does.
     """
     names: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Which Phi-3 vision model to load on today's stack, and how to refuse the ones that break.
+"""Everything LLaVA-Phi-3: which Phi-3 vision model loads on today's stack, its LoRA targets, its processor.
 
 Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``.
 
@@ -24,6 +24,18 @@ MICROSOFT_CHECKPOINTS = ("microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-
 #: First transformers version whose cache API breaks the Microsoft remote code.
 REMOTE_CODE_BREAKS_AT = (4, 49)
 
+#: LoRA targets for LLaVA-Phi-3: every projection of the language model's decoder layers, none in
+#: the CLIP tower or the projector. xtuner converted Phi-3-mini to the **Llama layout** (its
+#: ``text_config`` is ``model_type: "llama"``): the decoder has separate ``q_proj``, ``k_proj``,
+#: ``v_proj``, ``o_proj`` and ``gate_proj``, ``up_proj``, ``down_proj``, not Phi-3's fused
+#: ``qkv_proj`` / ``gate_up_proj`` (those names match nothing in this checkpoint, so a list written
+#: for Microsoft's Phi-3 adapts only ``o_proj`` and ``down_proj``: 2 of 7 projection types). The
+#: CLIP tower has ``q_proj``/``k_proj``/``v_proj`` too, hence the anchor on ``language_model``.
+#: On the real model: 32 layers x 7 = 224 adapted modules (r=16: 29.9 M trainable parameters).
+LLAVA_PHI3_LORA_TARGETS = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+)
+
 #: Phi-3 chat format with LLaVA's ``<image>`` placeholder (the format of xtuner's model card).
 PHI3_LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -36,6 +48,12 @@ PHI3_LLAVA_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+
+
+def default_4bit(preset_name: str) -> bool:
+    """Whether LLaVA-Phi-3 (notebook 04, ``vlm-train --recipe phi3-aircraft``) stores its frozen weights in
+    4-bit: on a T4 only, where 8 GB of 16-bit weights plus activations do not fit 15 GB reliably."""
+    return preset_name == "t4"
 
 
 class RemoteCodeRefused(RuntimeError):
@@ -107,7 +125,7 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
     the xtuner repository has no processor-level template, and a tokenizer template copied from the
     text-only Phi-3-mini (if its tokenizer_config.json carries one) cannot place an image. A template
     that places images (llava-hf's own LLaVA checkpoints) is kept.
-    :func:`vlm_helpers.chat_models.load_chat_processor` (and so ``load_chat_vlm``) calls this for
+    :func:`vlm_helpers.lora.load_chat_processor` (and so ``load_chat_vlm``) calls this for
     every LLaVA checkpoint. ``model_or_config``: the model or its config.
     """
     config = getattr(model_or_config, "config", model_or_config)

@@ -9,6 +9,9 @@ quantization constants quantized again: double quantization) and never change; e
 ``nn.Linear`` gets a small trainable update ``B @ A`` (rank ``r``) in 16/32-bit next to it. The
 matmuls run in the *compute dtype*: bf16 on compute capability >= 8.0, fp16 below (a T4), fp32 on
 CPU, i.e. the preset's dtype.
+
+The loaders take plain values (``dtype``, ``attn_implementation``, ``device``), so they can be copied
+into a project without the series' presets: a notebook passes ``preset.dtype`` and friends.
 """
 
 from __future__ import annotations
@@ -20,16 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlm_helpers.runtime import Preset
-
 __all__ = [
     "IDEFICS2_LORA_TARGETS",
     "quantization_report",
     "IDEFICS2_MODEL_ID",
-    "LLAVA_PHI3_LORA_TARGETS",
     "add_lora",
     "bnb_4bit_config",
-    "default_4bit",
     "default_image_splitting",
     "disable_bnb_cpu_repacking",
     "load_adapter",
@@ -57,45 +56,32 @@ IDEFICS2_LORA_TARGETS = (
     r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
 
-#: LoRA targets for LLaVA-Phi-3: every projection of the language model's decoder layers, none in
-#: the CLIP tower or the projector. xtuner converted Phi-3-mini to the **Llama layout** (its
-#: ``text_config`` is ``model_type: "llama"``): the decoder has separate ``q_proj``, ``k_proj``,
-#: ``v_proj``, ``o_proj`` and ``gate_proj``, ``up_proj``, ``down_proj``, not Phi-3's fused
-#: ``qkv_proj`` / ``gate_up_proj`` (those names match nothing in this checkpoint, so a list written
-#: for Microsoft's Phi-3 adapts only ``o_proj`` and ``down_proj``: 2 of 7 projection types). The
-#: CLIP tower has ``q_proj``/``k_proj``/``v_proj`` too, hence the anchor on ``language_model``.
-#: On the real model: 32 layers x 7 = 224 adapted modules (r=16: 29.9 M trainable parameters).
-LLAVA_PHI3_LORA_TARGETS = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-)
-
 #: Attribute names a vision encoder goes by, for models whose configuration has no ``vision_config``
 #: (remote-code models such as Microsoft's Phi-3-vision: ``img_processor``); see :func:`vision_encoders`.
 _VISION_ENCODER_NAMES = ("vision_model", "vision_tower", "visual", "img_processor", "vision_encoder")
 
 
-def bnb_4bit_config(preset: Preset):
-    """4-bit NF4 with double quantization, computing in the preset's dtype (QLoRA's recipe)."""
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` or ``torch.bfloat16`` -> ``torch.bfloat16`` (the presets name dtypes as strings)."""
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def bnb_4bit_config(compute_dtype: str | torch.dtype):
+    """4-bit NF4 with double quantization, computing in ``compute_dtype`` (QLoRA's recipe)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=preset.torch_dtype,
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
     )
 
 
-def default_image_splitting(preset: Preset) -> bool:
+def default_image_splitting(preset_name: str) -> bool:
     """Idefics2's image splitting (4 crops + the whole image = 5x the image tokens, 320 instead of
     64): on for a big GPU (preset ``a100``), off elsewhere (a T4's 15 GB, CPU, tiny mode), as the article did."""
-    return preset.name == "a100"
-
-
-def default_4bit(preset: Preset) -> bool:
-    """Whether LLaVA-Phi-3 (notebook 04, ``vlm-train --recipe phi3-aircraft``) stores its frozen weights in
-    4-bit: on a T4 only, where 8 GB of 16-bit weights plus activations do not fit 15 GB reliably."""
-    return preset.name == "t4"
+    return preset_name == "a100"
 
 
 def disable_bnb_cpu_repacking(model: nn.Module) -> int:
@@ -162,7 +148,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     """The processor of a chat VLM, with Idefics2's image settings applied (see :func:`load_chat_vlm`).
 
     ``do_image_splitting=None`` keeps the checkpoint's setting; both settings are Idefics2 only.
-    LLaVA processors get :func:`vlm_helpers.phi3_vision.prepare_llava_processor` (fields from the
+    LLaVA processors get :func:`vlm_helpers.llava_phi3.prepare_llava_processor` (fields from the
     model's config), so they insert as many image tokens as the vision tower yields features.
     """
     from transformers import AutoConfig
@@ -184,43 +170,44 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
         raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
     processor = processor_from_pretrained(checkpoint, model_type, **processor_kwargs)
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
-        from vlm_helpers.phi3_vision import prepare_llava_processor
+        from vlm_helpers.llava_phi3 import prepare_llava_processor
 
         prepare_llava_processor(processor, config)
     return processor
 
 
-def load_chat_vlm(checkpoint: str | Path, *, preset: Preset, quantize_4bit: bool, device_map=None,
-                  do_image_splitting: bool | None = None, image_longest_edge: int | None = None):
+def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_implementation: str, quantize_4bit: bool,
+                  device: str = "cpu", device_map=None, do_image_splitting: bool | None = None,
+                  image_longest_edge: int | None = None):
     """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
 
     Args:
         checkpoint: Hub id (``IDEFICS2_MODEL_ID``) or a local folder (tiny mode, saved adapters).
-        preset: gives the compute dtype and ``attn_implementation`` (never hard-coded here).
-        quantize_4bit: load the weights in 4-bit NF4 (QLoRA); otherwise in the preset dtype.
-        device_map: where the weights go; default GPU 0 on CUDA presets, CPU otherwise.
-        do_image_splitting: Idefics2 only; ``None`` means :func:`default_image_splitting`.
+        dtype: the compute dtype (the preset's: bf16 from compute capability 8.0, fp16 below, fp32 on CPU).
+        attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"`` (the preset's).
+        quantize_4bit: load the weights in 4-bit NF4 (QLoRA); otherwise in ``dtype``.
+        device: ``"cuda"`` puts the weights on GPU 0 (unless ``device_map`` says otherwise).
+        device_map: where the weights go; default GPU 0 when ``device="cuda"``, CPU otherwise.
+        do_image_splitting: Idefics2 only; ``None`` keeps the checkpoint's setting (the notebooks pass
+            :func:`default_image_splitting` of their preset).
         image_longest_edge: Idefics2 only; resize images so the longest side is at most this
             (8B default 980 px; 490 cuts the vision encoder's work by 4 on a T4).
 
-    LLaVA checkpoints get :func:`vlm_helpers.phi3_vision.prepare_llava_processor`, so the processor
+    LLaVA checkpoints get :func:`vlm_helpers.llava_phi3.prepare_llava_processor`, so the processor
     inserts exactly as many image tokens as the vision tower yields features.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    model_type = AutoConfig.from_pretrained(checkpoint).model_type
-    if model_type == "idefics2" and do_image_splitting is None:
-        do_image_splitting = default_image_splitting(preset)
     processor = load_chat_processor(checkpoint, do_image_splitting=do_image_splitting,
                                     image_longest_edge=image_longest_edge)
 
     if device_map is None:
-        device_map = {"": 0} if preset.device == "cuda" else None
+        device_map = {"": 0} if device == "cuda" else None
     model = AutoModelForImageTextToText.from_pretrained(
         checkpoint,
-        dtype=preset.torch_dtype,
-        attn_implementation=preset.attn_implementation,
-        quantization_config=bnb_4bit_config(preset) if quantize_4bit else None,
+        dtype=torch_dtype(dtype),
+        attn_implementation=attn_implementation,
+        quantization_config=bnb_4bit_config(dtype) if quantize_4bit else None,
         device_map=device_map,
     )
     if quantize_4bit:
@@ -319,7 +306,7 @@ def lora_module_names(model: nn.Module) -> list[str]:
 
 def lora_report(model: nn.Module) -> str:
     """Which modules got LoRA (layer numbers folded into ``*``) and how many parameters train."""
-    from vlm_helpers.models import count_parameters
+    from vlm_helpers.freezing import count_parameters
 
     patterns = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in lora_module_names(model))
     lines = [f"LoRA on {sum(patterns.values())} modules:"]
@@ -341,8 +328,8 @@ def _has_processor(path: str | Path) -> bool:
     return (Path(path) / "tokenizer_config.json").exists()
 
 
-def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, preset: Preset, quantize_4bit: bool,
-                 **load_kwargs):
+def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype: str | torch.dtype,
+                 attn_implementation: str, quantize_4bit: bool, **load_kwargs):
     """Load the base model as :func:`load_chat_vlm` does, put the saved adapter on it (frozen, for
     inference) and return ``(model, processor)``; the processor saved with the adapter wins.
 
@@ -353,7 +340,8 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, prese
     """
     from peft import PeftModel, prepare_model_for_kbit_training
 
-    model, processor = load_chat_vlm(base_checkpoint, preset=preset, quantize_4bit=quantize_4bit, **load_kwargs)
+    model, processor = load_chat_vlm(base_checkpoint, dtype=dtype, attn_implementation=attn_implementation,
+                                     quantize_4bit=quantize_4bit, **load_kwargs)
     if quantize_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
@@ -377,8 +365,7 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=dtype)
+    base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=torch_dtype(dtype))
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)

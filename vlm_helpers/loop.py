@@ -50,9 +50,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vlm_helpers.checkpoints import checkpoint_all_ranks, load_checkpoint, resume_point, scan_checkpoints
-from vlm_helpers.collators import IGNORE_INDEX
+from vlm_helpers.supervision import IGNORE_INDEX
 from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
-from vlm_helpers.models import frozen_to_eval
+from vlm_helpers.freezing import frozen_to_eval
 from vlm_helpers.results import finite_or_null
 
 @dataclass

@@ -1,6 +1,11 @@
-"""Turning dataset rows into model batches, with the loss mask done right (Florence-2).
+"""Everything Florence-2: the checkpoint, loading, the vision tower, the DocVQA collator, built-in tasks.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb``. What the blog got wrong and we fix:
+Taught in ``notebooks/02_florence2_docvqa.ipynb`` (loading, freezing, the collator) and
+``notebooks/01_baseline_inference.ipynb`` (the built-in tasks). One loader serves both modes: in
+full mode it gets a Hub id (``florence-community/Florence-2-base-ft``), in tiny mode the local
+folder from :func:`vlm_helpers.tiny.tiny_checkpoint`.
+
+What the blog got wrong in the collator and we fix:
 
 - answer padding went into the loss: here every pad position of ``labels`` is -100,
   the value PyTorch's cross-entropy ignores;
@@ -8,60 +13,52 @@ Taught in ``notebooks/02_florence2_docvqa.ipynb``. What the blog got wrong and w
   CPU tensors, so it can run in DataLoader worker processes (which must never touch
   CUDA) while the GPU trains.
 
-The chat-model collator (Idefics2, Phi-3) lives in :mod:`vlm_helpers.chat_collator`.
+The chat-model collator (Idefics2, LLaVA-Phi-3) lives in :mod:`vlm_helpers.chat_collator`.
 """
 
 from __future__ import annotations
 
-import random
-import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from vlm_helpers.data.images import to_rgb
-from vlm_helpers.data.validation import find_reserved, reserved_text
+from vlm_helpers.data.validation import reserved_text
+from vlm_helpers.supervision import check_plain_text, pad_labels, pick_answer
 
-IGNORE_INDEX = -100
+FLORENCE2_MODEL_ID = "florence-community/Florence-2-base-ft"
+
+
 DOCVQA_TASK_PROMPT = "<DocVQA>"
 
 
-def pick_answer(answers: Sequence[str], *, choice: str, seed: int, key: object) -> str:
-    """Pick the training target among several valid answers.
+#: Florence-2 task tokens the notebook demonstrates (the processor expands them into prompts).
+FLORENCE2_TASKS = ("<OCR>", "<CAPTION>", "<MORE_DETAILED_CAPTION>", "<REGION_TO_DESCRIPTION>")
 
-    ``choice="first"`` takes ``answers[0]`` (the blog's choice); ``"random"`` draws one
-    with an RNG seeded by ``(seed, key)``, so the pick is reproducible in any worker process.
+
+def load_florence2(checkpoint: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   attn_implementation: str = "sdpa"):
+    """Load a Florence-2 model and processor with the native transformers classes.
+
+    For training keep ``dtype=torch.float32`` and let autocast run the maths in fp16/bf16:
+    the blog's learning rate of 1e-6 is below bf16's resolution for weights near 1, so
+    bf16 weights would silently not move. For inference only, load in the preset dtype.
+    Returns ``(model, processor)``.
     """
-    if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-        raise ValueError(f"Row {key!r} has no usable answer: answers={list(answers)!r}")
-    if choice == "first":
-        return answers[0]
-    if choice == "random":
-        rng = random.Random(zlib.crc32(f"{seed}/{key}".encode()))
-        return answers[rng.randrange(len(answers))]
-    raise ValueError(f"answer choice must be 'first' or 'random', got {choice!r}")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint, dtype=dtype, attn_implementation=attn_implementation
+    ).to(device)
+    return model, processor
 
 
-def check_plain_text(text: str, reserved, *, where: str, what: str) -> None:
-    """Raise ``ValueError`` naming the row when ``text`` holds one of the model's reserved strings.
-
-    ``reserved`` comes from :func:`vlm_helpers.data.validation.reserved_text`. The processor would
-    otherwise raise without naming the row (``<image>``, Florence-2's ``<OCR>``), or the answer
-    would silently end at an end-of-turn token.
-    """
-    found = find_reserved(text, reserved)
-    if found:
-        raise ValueError(f"{where}: the {what} contains {found}, which the model's processor does not read as "
-                         "text; validate the data with clean_dataset(..., processor=processor) before training")
-
-
-def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Right-pad token-id lists into a ``(batch, max_len)`` tensor filled with -100."""
-    width = max(len(seq) for seq in sequences)
-    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        labels[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return labels
+def florence2_vision_modules(model: nn.Module) -> list[nn.Module]:
+    """The parts of Florence-2 that see pixels: the DaViT tower (and, if present, its projector)."""
+    return [model.model.vision_tower]
 
 
 class Florence2Collator:
@@ -144,39 +141,24 @@ class Florence2Collator:
         return batch
 
 
-def supervised_text(labels: torch.Tensor, tokenizer) -> str:
-    """Decode only the supervised positions (label != -100) of one row, special tokens kept."""
-    kept = [int(t) for t in labels.tolist() if t != IGNORE_INDEX]
-    return tokenizer.decode(kept, skip_special_tokens=False)
+def box_to_location_tokens(box: tuple[float, float, float, float], image_size: tuple[int, int]) -> str:
+    """A pixel box ``(x0, y0, x1, y1)`` as Florence-2's ``<loc_*>`` tokens (1000 bins per axis)."""
+    width, height = image_size
+    bins = [box[0] / width, box[1] / height, box[2] / width, box[3] / height]
+    return "".join(f"<loc_{min(999, max(0, int(b * 1000)))}>" for b in bins)
 
 
-def format_supervision(token_ids: torch.Tensor, labels: torch.Tensor | None, tokenizer, *, width: int = 100) -> str:
-    """Show a learner which tokens the loss sees: ``[token]`` is supervised, ``·token·`` is not.
+@torch.no_grad()
+def florence2_task(model, processor, image, task: str, text_input: str = "", *, device: str = "cpu",
+                   max_new_tokens: int = 64, num_beams: int = 1):
+    """Run one Florence-2 task on one image and return the processor's post-processed result.
 
-    For a decoder-only model pass ``input_ids`` and ``labels`` of the same row (aligned);
-    for Florence-2 pass the ``labels`` row as both arguments. Repeated image tokens are
-    folded into one ``<image>xN`` entry so the line stays readable.
+    ``task`` is a task token such as ``"<CAPTION>"``; tasks that take an input (a region for
+    ``<REGION_TO_DESCRIPTION>``, a phrase for grounding) get it in ``text_input``.
     """
-    tokens = tokenizer.convert_ids_to_tokens([max(int(t), 0) for t in token_ids.tolist()])
-    flags = [True] * len(tokens) if labels is None else [int(x) != IGNORE_INDEX for x in labels.tolist()]
-    parts: list[str] = []
-    previous, run = None, 0
-    for token, supervised in list(zip(tokens, flags)) + [(None, None)]:
-        if (token, supervised) == previous:
-            run += 1
-            continue
-        if previous is not None:
-            text, was_supervised = previous
-            text = text.replace("Ġ", "␣").replace("▁", "␣").replace("\n", "\\n")
-            if run > 1:
-                text = f"{text}x{run}"
-            parts.append(f"[{text}]" if was_supervised else f"·{text}·")
-        previous, run = (token, supervised), 1
-    lines, line = [], ""
-    for part in parts:
-        if len(line) + len(part) > width and line:
-            lines.append(line)
-            line = ""
-        line += part + " "
-    lines.append(line)
-    return "\n".join(l.rstrip() for l in lines)
+    image = to_rgb(image)
+    inputs = processor(text=task + text_input, images=image, return_tensors="pt").to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+    text = processor.batch_decode(generated, skip_special_tokens=False)[0]
+    return processor.post_process_generation(text, task=task, image_size=image.size)[task]

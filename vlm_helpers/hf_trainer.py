@@ -1,8 +1,8 @@
-"""Training chat VLMs with the Hugging Face ``Trainer``: arguments from the preset, safe logging keys.
+"""Training chat VLMs with the Hugging Face ``Trainer``: its arguments, checkpoints, NaN guard, history.
 
 Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb`` and reused by
 ``notebooks/04_phi3_aircraft_captioning.ipynb``. Notebook 02 writes its own loop
-(:mod:`vlm_helpers.training`); here the ``Trainer`` does the loop and this module only fills in
+(:mod:`vlm_helpers.loop`); here the ``Trainer`` does the loop and this module only fills in
 its arguments the way the series needs them:
 
 - current argument names (transformers 5.x): ``eval_strategy``, float ``warmup_steps`` (a
@@ -14,7 +14,7 @@ its arguments the way the series needs them:
   which the Trainer would otherwise drop because the model's ``forward`` does not name them;
 - ``paged_adamw_8bit`` on GPU (QLoRA's optimizer: 8-bit states, paged to CPU on memory spikes),
   plain ``adamw_torch`` on CPU, where bitsandbytes' paged optimizers do not run;
-- the loss history comes back as ``[{"step", "loss", ...}]``, the shape :mod:`vlm_helpers.training`
+- the loss history comes back as ``[{"step", "loss", ...}]``, the shape :mod:`vlm_helpers.loop`
   writes, so plotting and ``results/`` code is shared;
 - checkpoints are the Trainer's own (``checkpoint-<step>/`` with the adapter, optimizer, scheduler,
   each process's RNG state and ``trainer_state.json``, whose ``log_history`` is the loss curve so
@@ -121,13 +121,19 @@ def validate_report_to(report_to: str | Sequence[str]) -> list[str]:
     return names
 
 
-def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1e-4, epochs: float = 1.0,
+def make_training_arguments(*, output_dir: str, batch_size: int, grad_accum: int, dtype: str,
+                            gradient_checkpointing: bool = False, device: str = "cpu", learning_rate: float = 1e-4, epochs: float = 1.0,
                             max_steps: int = -1, warmup_steps: float = 0, weight_decay: float = 0.01,
                             report_to: str | Sequence[str] = "none", logging_steps: int = 5,
                             save_steps: int | None = None, save_total_limit: int = 1, save_at_end: bool = False,
                             seed: int = 0, max_grad_norm: float = 1.0, lr_scheduler_type: str = "linear",
                             dataloader_num_workers: int | None = None, **overrides):
-    """``TrainingArguments`` for a QLoRA/LoRA run on ``preset`` (batching, dtype, checkpointing).
+    """``TrainingArguments`` for a QLoRA/LoRA run: batching, precision, checkpointing, optimizer.
+
+    ``batch_size`` (per device) x ``grad_accum`` is the batch of one optimizer step; ``dtype``
+    (``"bfloat16"``, ``"float16"`` or ``"float32"``) picks the Trainer's ``bf16``/``fp16`` flags;
+    ``device="cuda"`` picks the paged 8-bit AdamW and DataLoader workers. The notebooks pass their
+    preset's values (``preset.batch_size``, ``preset.dtype``, ...).
 
     Checkpoints (``checkpoint-<step>/`` in ``output_dir``, the newest ``save_total_limit`` kept):
     ``save_steps=N`` saves every N steps and after the last one; ``save_steps=None`` saves none
@@ -140,14 +146,15 @@ def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1
     """
     from transformers import TrainingArguments
 
-    on_gpu = preset.device == "cuda"
+    on_gpu = device == "cuda"
+    dtype = str(dtype).removeprefix("torch.")
     if dataloader_num_workers is None:
         dataloader_num_workers = 2 if on_gpu else 0  # workers run the collator while the GPU trains
     arguments = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=preset.batch_size,
-        per_device_eval_batch_size=preset.batch_size,
-        gradient_accumulation_steps=preset.grad_accum,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=learning_rate,
         num_train_epochs=epochs,
         max_steps=max_steps,
@@ -156,10 +163,10 @@ def make_training_arguments(preset, *, output_dir: str, learning_rate: float = 1
         max_grad_norm=max_grad_norm,
         lr_scheduler_type=lr_scheduler_type,
         optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
-        fp16=preset.dtype == "float16",
-        bf16=preset.dtype == "bfloat16",
+        fp16=dtype == "float16",
+        bf16=dtype == "bfloat16",
         use_cpu=not on_gpu,
-        **_checkpointing_arguments(TrainingArguments, preset.gradient_checkpointing),
+        **_checkpointing_arguments(TrainingArguments, gradient_checkpointing),
         remove_unused_columns=False,
         eval_strategy="no",
         logging_steps=logging_steps,
@@ -345,7 +352,7 @@ class _NonFiniteGuard:
         self.skipped_steps.append(step)
 
     def after_update(self, state, output_dir) -> None:
-        from vlm_helpers.training import too_many_skipped
+        from vlm_helpers.loop import too_many_skipped
 
         if self._record:
             state.log_history.append(self._record)
