@@ -369,6 +369,16 @@ class ChatVLMCollator:
         texts = [self.prompt_text(row) for row in rows]
         return dict(self._process(texts, self._images(rows), return_tensors="pt", padding=True, padding_side="left"))
 
+    def prompt_ids(self, rows: Sequence[dict], images: list[list] | None = None) -> list[list[int]]:
+        """Each row's prompt as token ids (image tokens expanded), unpadded: what precedes the answer.
+
+        The training labels mask exactly these positions (plus padding and image tokens); notebook 03
+        uses their lengths to write the masking out by hand.
+        """
+        images = self._images(rows) if images is None else images
+        texts = [self.prompt_text(row) for row in rows]
+        return [list(ids) for ids in self._process(texts, images, padding=False)["input_ids"]]
+
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         """A RIGHT-padded training batch: processor outputs plus ``labels``."""
         for position, row in enumerate(rows):
@@ -377,7 +387,7 @@ class ChatVLMCollator:
         images = self._images(rows)
         full = self._process([self.full_text(row, a) for row, a in zip(rows, answers)], images,
                              return_tensors="pt", padding=True, padding_side="right")
-        prompts = self._process([self.prompt_text(row) for row in rows], images, padding=False)["input_ids"]
+        prompts = self.prompt_ids(rows, images)
         input_ids, attention = full["input_ids"], full["attention_mask"]  # (batch, width)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for i, row in enumerate(rows):

@@ -1,0 +1,219 @@
+"""The code the notebooks teach agrees with the package's tested copy.
+
+Each notebook writes out the key pieces it teaches in cells tagged ``lesson`` (imports and
+definitions only). These tests run exactly those cells, take the functions they define and
+compare them with ``vlm_helpers`` on fixed inputs:
+
+- notebook 02: the Florence-2 collate step (labels padded with -100), ANLS, and one training
+  step with the token-summed loss over the accumulation window;
+- notebook 03: the chat label masking;
+- notebook 04: the LoRA target selection.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_helpers import florence2, loop, metrics
+from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+LESSONS = {  # notebook -> the names its lesson cells must define
+    "02_florence2_docvqa.ipynb": {"florence2_collate", "normalize", "anls", "token_loss_sum", "training_step"},
+    "03_idefics2_qlora_docvqa.ipynb": {"chat_labels"},
+    "04_phi3_aircraft_captioning.ipynb": {"lora_targets"},
+}
+
+
+def lesson_cells(name: str) -> list[tuple[str, str]]:
+    """``(cell id, source)`` of the cells of ``notebooks/<name>`` tagged ``lesson``, in order."""
+    notebook = json.loads((NOTEBOOKS / name).read_text())
+    return [(cell.get("id", "?"), "".join(cell["source"])) for cell in notebook["cells"]
+            if cell["cell_type"] == "code" and "lesson" in cell.get("metadata", {}).get("tags", [])]
+
+
+def lesson(name: str) -> dict:
+    """Run the lesson cells of one notebook in a fresh namespace and return what they define."""
+    namespace: dict = {}
+    for cell_id, source in lesson_cells(name):
+        exec(compile(source, f"{name}#{cell_id}", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("name", sorted(LESSONS))
+def test_lesson_cells_only_import_and_define(name):
+    """A lesson cell must run on its own: no notebook globals, no work done at definition time."""
+    cells = lesson_cells(name)
+    assert cells, f"{name} has no cell tagged 'lesson'"
+    allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+    for cell_id, source in cells:
+        for node in ast.parse(source).body:
+            constant = isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.Tuple, ast.UnaryOp))
+            assert isinstance(node, allowed) or constant, f"{name}#{cell_id}: {ast.unparse(node)[:80]}"
+    defined = set(lesson(name))
+    assert LESSONS[name] <= defined, f"{name} lesson cells lack {sorted(LESSONS[name] - defined)}"
+
+
+# ---------------------------------------------------------------------------------- notebook 02
+
+
+@pytest.fixture(scope="module")
+def nb02():
+    return lesson("02_florence2_docvqa.ipynb")
+
+
+@pytest.fixture(scope="module")
+def docvqa_rows():
+    return [dict(row) for row in make_synthetic_docvqa(12, seed=5)]
+
+
+def test_notebook_collate_equals_florence2_collator(nb02, tiny_florence2_path, docvqa_rows):
+    _, processor = florence2.load_florence2(tiny_florence2_path)
+    package = florence2.Florence2Collator(processor, answer_choice="first")
+    lengths = set()
+    for start in (0, 4, 8):
+        rows = docvqa_rows[start:start + 4]
+        ours, theirs = nb02["florence2_collate"](rows, processor), package(rows)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), key
+        lengths |= {int(row.ne(-100).sum()) for row in ours["labels"]}
+        assert (ours["labels"] == processor.tokenizer.pad_token_id).sum() == 0, "padding is -100, never <pad>"
+    assert len(lengths) > 1, "the rows should mix answer lengths, so that padding is compared"
+
+
+ANLS_CASES = [  # (predictions, references, ANLS by hand)
+    (["$1,250.00"], [["$1,250.00", "1,250.00"]], 1.0),
+    (["  Acme   CORP "], [["acme corp"]], 1.0),                  # case and whitespace are normalised
+    (["1,250"], [["1,250.00"]], 1 - 3 / 8),                      # distance 3 of 8 characters
+    (["1,25"], [["1,250.00"]], 0.0),                             # distance 4 of 8: NL 0.5 is not < 0.5
+    (["april"], [["March 10", "April"]], 1.0),                   # the best reference counts
+    ([""], [["7"]], 0.0),
+    (["7", "x"], [["7"], ["8"]], 0.5),                           # the mean over questions
+    (["Mr. Smith"], [["John Smith"]], 1 - 4 / 10),
+    (["Zürich"], [["zurich"]], 1 - 1 / 6),                       # code points, not bytes
+]
+
+
+@pytest.mark.parametrize("predictions,references,expected", ANLS_CASES)
+def test_notebook_anls_equals_the_package_on_hand_cases(nb02, predictions, references, expected):
+    ours = nb02["anls"](predictions, references)
+    assert math.isclose(ours, expected, abs_tol=1e-12)
+    assert math.isclose(ours, metrics.anls(predictions, references), abs_tol=1e-12)
+
+
+def test_notebook_anls_equals_the_package_on_random_strings(nb02):
+    rng = random.Random(0)
+    alphabet = "abAB 12.,$"
+    words = lambda: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))  # noqa: E731
+    predictions = [words() for _ in range(300)]
+    references = [[words() or "x" for _ in range(rng.randint(1, 3))] for _ in range(300)]
+    for threshold in (0.5, 0.3):
+        assert math.isclose(nb02["anls"](predictions, references, threshold=threshold),
+                            metrics.anls(predictions, references, threshold=threshold), abs_tol=1e-12)
+
+
+def test_notebook_training_step_is_one_step_of_the_package_loop(nb02, no_dropout_cache, docvqa_rows, tmp_path):
+    """Same rows, same accumulation window of 2 micro-batches of 2: the notebook's step and
+    ``loop.train`` report the same loss and leave the same weights."""
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    path = tiny_checkpoint("florence2", no_dropout_cache)
+    config = loop.TrainConfig(output_dir=str(tmp_path / "loop"), learning_rate=1e-3, max_steps=1, batch_size=2,
+                              grad_accum=2, warmup_steps=0, max_grad_norm=1.0, seed=3, progress=False)
+    torch.manual_seed(0)
+    model, processor = florence2.load_florence2(path)
+    collator = florence2.Florence2Collator(processor, answer_choice="first")
+    state = loop.train(model, docvqa_rows, collator, config)
+
+    torch.manual_seed(0)
+    ours, _ = florence2.load_florence2(path)
+    ours.train()
+    order = loop.epoch_indices(len(docvqa_rows), seed=config.seed, epoch=0, batch_size=2)[:2]
+    window = [collator([docvqa_rows[i] for i in batch]) for batch in order]
+    tokens = [int(batch["labels"].ne(-100).sum()) for batch in window]
+    assert tokens[0] != tokens[1], "micro-batches of different answer lengths tell the two averages apart"
+    optimizer = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    initial = {name: p.detach().clone() for name, p in ours.named_parameters()}
+    step_loss = nb02["training_step"](ours, optimizer, window, max_grad_norm=config.max_grad_norm)
+
+    assert math.isclose(step_loss, state.history[0]["loss"], rel_tol=1e-5)
+    for (name, theirs), mine in zip(model.named_parameters(), ours.parameters()):
+        assert torch.allclose(theirs, mine, atol=1e-6), name
+    moved = [name for name, p in ours.named_parameters() if not torch.equal(p, initial[name])]
+    assert len(moved) > len(initial) // 2, "the step changed the weights"
+
+
+def test_notebook_token_loss_sum_equals_the_package(nb02):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=generator)
+    labels = torch.randint(0, 11, (3, 5), generator=generator)
+    labels[0, 3:] = -100
+    labels[2, 1:] = -100
+    assert torch.allclose(nb02["token_loss_sum"](logits, labels), loop.token_loss_sum(logits, labels))
+
+
+# ---------------------------------------------------------------------------------- notebook 03
+
+
+def _chat_rows() -> list[dict]:
+    from PIL import Image
+
+    answers = [["7"], ["Acme Corp"], ["March 10, 1990", "03/10/1990"], ["The annual budget review"]]
+    questions = ["What is the page number?", "Who sent it?", "What is the date?", "What is the subject?"]
+    return [{"questionId": 10 + i, "question": q, "answers": a, "image": Image.new("RGB", (40 + 12 * i, 64), c)}
+            for i, (q, a, c) in enumerate(zip(questions, answers, [(200, 30, 30), (30, 200, 30),
+                                                                    (30, 30, 200), (90, 90, 90)]))]
+
+
+@pytest.mark.parametrize("name", ["idefics2", "llava-phi3"])
+def test_notebook_chat_labels_equal_chat_collator(tiny_cache, name):
+    from vlm_helpers.chat_collator import ChatVLMCollator
+    from vlm_helpers.lora import load_chat_processor
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    chat_labels = lesson("03_idefics2_qlora_docvqa.ipynb")["chat_labels"]
+    processor = load_chat_processor(tiny_checkpoint(name, tiny_cache))
+    collator = ChatVLMCollator(processor, instruction="Answer briefly.", answer_choice="first")
+    rows = _chat_rows()
+    batch = collator(rows)
+    prompt_lengths = [len(ids) for ids in collator.prompt_ids(rows)]
+    ours = chat_labels(batch["input_ids"], batch["attention_mask"], prompt_lengths, collator.end_of_turn_id,
+                       collator.vision_ids)
+    assert torch.equal(ours, batch["labels"])
+    assert (batch["attention_mask"] == 0).any(), "rows of different lengths, so padding is compared"
+    kept = [processor.tokenizer.decode(row[row != -100]) for row in ours]
+    assert [k.endswith(collator.end_of_turn) for k in kept] == [True] * len(rows)
+
+
+# ---------------------------------------------------------------------------------- notebook 04
+
+
+def test_notebook_lora_targets_equal_the_package_pattern(tiny_cache):
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
+    from vlm_helpers.lora import add_lora, lora_module_names
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    lora_targets = lesson("04_phi3_aircraft_captioning.ipynb")["lora_targets"]
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint("llava-phi3", tiny_cache))
+    ours = lora_targets(model)
+    config = LoraConfig(target_modules=LLAVA_PHI3_LORA_TARGETS)
+    pattern = sorted(name for name, _ in model.named_modules() if name and check_target_module_exists(config, name))
+    assert ours == pattern
+    layers = model.config.text_config.num_hidden_layers
+    assert len(ours) == 7 * layers and not any("vision" in name for name in ours)
+    adapted = add_lora(model, target_modules=LLAVA_PHI3_LORA_TARGETS, r=4, alpha=4, dropout=0.0, quantized=False,
+                       gradient_checkpointing=False)
+    assert sorted(name.removeprefix("base_model.model.") for name in lora_module_names(adapted)) == ours
