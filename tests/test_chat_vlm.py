@@ -424,3 +424,16 @@ def test_generation_stops_at_the_end_of_turn_token_even_if_the_config_forgets_it
     assert generate_predictions(RecordingModel(), processor, collator, rows) == [""]
     assert captured["eos_token_id"][0] == collator.end_of_turn_id
     assert processor.tokenizer.eos_token_id in captured["eos_token_id"]
+
+
+def test_trainer_logs_print_as_a_table_with_numbers_not_dicts_of_strings():
+    from vlm_helpers.hf_trainer import log_table_header, log_table_row
+
+    header = log_table_header()
+    row = log_table_row({"loss": 10.54321, "grad_norm": 3.2619, "learning_rate": 0.0026667, "epoch": 0.05}, 5)
+    assert header.split() == ["step", "epoch", "loss", "grad", "norm", "learning", "rate"]
+    assert row.split() == ["5", "0.05", "10.5432", "3.262", "0.00267"] and len(row) == len(header)
+    assert log_table_row({"loss": 1.0, "epoch": 1.0}, 7).split()[3] == "-"  # a value not logged
+    assert log_table_row({"anls": 0.5}, 10) is None  # not a training-loss log
+    summary = log_table_row({"train_runtime": 22.32, "train_steps_per_second": 6.719, "train_loss": 2.929}, 150)
+    assert summary == "trained 150 steps in 22.3 s (6.72 steps/s), mean loss 2.9290"

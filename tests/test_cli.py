@@ -365,3 +365,18 @@ def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
     notebook = ChatVLMCollator(processor, instruction="", question_key="prompt", answer_key="caption", id_key="id")
     assert recipe.prompt_text(row) == notebook.prompt_text({**row, "prompt": AIRCRAFT_PROMPT})
     assert recipe.prompt_text(row).startswith("<|user|>\n<image>\n" + AIRCRAFT_PROMPT)
+
+
+@pytest.mark.parametrize("argv,batch", [(["--recipe", "florence2-docvqa", "--tiny"], "batch 8 x accumulation 1"),
+                                        (["--recipe", "phi3-aircraft", "--tiny", "--batch-size", "3",
+                                          "--grad-accum", "2"], "batch 3 x accumulation 2")])
+def test_the_preset_line_printed_names_the_batch_that_is_trained(argv, batch, tmp_path):
+    """vlm-train once printed the GPU preset's batch 4 and then trained the recipe's batch 8."""
+    from vlm_helpers import runtime
+    from vlm_helpers.cli.main import build_parser, resolve_settings
+
+    parser = build_parser()
+    settings = resolve_settings(parser.parse_args(argv + ["--output-dir", str(tmp_path / "out"),
+                                                          "--results-dir", str(tmp_path / "results")]), parser)
+    assert (settings.preset.batch_size, settings.preset.grad_accum) == (settings.batch_size, settings.grad_accum)
+    assert batch in runtime.describe(runtime.detect_hardware(), settings.preset)

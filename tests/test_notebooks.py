@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,9 +21,10 @@ SERIES = ("01_baseline_inference.ipynb", "02_florence2_docvqa.ipynb", "03_idefic
 TINY_LABEL = "TINY mode: tiny random model, synthetic data"
 
 
-def run_notebook(name: str, results_dir: Path, cache_dir: Path, timeout: int = 600) -> nbformat.NotebookNode:
-    """Execute ``notebooks/<name>`` in tiny mode with its own results and cache folders."""
-    env = {"VLM_TINY": "1", "VLM_RESULTS_DIR": str(results_dir), "VLM_CACHE": str(cache_dir),
+def run_notebook(name: str, results_dir: Path, cache_dir: Path, timeout: int = 600,
+                 tiny: bool = True) -> nbformat.NotebookNode:
+    """Execute ``notebooks/<name>`` (in tiny mode unless ``tiny=False``) with its own results and cache folders."""
+    env = {"VLM_TINY": "1" if tiny else "0", "VLM_RESULTS_DIR": str(results_dir), "VLM_CACHE": str(cache_dir),
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     previous = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # the kernel inherits this process's environment
@@ -86,6 +88,64 @@ def test_idefics2_notebook_really_takes_the_4bit_path(series):
     text = outputs_text(executed["03_idefics2_qlora_docvqa.ipynb"])
     line = next(line for line in text.splitlines() if "linear layers stored in 4-bit NF4" in line)
     assert int(line.split()[0]) > 0 and "not quantized: lm_head" in line
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|[^|\n]*\||\d+/\d+ \[\d\d:\d\d|(it|examples)/s\]")
+WARNING = re.compile(r"\b\w*Warning\b|^WARNING\b|Failed to load|should be in a", re.MULTILINE)
+
+
+def output_problems(notebook) -> list[str]:
+    """What a learner should not see in a tiny-mode run: library progress bars, warnings of any
+    category, raw Trainer log dicts, and control characters (other than newline and tab)."""
+    problems = []
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                problems.append(f"cell {index}: error {output.get('ename')}")
+                continue
+            text = output.get("text", "") or output.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            found = [("progress bar", PROGRESS_BAR.search(text)), ("warning", WARNING.search(text)),
+                     ("Trainer log dict", re.search(r"\{'(loss|train_runtime)':", text)),
+                     ("control character", re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text))]
+            problems += [f"cell {index} ({output.get('name', output.get('output_type'))}): {kind} "
+                         f"{match.group(0)!r} in {text[max(0, match.start() - 60): match.end() + 60]!r}"
+                         for kind, match in found if match]
+    return problems
+
+
+def test_output_check_finds_bars_warnings_dicts_and_control_characters():
+    def notebook(text, name="stderr"):
+        return nbformat.from_dict({"cells": [{"cell_type": "code", "outputs": [
+            {"output_type": "stream", "name": name, "text": text}]}]})
+
+    for noisy in ["Filter: 100%|██████████| 170/170 [00:00<00:00, 30716.91 examples/s]",
+                  "Loading weights:   0%|          | 0/199 [00:00<?, ?it/s]",
+                  "tqdm/auto.py:21: TqdmWarning: IProgress not found.",
+                  "modeling_utils.py:3312: FutureWarning: `is_gradient_checkpointing` is deprecated",
+                  "WARNING:bitsandbytes.backends.cpu.ops:Failed to load CPU gemm_4bit_forward",
+                  "{'loss': '10.54', 'grad_norm': '3.262'}", "before 'iceice\x13\x13'"]:
+        assert output_problems(notebook(noisy)), noisy
+    assert not output_problems(notebook("step  loss\n   5  10.5432\nANLS 0.000 -> 0.175 [TINY mode]", "stdout"))
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_tiny_mode_outputs_are_clean(series, name):
+    _, executed, errors = series
+    assert name not in errors, f"{name} failed: {errors.get(name)}"
+    problems = output_problems(executed[name])
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", SERIES[:4])
+def test_full_mode_without_a_gpu_stops_in_the_parameters_cell(name, tmp_path, tiny_cache):
+    from nbclient.exceptions import CellExecutionError
+
+    with pytest.raises(CellExecutionError, match="NeedsGPU") as stopped:
+        run_notebook(name, tmp_path / "results", tiny_cache, timeout=120, tiny=False)
+    assert "VLM_TINY=1" in str(stopped.value) and "GPU runtime" in str(stopped.value)
+    assert "require_gpu_unless_tiny(TINY" in str(stopped.value)  # the parameters cell, before any download
+    assert not (tmp_path / "results").exists()
 
 
 def _table(results_dir: Path) -> dict[tuple[str, str], dict]:

@@ -36,13 +36,51 @@ def _fenced_commands(markdown: str) -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_commands():
-    readme_commands = _fenced_commands((ROOT / "README.md").read_text())
-    setup, tiny_series, tests = readme_commands[:3]
+    setup, tiny_series, jupyter, tests = _fenced_commands((ROOT / "README.md").read_text())[:4]
     ci = (ROOT / ".ci" / "run").read_text()
     for step in setup.split(" && ")[2:]:  # venv creation differs (CI uses a fresh .venv-ci)
-        assert step in ci, step
-    assert ci.rstrip().splitlines()[-1] == tests
+        if step.startswith("pip install torch=="):
+            # the same pin; CI's pip finds the CPU wheel without the README's --index-url (README says so)
+            pin = step.split()[2]
+            assert "--index-url https://download.pytorch.org/whl/cpu" in step
+            assert f"pip install {pin}\n" in ci, pin
+        else:
+            assert step in ci, step
+    assert '".[notebook,test]"' in setup, "the set-up installs Jupyter as well as the tests"
+    assert ci.rstrip().splitlines()[-1] == tests == "python -m pytest"
     assert "--nbmake notebooks/" in tiny_series and "VLM_TINY=1" in tiny_series
+    assert jupyter == "VLM_TINY=1 jupyter lab notebooks/"
+
+
+def test_jupyter_starts_after_the_set_up(tmp_path):
+    """The README's `jupyter lab` serves after the set-up (a real server on a free local port, then stopped)."""
+    import os
+    import select
+    import time
+
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1", "--port", "0",
+               f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if not select.select([server.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break  # silent until the deadline
+            line = server.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if re.search(r"http://127\.0\.0\.1:\d+/lab", line):
+                break
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert any(re.search(r"http://127\.0\.0\.1:\d+/lab", line) for line in lines), "".join(lines[-20:])
 
 
 def test_badges_readme_table_and_setup_cells_are_generated_from_the_one_setting():

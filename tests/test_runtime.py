@@ -74,3 +74,45 @@ def test_a_forced_preset_gets_the_same_gradient_checkpointing_rule_as_a_detected
     assert forced.gradient_checkpointing == detected.gradient_checkpointing
     assert detected.gradient_checkpointing == (preset_name == "t4" or (preset_name == "a100"
                                                                        and recipe != "florence2-docvqa"))
+
+
+def test_full_mode_without_a_gpu_stops_with_advice_and_tiny_mode_goes_on():
+    with pytest.raises(runtime.NeedsGPU) as stopped:
+        runtime.require_gpu_unless_tiny(False, notebook="02_florence2_docvqa", cuda_available=False)
+    message = str(stopped.value)
+    assert "02_florence2_docvqa" in message and "VLM_TINY=1" in message and "GPU runtime" in message
+    runtime.require_gpu_unless_tiny(True, notebook="02_florence2_docvqa", cuda_available=False)
+    runtime.require_gpu_unless_tiny(False, notebook="02_florence2_docvqa", cuda_available=True)
+
+
+_QUIET_PROBE = r"""
+import logging, sys, warnings
+from vlm_helpers import runtime
+warnings.simplefilter("default")  # what a notebook shows: every warning once
+runtime.quiet_libraries(progress_bars=sys.argv[1] == "bars")
+runtime.quiet_libraries(progress_bars=sys.argv[1] == "bars")  # twice is harmless
+import datasets
+from transformers.utils import logging as hf_logging
+datasets.Dataset.from_dict({"a": list(range(300))}).map(lambda row: row)
+hf_logging.get_logger("transformers.processing_utils").warning(
+    "Chat templates should be in a 'chat_template.jinja' file but found key='chat_template'")
+hf_logging.get_logger("transformers.processing_utils").warning("another processor message")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from x")
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+warnings.warn("some other future change", FutureWarning)
+"""
+
+
+@pytest.mark.parametrize("mode", ["tiny", "bars"])
+def test_quiet_libraries_drops_known_messages_and_in_tiny_mode_the_bars(mode, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _QUIET_PROBE, mode], capture_output=True, text=True, timeout=120,
+                          env={"HF_DATASETS_CACHE": str(tmp_path), "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert "Chat templates should be" not in err and "gemm_4bit_forward" not in err
+    assert "is_gradient_checkpointing" not in err
+    assert "another processor message" in err and "some other future change" in err  # only the known ones go
+    assert ("Map:" in err) == (mode == "bars"), err

@@ -87,7 +87,9 @@ def special_tokens_flag(tokenizer, texts: Sequence[str]) -> bool:
     """``add_special_tokens`` for rendered chat texts: False when the template wrote the BOS itself.
 
     The rule transformers' ``apply_chat_template(tokenize=True)`` applies; without it, templates that
-    write ``bos_token`` (Gemma 3, Llama 3.2 Vision) get a second BOS from the tokenizer.
+    write ``bos_token`` (Gemma 3, Llama 3.2 Vision) get a second BOS from the tokenizer. Part of the
+    collation taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may
+    see"; the families it matters for are in the README, section "Using the helpers with other models".
     """
     bos = tokenizer.bos_token
     starts = {bool(bos) and text.startswith(bos) for text in texts}
@@ -101,6 +103,9 @@ def check_chat_processor(processor) -> None:
 
     Prefix-LM processors (PaliGemma) take the answer as ``suffix=`` and build ``labels`` and
     ``token_type_ids`` themselves; a chat template bolted on would train a format the model never saw.
+    Listed among the refusals in the README, section "Using the helpers with other models"; the collator it
+    guards is taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may
+    see".
     """
     import inspect
 
@@ -130,6 +135,8 @@ def vision_token_ids(processor) -> set[int]:
     ``<global-img>`` and ``<row_1_col_1>`` tiles; Qwen2-VL's ``<|vision_start|>``, ``<|image_pad|>``...
     Ordinary text the processor adds around images (newlines) is not an added token and stays
     learnable. The ids named by the processor's image-token attributes are added to the set.
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see"
+    (the collator's ``vision_ids``, set to -100 there).
     """
     tokenizer = processor.tokenizer
     ids: set[int] = set()
@@ -165,6 +172,8 @@ class AnswerLayout:
     ``end_of_turn``: the token that ends the answer. ``appended``: True when the template writes no
     end-of-turn token after the answer, so the collator appends ``end_of_turn`` itself. ``tail``: the
     text the template writes after the answer (replaced by ``end_of_turn`` when ``appended``).
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see";
+    each family's end of an answer is listed in the README, section "Using the helpers with other models".
     """
 
     end_of_turn: str
@@ -186,6 +195,8 @@ def answer_layout(processor, end_of_turn: str | None = None) -> AnswerLayout:
       token is appended right after the answer, which is what those models were trained with.
 
     ``end_of_turn`` overrides the detected token (it is appended if the template does not write it).
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see";
+    each family's result is in the README, section "Using the helpers with other models".
     """
     tokenizer = processor.tokenizer
     rendered = processor.apply_chat_template(_probe_messages(answer=_SENTINEL))
@@ -224,7 +235,8 @@ def answer_layout(processor, end_of_turn: str | None = None) -> AnswerLayout:
 def detect_end_of_turn(processor) -> str:
     """The token that ends an assistant answer: the first special token the chat template writes
     after it (``<end_of_utterance>`` for Idefics2, ``<|end|>`` for Phi-3), else the eos token
-    (see :func:`answer_layout`)."""
+    (see :func:`answer_layout`). Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches,
+    and what the loss may see" (``collator.end_of_turn``)."""
     return answer_layout(processor).end_of_turn
 
 
@@ -244,6 +256,9 @@ class ChatVLMCollator:
             its id (nothing is cut silently: a cut answer never learns to stop).
         end_of_turn: the token that ends the assistant turn; detected from the template if None
             (:func:`answer_layout`: the template's own end-of-turn token, else eos appended).
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see", and
+    reused in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Batches, and what the loss may see".
     """
 
     def __init__(self, processor, *, instruction: str, question_key: str | None = "question",
@@ -419,6 +434,10 @@ class ChatVLMCollator:
 
 
 def describe_sample(batch: dict[str, torch.Tensor], tokenizer, row: int = 0, *, width: int = 100) -> str:
-    """One row of a training batch, ``[supervised]`` vs ``·masked·`` tokens (padding left out)."""
+    """One row of a training batch, ``[supervised]`` vs ``·masked·`` tokens (padding left out).
+
+    Used in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Batches, and what the loss may see".
+    """
     length = int(batch["attention_mask"][row].sum())
     return format_supervision(batch["input_ids"][row, :length], batch["labels"][row, :length], tokenizer, width=width)

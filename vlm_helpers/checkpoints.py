@@ -40,7 +40,10 @@ CHECKPOINT_FILE = "training_state.pt"
 
 
 def rng_state() -> dict:
-    """This process's Python, torch and (if present) CUDA RNG states."""
+    """This process's Python, torch and (if present) CUDA RNG states.
+
+    Saved in every checkpoint, as ``notebooks/02_florence2_docvqa.ipynb``, section "Training", explains.
+    """
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -48,14 +51,18 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore RNG states saved by :func:`rng_state`."""
+    """Restore RNG states saved by :func:`rng_state` (see ``notebooks/02_florence2_docvqa.ipynb``, section
+    "Training": a resumed run continues the same loss curve)."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 def gather_rng_states() -> list[dict]:
-    """Every process's RNG state, in rank order (a collective: all ranks must call it)."""
+    """Every process's RNG state, in rank order (a collective: all ranks must call it).
+
+    Why checkpoints hold them all: the README, section "Several GPUs on one machine".
+    """
     rank, world_size = world()
     if world_size == 1:
         return [rng_state()]
@@ -67,7 +74,9 @@ def gather_rng_states() -> list[dict]:
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the parameters that train (the frozen rest is the base checkpoint's), as full tensors.
 
-    For an FSDP2-sharded model this is a collective: call it on every rank.
+    For an FSDP2-sharded model this is a collective: call it on every rank. What a checkpoint holds is
+    taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Training"; the gathering in the README,
+    section "When DDP is not enough: FSDP or DeepSpeed ZeRO".
     """
     return {name: full_copy(p) for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
@@ -76,7 +85,8 @@ def full_optimizer_state(optimizer) -> dict:
     """``optimizer.state_dict()`` with sharded states gathered into full tensors (collective if sharded).
 
     The live optimizer state is left untouched: ``state_dict()`` shares its per-parameter
-    dicts, so they are copied before anything is replaced.
+    dicts, so they are copied before anything is replaced. See the README, section "When DDP is not
+    enough: FSDP or DeepSpeed ZeRO" (an FSDP checkpoint resumes on one GPU).
     """
     saved = optimizer.state_dict()
     saved["state"] = {index: {key: (full_copy(value) if is_dtensor(value) else value)
@@ -88,7 +98,10 @@ _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)(\.tmp)?")
 
 
 def loop_checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint of :func:`vlm_helpers.loop.train`, or None."""
+    """Why ``path`` is not a complete checkpoint of :func:`vlm_helpers.loop.train`, or None.
+
+    What counts as complete is explained in the README, section "When things go wrong".
+    """
     if path.name.endswith(".tmp"):
         return "a staging folder: the run was stopped while writing this checkpoint"
     if not (path / CHECKPOINT_FILE).is_file():
@@ -102,7 +115,8 @@ def scan_checkpoints(output_dir: str | Path, problem: Callable[[Path], str | Non
 
     ``complete``: folders named ``checkpoint-<step>`` for which ``problem(path)`` is None,
     oldest step first. ``incomplete``: ``(folder, why)`` for every other ``checkpoint-<step>``
-    or ``checkpoint-<step>.tmp`` folder. Other names are not ours and are ignored.
+    or ``checkpoint-<step>.tmp`` folder. Other names are not ours and are ignored. Explained in the
+    README, section "When things go wrong" (a crash or a disconnect).
     """
     complete, incomplete = [], []
     for path in Path(output_dir).glob("checkpoint-*"):
@@ -118,18 +132,21 @@ def scan_checkpoints(output_dir: str | Path, problem: Callable[[Path], str | Non
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders in ``output_dir``, oldest first."""
+    """Complete checkpoint folders in ``output_dir``, oldest first (see the README, section "When things go
+    wrong")."""
     return scan_checkpoints(output_dir)[0]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``output_dir``, or None."""
+    """The newest complete checkpoint in ``output_dir``, or None: the one a resumed run continues from
+    (README, section "When things go wrong"); ``vlm-train`` names it in its summary (README, section
+    "One GPU")."""
     found = checkpoint_dirs(output_dir)
     return found[-1] if found else None
 
 
 def describe_incomplete(incomplete: list[tuple[Path, str]]) -> str:
-    """One readable line per incomplete checkpoint folder."""
+    """One readable line per incomplete checkpoint folder (README, section "When things go wrong")."""
     return "; ".join(f"{path.name} ({why})" for path, why in incomplete)
 
 
@@ -138,6 +155,7 @@ def set_aside_incomplete(incomplete: list[tuple[Path, str]], log: Callable[[str]
 
     A staging folder (``checkpoint-<step>.tmp``) is deleted: it is a half-written file. Any other
     incomplete folder is renamed ``incomplete-checkpoint-<step>`` (numbered if taken) and kept.
+    Explained in the README, section "When things go wrong".
     """
     for path, why in incomplete:
         if path.name.endswith(".tmp"):
@@ -162,7 +180,9 @@ def resume_point(output_dir: str | Path, resume, *, problem: Callable[[Path], st
     ``FileExistsError`` before anything is written. Before resuming, the main process sets
     incomplete checkpoints aside (:func:`set_aside_incomplete`). ``problem`` is the
     completeness rule (this loop's, or the HF Trainer's); ``argument`` names the way to resume
-    in messages.
+    in messages. ``RESUME = True`` in ``notebooks/02_florence2_docvqa.ipynb``, section "Parameters", makes
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Training", resume; the rules are in the README, section
+    "When things go wrong".
     """
     output_dir = Path(output_dir)
     complete, incomplete = scan_checkpoints(output_dir, problem)
@@ -195,6 +215,7 @@ def check_finite_weights(model: nn.Module) -> None:
     """Raise ``FloatingPointError`` naming the first trainable parameter holding NaN or inf.
 
     Called before a checkpoint or a final model is written (with FSDP2: this rank's shards).
+    Explained in the README, section "When things go wrong" (NaN or inf).
     """
     for name, param in unwrap(model).named_parameters():
         if param.requires_grad:
@@ -213,7 +234,8 @@ def save_checkpoint(model, optimizer, scheduler, scaler, state, config,
 
     ``rng_states``: one RNG state per rank (see :func:`gather_rng_states`); by default
     this process's state only. ``trainable``/``optimizer_state``: already gathered full
-    states (FSDP); by default taken from ``model`` and ``optimizer`` here.
+    states (FSDP); by default taken from ``model`` and ``optimizer`` here. What it saves is taught in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
     """
     rng_states = rng_states if rng_states is not None else [rng_state()]
     if trainable is None:
@@ -250,7 +272,9 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
     If this run has another number of processes or another ``config.batch_size``, the
     position is converted through the number of rows already seen in the epoch, which is
     exact because every global batch is a slice of the same seeded permutation; a
-    position that does not fall on a boundary of the new global batch is refused.
+    position that does not fall on a boundary of the new global batch is refused. Resuming is taught in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Training"; another number of GPUs in the README,
+    section "Several GPUs on one machine".
     """
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
@@ -302,7 +326,10 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
     return state
 
 def checkpoint_all_ranks(model, optimizer, scheduler, scaler, state, config, rank: int) -> None:
-    """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint."""
+    """Called on every rank: gather RNG states (and FSDP shards), then rank 0 writes the checkpoint.
+
+    Rank 0 alone writes, as the README, section "Several GPUs on one machine", explains.
+    """
     rng_states = gather_rng_states()
     trainable = optimizer_state = None
     if is_sharded(model):  # all-gathers: every rank takes part, rank 0 keeps the result

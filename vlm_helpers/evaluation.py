@@ -19,7 +19,10 @@ import torch
 
 
 def clean_prediction(text: str) -> str:
-    """Post-process a decoded answer: drop leftover task tokens and surrounding whitespace."""
+    """Post-process a decoded answer: drop leftover task tokens and surrounding whitespace.
+
+    Part of the evaluation in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
+    """
     for token in ("<DocVQA>", "<s>", "</s>", "<pad>", "<end_of_utterance>", "<|end|>", "<|endoftext|>"):
         text = text.replace(token, "")
     return " ".join(text.split())
@@ -30,7 +33,11 @@ def generate_predictions(model, processor, collator, rows: Sequence[dict], *, ba
                          num_beams: int = 1, max_new_tokens: int = 32, device: str = "cpu",
                          dtype: str = "float32", progress: bool = False,
                          postprocess: Callable[[str], str] = clean_prediction) -> list[str]:
-    """Generate one answer per row, in batches of ``batch_size``; return cleaned strings."""
+    """Generate one answer per row, in batches of ``batch_size``; return cleaned strings.
+
+    Used in ``notebooks/02_florence2_docvqa.ipynb``, section "Save, reload, and ask a new question", and
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the same answers".
+    """
     model.eval()
     autocast = torch.autocast(device, dtype=getattr(torch, dtype)) if dtype != "float32" else nullcontext()
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -63,7 +70,8 @@ def prediction_records(rows: Sequence[dict], predictions: Sequence[str], *, mode
                        references_key: str = "answers") -> list[dict]:
     """Rows + predictions as records for :func:`vlm_helpers.results.write_predictions`.
 
-    Each record: id, question, references, prediction, model, mode ("tiny" or "full").
+    Each record: id, question, references, prediction, model, mode ("tiny" or "full"). The records
+    :func:`evaluate` returns in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
     """
     if len(rows) != len(predictions):
         raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
@@ -82,7 +90,11 @@ def prediction_records(rows: Sequence[dict], predictions: Sequence[str], *, mode
 
 
 def score_docvqa(records: Sequence[dict]) -> dict[str, float]:
-    """ANLS and the blog's Levenshtein similarity over prediction records."""
+    """ANLS and the blog's Levenshtein similarity over prediction records.
+
+    The scores of ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning"; the metrics are taught
+    in ``notebooks/02_florence2_docvqa.ipynb``, section "The metric: ANLS, not "Levenshtein similarity"".
+    """
     from vlm_helpers.metrics import anls, levenshtein_similarity
 
     predictions = [r["prediction"] for r in records]
@@ -103,7 +115,11 @@ def _first_reference(references):
 
 
 def score_captions(records: Sequence[dict]) -> dict[str, float]:
-    """ROUGE (1, 2, L) and tag precision/recall/F1 of generated captions (notebook 04)."""
+    """ROUGE (1, 2, L) and tag precision/recall/F1 of generated captions (notebook 04).
+
+    The metrics are taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The metrics: ROUGE and
+    tags"; used in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Before fine-tuning".
+    """
     from vlm_helpers.metrics import rouge, tag_scores
 
     predictions = [r["prediction"] for r in records]
@@ -115,7 +131,9 @@ def sample_score(task: str, prediction: str, references: Sequence[str]) -> float
     """One sample's headline score: ANLS for DocVQA, tag F1 for captioning (for galleries).
 
     ``references`` is a list of strings (a bare string counts as one); for captioning the
-    first one is used. A None prediction or reference raises the metrics' ``ValueError``.
+    first one is used. A None prediction or reference raises the metrics' ``ValueError``. The per-sample
+    scores of ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning", and of the gallery in
+    ``notebooks/05_before_after_comparison.ipynb``, section "Gallery: improved, unchanged, regressed".
     """
     from vlm_helpers.metrics import anls_per_sample, tag_f1_per_sample
 
@@ -133,7 +151,11 @@ def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, mod
              device: str = "cpu", dtype: str = "float32", batch_size: int = 8, num_beams: int = 1,
              max_new_tokens: int = 32, title: str = "", references_key: str = "answers",
              progress: bool = False) -> tuple[list[dict], dict[str, float]]:
-    """Generate for ``rows``, score them for ``task``, print one labelled line; return (records, scores)."""
+    """Generate for ``rows``, score them for ``task``, print one labelled line; return (records, scores).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning" (and "After fine-tuning");
+    zero-shot in ``notebooks/01_baseline_inference.ipynb``, section "Florence-2 on DocVQA questions, zero-shot".
+    """
     predictions = generate_predictions(model, processor, collator, rows, batch_size=batch_size, num_beams=num_beams,
                                        max_new_tokens=max_new_tokens, device=device, dtype=dtype, progress=progress)
     records = prediction_records(rows, predictions, model_name=model_name, mode="tiny" if tiny else "full",
@@ -149,7 +171,8 @@ def generation_eval_fn(model, processor, collator, rows: Sequence[dict], *, task
 
     Returns ``f(step) -> {"val_anls": ...}`` (DocVQA) or ``{"val_rouge1", "val_tag_f1", ...}``
     (captioning): the same generation-based scores as the final evaluation, never the argmax
-    of teacher-forced logits. ``generate_kwargs`` go to :func:`generate_predictions`.
+    of teacher-forced logits. ``generate_kwargs`` go to :func:`generate_predictions`. Taught in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Training with the Hugging Face Trainer".
     """
     def evaluate_at(step: int) -> dict[str, float]:
         predictions = generate_predictions(model, processor, collator, rows, **generate_kwargs)
@@ -161,7 +184,10 @@ def generation_eval_fn(model, processor, collator, rows: Sequence[dict], *, task
 
 
 def format_scores(scores: dict, *, tiny: bool, title: str) -> str:
-    """One printable line of scores, always ending with the tiny/full mode label."""
+    """One printable line of scores, always ending with the tiny/full mode label.
+
+    The line :func:`evaluate` prints in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
+    """
     from vlm_helpers.runtime import mode_label
 
     parts = [f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}" for name, value in scores.items()]

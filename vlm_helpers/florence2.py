@@ -45,7 +45,9 @@ def load_florence2(checkpoint: str | Path, *, device: str = "cpu", dtype: torch.
     For training keep ``dtype=torch.float32`` and let autocast run the maths in fp16/bf16:
     the blog's learning rate of 1e-6 is below bf16's resolution for weights near 1, so
     bf16 weights would silently not move. For inference only, load in the preset dtype.
-    Returns ``(model, processor)``.
+    Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and
+    freezing the vision encoder"; for inference in ``notebooks/01_baseline_inference.ipynb``, section
+    "Florence-2: the built-in tasks".
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -57,7 +59,10 @@ def load_florence2(checkpoint: str | Path, *, device: str = "cpu", dtype: torch.
 
 
 def florence2_vision_modules(model: nn.Module) -> list[nn.Module]:
-    """The parts of Florence-2 that see pixels: the DaViT tower (and, if present, its projector)."""
+    """The parts of Florence-2 that see pixels: the DaViT tower (and, if present, its projector).
+
+    Frozen in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder".
+    """
     return [model.model.vision_tower]
 
 
@@ -80,6 +85,9 @@ class Florence2Collator:
     with every answer token one position earlier than it will ever be generated. With ``<s>``
     first, training and generation see the same prefix (the blog's ``tokenizer(answers)``
     added it too).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss may see"; the
+    ``<s>`` is explained in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
     """
 
     def __init__(self, processor, *, task_prompt: str = DOCVQA_TASK_PROMPT, max_answer_tokens: int = 64,
@@ -142,7 +150,10 @@ class Florence2Collator:
 
 
 def box_to_location_tokens(box: tuple[float, float, float, float], image_size: tuple[int, int]) -> str:
-    """A pixel box ``(x0, y0, x1, y1)`` as Florence-2's ``<loc_*>`` tokens (1000 bins per axis)."""
+    """A pixel box ``(x0, y0, x1, y1)`` as Florence-2's ``<loc_*>`` tokens (1000 bins per axis).
+
+    Taught in ``notebooks/01_baseline_inference.ipynb``, section "Florence-2: the built-in tasks".
+    """
     width, height = image_size
     bins = [box[0] / width, box[1] / height, box[2] / width, box[3] / height]
     return "".join(f"<loc_{min(999, max(0, int(b * 1000)))}>" for b in bins)
@@ -154,7 +165,8 @@ def florence2_task(model, processor, image, task: str, text_input: str = "", *, 
     """Run one Florence-2 task on one image and return the processor's post-processed result.
 
     ``task`` is a task token such as ``"<CAPTION>"``; tasks that take an input (a region for
-    ``<REGION_TO_DESCRIPTION>``, a phrase for grounding) get it in ``text_input``.
+    ``<REGION_TO_DESCRIPTION>``, a phrase for grounding) get it in ``text_input``. Taught in
+    ``notebooks/01_baseline_inference.ipynb``, section "Florence-2: the built-in tasks".
     """
     image = to_rgb(image)
     inputs = processor(text=task + text_input, images=image, return_tensors="pt").to(device)

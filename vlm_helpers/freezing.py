@@ -1,8 +1,8 @@
 """Freezing parts of a model and counting what is left to train.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "2. Load the model and freeze the vision
-encoder"): the blog's ``param.is_trainable = False`` froze nothing; ``requires_grad_(False)`` does,
-and a frozen tower also belongs in eval mode.
+Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision
+encoder": the blog's ``param.is_trainable = False`` froze nothing; ``requires_grad_(False)`` does,
+and a frozen tower also belongs in eval mode (``notebooks/02_florence2_docvqa.ipynb``, section "Training").
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def freeze(*modules: nn.Module) -> int:
 
     The Florence-2 blog wrote ``param.is_trainable = False``: that sets a new Python
     attribute nobody reads, so nothing is frozen. ``requires_grad_(False)`` is what
-    autograd and the optimizer respect.
+    autograd and the optimizer respect. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    model, and freezing the vision encoder".
     """
     count = 0
     for module in modules:
@@ -29,7 +30,10 @@ def freeze(*modules: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class ParameterCount:
-    """Trainable and total parameters of a model."""
+    """Trainable and total parameters of a model (what :func:`count_parameters` returns).
+
+    Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder".
+    """
 
     trainable: int
     total: int
@@ -43,7 +47,12 @@ class ParameterCount:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count parameters, each shared tensor once (4-bit weights count their stored elements x2)."""
+    """Count parameters, each shared tensor once (4-bit weights count their stored elements x2).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder"
+    (before and after freezing); used again in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The
+    model in 4 bits", and ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
+    """
     seen: set[int] = set()
     trainable = total = 0
     for param in model.parameters():
@@ -66,7 +75,8 @@ def frozen_to_eval(model: nn.Module) -> list[str]:
     ``model.train()`` switches *all* submodules to training mode, frozen ones included, so
     dropout and stochastic depth (DaViT's ``drop_path_rate``) keep perturbing the features of
     a vision tower that cannot adapt to them. Call this after every ``model.train()``; the
-    training loop of :mod:`vlm_helpers.loop` does.
+    training loop of :mod:`vlm_helpers.loop` does. Taught in ``notebooks/02_florence2_docvqa.ipynb``,
+    section "Training".
     """
     names: list[str] = []
 

@@ -52,8 +52,8 @@ from pathlib import Path
 
 from vlm_helpers.checkpoints import resume_point, scan_checkpoints
 
-__all__ = ["REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
-           "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs",
+__all__ = ["LOG_COLUMNS", "REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
+           "log_table_header", "log_table_row", "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs",
            "trainer_checkpoint_problem", "validate_report_to"]
 
 #: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
@@ -75,7 +75,8 @@ REPORT_TO_CHOICES: dict[str, tuple[str | None, str | None]] = {
 def secret(name: str) -> str | None:
     """A secret's value from Colab's secrets panel, else from the environment; ``None`` if absent.
 
-    The value is returned, never printed or logged.
+    The value is returned, never printed or logged. Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``,
+    section "Training with the Hugging Face Trainer" (experiment tracking without pasting keys).
     """
     try:
         from google.colab import userdata  # only importable on Colab
@@ -98,6 +99,7 @@ def validate_report_to(report_to: str | Sequence[str]) -> list[str]:
     Raises ``ValueError`` for anything else, for a tracker whose package is missing, and for
     ``wandb`` without ``WANDB_API_KEY`` in Colab secrets or the environment. A key found only in
     Colab secrets is copied into this process's environment, where the tracker looks for it.
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer".
     """
     names = [report_to] if isinstance(report_to, str) else list(report_to)
     names = [name.strip().lower() for name in names]
@@ -143,6 +145,10 @@ def make_training_arguments(*, output_dir: str, batch_size: int, grad_accum: int
     Under ``torchrun`` on CPU the Trainer's DDP uses gloo; ``find_unused_parameters`` is off
     (pass ``ddp_find_unused_parameters=True`` if you train a module that some steps skip).
     ``**overrides`` go straight to ``TrainingArguments`` (e.g. ``eval_strategy="steps"``).
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer",
+    and used again in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Training with the Hugging
+    Face Trainer".
     """
     from transformers import TrainingArguments
 
@@ -202,7 +208,9 @@ def history_from_log(log_history: Sequence[dict]) -> list[dict]:
     record's ``loss``, and the Trainer's average over the logging window (which would hide a NaN)
     is dropped. Histories without those entries (older runs) keep the Trainer's logged loss.
     Entries without a loss (the end-of-run summary) are skipped; other keys logged at the same
-    step (e.g. generation metrics) are merged into that step's record.
+    step (e.g. generation metrics) are merged into that step's record. The ``history`` plotted in
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer"; skipped
+    steps are explained in the README, section "When things go wrong".
     """
     records: dict[int, dict] = {}
     own_loss: set[int] = set()
@@ -234,7 +242,9 @@ def trainer_checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete Trainer checkpoint, or None.
 
     The Trainer writes ``trainer_state.json`` last, with a plain (non-atomic) write: a checkpoint
-    is complete when that file exists and reads back with its ``global_step``.
+    is complete when that file exists and reads back with its ``global_step``. Explained in the README,
+    section "When things go wrong"; ``RESUME`` in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section
+    "Parameters", relies on it.
     """
     state_file = Path(path) / TRAINER_STATE_FILE
     if path.name.endswith(".tmp"):
@@ -251,12 +261,19 @@ def trainer_checkpoint_problem(path: Path) -> str | None:
 
 
 def trainer_checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete Trainer checkpoints (see :func:`trainer_checkpoint_problem`), oldest first."""
+    """Complete Trainer checkpoints (see :func:`trainer_checkpoint_problem`), oldest first.
+
+    What counts as complete: the README, section "When things go wrong".
+    """
     return scan_checkpoints(output_dir, trainer_checkpoint_problem)[0]
 
 
 def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete Trainer checkpoint in ``output_dir``, or None."""
+    """The newest complete Trainer checkpoint in ``output_dir``, or None.
+
+    The checkpoint named when too many NaN steps stop training, and the one a resume continues from
+    (README, section "When things go wrong").
+    """
     found = trainer_checkpoint_dirs(output_dir)
     return found[-1] if found else None
 
@@ -362,6 +379,39 @@ class _NonFiniteGuard:
                                                       checkpoint=latest_trainer_checkpoint(output_dir)))
 
 
+#: Columns of the log table printed while training: (log key, heading, format).
+LOG_COLUMNS = (("step", "step", "{:>6d}"), ("epoch", "epoch", "{:>6.2f}"), ("loss", "loss", "{:>8.4f}"),
+               ("grad_norm", "grad norm", "{:>9.3f}"), ("learning_rate", "learning rate", "{:>13.3g}"))
+
+
+def log_table_header() -> str:
+    """The heading line of :func:`log_table_row`'s table.
+
+    Shown in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer".
+    """
+    widths = [len(fmt.format(0 if key == "step" else 0.0)) for key, _, fmt in LOG_COLUMNS]
+    return "  ".join(heading.rjust(width) for (_, heading, _), width in zip(LOG_COLUMNS, widths))
+
+
+def log_table_row(logs: dict, step: int) -> str | None:
+    """One line of the training table for a Trainer log entry, or ``None`` for entries that are not
+    training-loss logs. The end-of-run summary becomes one sentence instead of a dict.
+
+    Shown in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer".
+    """
+    if "train_runtime" in logs:
+        return (f"trained {step} steps in {logs['train_runtime']:.1f} s "
+                f"({logs.get('train_steps_per_second', 0):.2f} steps/s), mean loss {logs.get('train_loss', float('nan')):.4f}")
+    if "loss" not in logs:
+        return None
+    cells = []
+    for key, _, fmt in LOG_COLUMNS:
+        value = step if key == "step" else logs.get(key)
+        width = len(fmt.format(0 if key == "step" else 0.0))
+        cells.append("-".rjust(width) if value is None else fmt.format(value))
+    return "  ".join(cells)
+
+
 def train_with_trainer(model, train_rows, collator: Callable, args, *,
                        eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None,
                        resume_from_checkpoint: str | Path | bool | None = None, max_skipped_steps: int = 10):
@@ -381,8 +431,12 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     A step whose loss or gradient is NaN/inf is not applied and is recorded as skipped; more than
     ``max_skipped_steps`` of them stop training with ``FloatingPointError`` (weights stay finite).
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer",
+    and used with ``eval_fn`` in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Training with the
+    Hugging Face Trainer".
     """
-    from transformers import Trainer, TrainerCallback
+    from transformers import PrinterCallback, Trainer, TrainerCallback
 
     from vlm_helpers.checkpoints import check_finite_weights
 
@@ -403,6 +457,17 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                 model.train(was_training)
                 state.log_history.append({"step": state.global_step, **metrics})
 
+    class LogTable(TrainerCallback):
+        printed_header = False
+
+        def on_log(self, arguments, state, control, logs=None, **kwargs):
+            line = log_table_row(logs or {}, state.global_step) if state.is_world_process_zero else None
+            if line is not None:
+                if not self.printed_header and "train_runtime" not in logs:
+                    print(log_table_header())
+                    self.printed_header = True
+                print(line)
+
     class FiniteBeforeSaving(TrainerCallback):
         def on_step_end(self, arguments, state, control, model=None, **kwargs):
             if control.should_save:  # the Trainer saves right after this: never a NaN checkpoint
@@ -413,6 +478,9 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     callbacks += [GenerationEval()] if eval_fn is not None else []
     trainer = _guarded_trainer(Trainer, guard)(model=model, args=args, train_dataset=train_rows,
                                                data_collator=collator, callbacks=callbacks)
+    if args.disable_tqdm:  # the Trainer would print each log as a dict of strings: a table instead
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogTable())
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     model.eval()
     return trainer, history_from_log(trainer.state.log_history)

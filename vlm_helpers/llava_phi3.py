@@ -52,12 +52,18 @@ PHI3_LLAVA_CHAT_TEMPLATE = (
 
 def default_4bit(preset_name: str) -> bool:
     """Whether LLaVA-Phi-3 (notebook 04, ``vlm-train --recipe phi3-aircraft``) stores its frozen weights in
-    4-bit: on a T4 only, where 8 GB of 16-bit weights plus activations do not fit 15 GB reliably."""
+    4-bit: on a T4 only, where 8 GB of 16-bit weights plus activations do not fit 15 GB reliably.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The machine and the preset".
+    """
     return preset_name == "t4"
 
 
 class RemoteCodeRefused(RuntimeError):
-    """A Microsoft Phi-3 vision checkpoint was asked for in a way we will not load."""
+    """A Microsoft Phi-3 vision checkpoint was asked for in a way we will not load.
+
+    Shown in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Which Phi-3 vision model?".
+    """
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -69,7 +75,8 @@ def check_model_choice(model_id: str, *, trust_remote_code: bool = False, revisi
                        transformers_version: str | None = None) -> None:
     """Raise :class:`RemoteCodeRefused` with what to do, unless ``model_id`` can be loaded here.
 
-    Native checkpoints (anything not in :data:`MICROSOFT_CHECKPOINTS`) always pass.
+    Native checkpoints (anything not in :data:`MICROSOFT_CHECKPOINTS`) always pass. Taught in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Which Phi-3 vision model?".
     """
     if model_id not in MICROSOFT_CHECKPOINTS:
         return
@@ -103,7 +110,9 @@ ADDITIONAL_IMAGE_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
 
 def llava_processor_fields(model_config) -> dict:
     """What a ``LlavaProcessor`` must be told so that it inserts as many ``<image>`` tokens as the
-    vision tower gives features: patch size, feature strategy and the CLS-like extra tokens."""
+    vision tower gives features: patch size, feature strategy and the CLS-like extra tokens. What
+    :func:`prepare_llava_processor` sets, taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section
+    "The model"."""
     vision = model_config.vision_config
     if vision.model_type not in ADDITIONAL_IMAGE_TOKENS:
         raise ValueError(f"unknown LLaVA vision tower {vision.model_type!r}: add it to ADDITIONAL_IMAGE_TOKENS")
@@ -126,7 +135,8 @@ def prepare_llava_processor(processor, model_or_config) -> list[str]:
     text-only Phi-3-mini (if its tokenizer_config.json carries one) cannot place an image. A template
     that places images (llava-hf's own LLaVA checkpoints) is kept.
     :func:`vlm_helpers.lora.load_chat_processor` (and so ``load_chat_vlm``) calls this for
-    every LLaVA checkpoint. ``model_or_config``: the model or its config.
+    every LLaVA checkpoint. ``model_or_config``: the model or its config. Taught in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     config = getattr(model_or_config, "config", model_or_config)
     changed = []
@@ -160,7 +170,11 @@ def _template_places_images(processor) -> bool:
 
 
 def image_tokens_per_image(processor, image_size: int) -> int:
-    """How many image tokens ``processor`` inserts for one ``image_size`` x ``image_size`` image."""
+    """How many image tokens ``processor`` inserts for one ``image_size`` x ``image_size`` image.
+
+    The 576 per photo of ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Batches, and what the loss
+    may see".
+    """
     from PIL import Image
 
     token = processor.image_token

@@ -57,7 +57,10 @@ from vlm_helpers.results import finite_or_null
 
 @dataclass
 class TrainConfig:
-    """Everything the loop needs besides the model and the data."""
+    """Everything the loop needs besides the model and the data.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
+    """
 
     output_dir: str
     learning_rate: float = 1e-6
@@ -82,7 +85,11 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """Where training is; saved in every checkpoint."""
+    """Where training is; saved in every checkpoint.
+
+    :func:`train` returns it (``state.history`` is plotted) in ``notebooks/02_florence2_docvqa.ipynb``,
+    section "Training".
+    """
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
@@ -100,6 +107,8 @@ def epoch_indices(num_rows: int, *, seed: int, epoch: int, batch_size: int, rank
     ``seed + epoch``; process ``r`` takes the ``r``-th slice of size ``B``. So one process
     with batch ``B*W`` sees exactly the rows that ``W`` processes with batch ``B`` see
     together. The last incomplete global batch is dropped so every process gets the same count.
+    Explained in the README, section "Several GPUs on one machine" (step 3); the loop that uses it is
+    taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
     """
     generator = torch.Generator().manual_seed(seed + epoch)
     perm = torch.randperm(num_rows, generator=generator).tolist()
@@ -112,12 +121,18 @@ def epoch_indices(num_rows: int, *, seed: int, epoch: int, batch_size: int, rank
 
 
 def steps_per_epoch(num_rows: int, config: TrainConfig, world_size: int = 1) -> int:
-    """Optimizer steps one epoch gives (micro-batches per process // accumulation)."""
+    """Optimizer steps one epoch gives (micro-batches per process // accumulation).
+
+    Part of :func:`total_steps`, printed in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
+    """
     return (num_rows // (config.batch_size * world_size)) // config.grad_accum
 
 
 def total_steps(num_rows: int, config: TrainConfig, world_size: int = 1) -> int:
-    """Optimizer steps the run will take: ``max_steps`` if set, else epochs x steps per epoch."""
+    """Optimizer steps the run will take: ``max_steps`` if set, else epochs x steps per epoch.
+
+    Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
+    """
     if config.max_steps is not None:
         return config.max_steps
     steps = config.epochs * steps_per_epoch(num_rows, config, world_size)
@@ -133,7 +148,8 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of cross-entropy over supervised tokens (label != -100).
 
     Logits and labels are aligned: Florence-2's decoder is fed the labels shifted right (the model
-    does it when given ``labels``), so position ``t``'s logits predict ``labels[t]``.
+    does it when given ``labels``), so position ``t``'s logits predict ``labels[t]``. Taught in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Training" (written out, then compared with this one).
     """
     return nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1).to(logits.device),
@@ -142,12 +158,20 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def supervised_tokens(labels: torch.Tensor) -> int:
-    """How many label positions the loss counts."""
+    """How many label positions the loss counts.
+
+    The divisor of an accumulation window, taught in ``notebooks/02_florence2_docvqa.ipynb``, section
+    "Training".
+    """
     return int(labels.ne(IGNORE_INDEX).sum())
 
 
 def nonfinite_problem(loss: float | None, grad_norm: float | None) -> str | None:
-    """Why a step's update must not be applied (its loss or gradient norm is NaN or inf), or None."""
+    """Why a step's update must not be applied (its loss or gradient norm is NaN or inf), or None.
+
+    Mentioned in ``notebooks/02_florence2_docvqa.ipynb``, section "Training"; the rules are in the README,
+    section "When things go wrong".
+    """
     if loss is not None and not math.isfinite(loss):
         return f"non-finite loss ({loss})"
     if grad_norm is not None and not math.isfinite(grad_norm):
@@ -156,7 +180,10 @@ def nonfinite_problem(loss: float | None, grad_norm: float | None) -> str | None
 
 
 def too_many_skipped(skipped_steps: list[int], limit: int, *, checkpoint: str | Path | None) -> str:
-    """The message training stops with once more than ``limit`` updates were skipped."""
+    """The message training stops with once more than ``limit`` updates were skipped.
+
+    Explained in the README, section "When things go wrong" (NaN or inf).
+    """
     where = (f"The newest checkpoint ({checkpoint}) holds finite weights" if checkpoint
              else "No checkpoint was written yet")
     return (f"Training stopped: {len(skipped_steps)} steps had a NaN/inf loss or gradient (steps "
@@ -166,7 +193,10 @@ def too_many_skipped(skipped_steps: list[int], limit: int, *, checkpoint: str | 
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total: int):
-    """AdamW over trainable parameters, and a linear schedule with ``warmup_steps``."""
+    """AdamW over trainable parameters, and a linear schedule with ``warmup_steps``.
+
+    The loop's optimizer, described in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
+    """
     from transformers import get_linear_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -206,6 +236,8 @@ def train(model: nn.Module, dataset: Sequence, collator: Callable, config: Train
     ``eval_fn(step)`` runs every ``eval_every`` steps on every rank (it decides itself
     which ranks do work) and returns metrics merged into that step's record.
     ``log_fn(record)`` is called on rank 0 with each step's record (loss, lr, ...).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Training".
     """
     rank, world_size = world()
     output_dir = Path(config.output_dir)
@@ -322,6 +354,7 @@ def save_history(history: list[dict], path: str | Path) -> None:
     """Write the loss history as JSON (atomically, so a crash never leaves half a file).
 
     NaN/inf, which JSON cannot hold, are written as null (a skipped step's record says why).
+    The ``history.json`` of the README, section "One GPU", and of the README, section "When things go wrong".
     """
     path = Path(path)
     tmp = path.with_suffix(".tmp")
@@ -330,5 +363,5 @@ def save_history(history: list[dict], path: str | Path) -> None:
 
 
 def load_history(path: str | Path) -> list[dict]:
-    """Read a ``history.json`` written by :func:`train`."""
+    """Read a ``history.json`` written by :func:`train` (the loss curve; README, section "One GPU")."""
     return json.loads(Path(path).read_text())

@@ -62,12 +62,19 @@ _VISION_ENCODER_NAMES = ("vision_model", "vision_tower", "visual", "img_processo
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"`` or ``torch.bfloat16`` -> ``torch.bfloat16`` (the presets name dtypes as strings)."""
+    """``"bfloat16"`` or ``torch.bfloat16`` -> ``torch.bfloat16`` (the presets name dtypes as strings).
+
+    The compute dtype is explained in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and
+    the preset".
+    """
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def bnb_4bit_config(compute_dtype: str | torch.dtype):
-    """4-bit NF4 with double quantization, computing in ``compute_dtype`` (QLoRA's recipe)."""
+    """4-bit NF4 with double quantization, computing in ``compute_dtype`` (QLoRA's recipe).
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits".
+    """
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -80,7 +87,10 @@ def bnb_4bit_config(compute_dtype: str | torch.dtype):
 
 def default_image_splitting(preset_name: str) -> bool:
     """Idefics2's image splitting (4 crops + the whole image = 5x the image tokens, 320 instead of
-    64): on for a big GPU (preset ``a100``), off elsewhere (a T4's 15 GB, CPU, tiny mode), as the article did."""
+    64): on for a big GPU (preset ``a100``), off elsewhere (a T4's 15 GB, CPU, tiny mode), as the article did.
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits".
+    """
     return preset_name == "a100"
 
 
@@ -93,7 +103,8 @@ def disable_bnb_cpu_repacking(model: nn.Module) -> int:
     gradient flows *through* the frozen layer, and LoRA adapters before it silently stop learning
     (tests/test_tiny_chat_models.py shows 0 of 12 q/k/v/gate/up adapters getting a gradient).
     Switching ``support_avx512bf16_for_cpu`` off keeps the ordinary, differentiable path. GPUs are
-    unaffected; the flag only matters for CPU inputs.
+    unaffected; the flag only matters for CPU inputs. The trap is described in
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits".
     """
     import bitsandbytes as bnb
 
@@ -112,7 +123,8 @@ def image_only_processor_class(processor_class):
     builds with torchvision; on an install without it (CPU machines, this project's CI) loading
     the processor fails even when no video is ever passed. This subclass (same name, so a saved
     processor still names the real class) loads and saves only the image processor and the
-    tokenizer; passing ``videos=`` to it fails.
+    tokenizer; passing ``videos=`` to it fails. See the README, section "Using the helpers with other
+    models" (Qwen2-VL).
     """
     attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
 
@@ -128,7 +140,8 @@ def image_only_processor_class(processor_class):
 
 def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
     """``AutoProcessor.from_pretrained(path)``; without torchvision, the image-only processor
-    (:func:`image_only_processor_class`) for families whose processor also handles videos."""
+    (:func:`image_only_processor_class`) for families whose processor also handles videos. See the
+    README, section "Using the helpers with other models"."""
     import importlib.util
 
     import transformers
@@ -150,6 +163,8 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     ``do_image_splitting=None`` keeps the checkpoint's setting; both settings are Idefics2 only.
     LLaVA processors get :func:`vlm_helpers.llava_phi3.prepare_llava_processor` (fields from the
     model's config), so they insert as many image tokens as the vision tower yields features.
+    The image settings are taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4
+    bits"; the LLaVA fields in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     from transformers import AutoConfig
 
@@ -195,6 +210,9 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
 
     LLaVA checkpoints get :func:`vlm_helpers.llava_phi3.prepare_llava_processor`, so the processor
     inserts exactly as many image tokens as the vision tower yields features.
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits", and used again in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     from transformers import AutoModelForImageTextToText
 
@@ -223,7 +241,9 @@ def vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ``config`` is of that class): ``vision_model`` (Idefics2/3, Mllama), ``vision_tower`` (LLaVA,
     Gemma 3, PaliGemma), ``visual`` (Qwen2-VL, Qwen2.5-VL), whatever the attribute is called. Models
     without a ``vision_config`` (remote code) fall back to the usual attribute names. Finding
-    nothing is an error, so :func:`add_lora`'s guard can never silently check nothing.
+    nothing is an error, so :func:`add_lora`'s guard can never silently check nothing. The guard is
+    taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters"; the families in the
+    README, section "Using the helpers with other models".
     """
     from transformers import PreTrainedModel
 
@@ -258,6 +278,9 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     otherwise silently gives LoRA no gradient. ``modules_to_save`` trains whole modules
     (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter.
     Raises if an adapter or trainable weight would land in the vision encoder.
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -286,7 +309,9 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
 def quantization_report(model: nn.Module) -> str:
     """How many linear layers are stored in 4-bit (bitsandbytes ``Linear4bit``), and which are not.
 
-    The line notebooks 03 and 04 print after loading, so the 4-bit path is visibly taken.
+    The line notebooks 03 and 04 print after loading, so the 4-bit path is visibly taken:
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     four_bit, plain = 0, []
     for name, module in model.named_modules():
@@ -299,13 +324,21 @@ def quantization_report(model: nn.Module) -> str:
 
 
 def lora_module_names(model: nn.Module) -> list[str]:
-    """Names of the modules that carry a LoRA adapter, PEFT's wrapper prefix removed."""
+    """Names of the modules that carry a LoRA adapter, PEFT's wrapper prefix removed.
+
+    What :func:`lora_report` summarises in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA
+    adapters".
+    """
     names = [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
     return [re.sub(r"^base_model\.model\.", "", name) for name in names]
 
 
 def lora_report(model: nn.Module) -> str:
-    """Which modules got LoRA (layer numbers folded into ``*``) and how many parameters train."""
+    """Which modules got LoRA (layer numbers folded into ``*``) and how many parameters train.
+
+    Printed in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
+    """
     from vlm_helpers.freezing import count_parameters
 
     patterns = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in lora_module_names(model))
@@ -316,7 +349,12 @@ def lora_report(model: nn.Module) -> str:
 
 
 def save_adapter(model, processor, path: str | Path) -> Path:
-    """Save only the adapter weights (a few MB, not the base model) and the processor to ``path``."""
+    """Save only the adapter weights (a few MB, not the base model) and the processor to ``path``.
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the
+    same answers", and ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Save the adapter, reload it,
+    caption again".
+    """
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -337,6 +375,10 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype
     corrections to the 4-bit-rounded weights. A 4-bit base also gets the dtype treatment
     :func:`add_lora` gave it for training (norms and embeddings upcast to fp32), so on a GPU
     the reloaded model computes what the trained one did, not a fp16 variant of it.
+
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the
+    same answers", and ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Save the adapter, reload it,
+    caption again".
     """
     from peft import PeftModel, prepare_model_for_kbit_training
 
@@ -361,6 +403,8 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     loaded again in 16-bit (``dtype``; fp32 is fine for tiny models on CPU), the adapter is added
     exactly, and the result loads anywhere without PEFT or bitsandbytes. It differs slightly from the
     trained 4-bit model (the adapter now sits on the unrounded weights): evaluate the merged model.
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Merging for export: not into the 4-bit
+    model".
     """
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText

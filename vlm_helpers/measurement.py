@@ -16,7 +16,10 @@ import torch
 
 @dataclass
 class Measurement:
-    """Wall time and peak memory of a block (GPU allocated memory on CUDA, process RSS on CPU)."""
+    """Wall time and peak memory of a block (GPU allocated memory on CUDA, process RSS on CPU).
+
+    Tabled in ``notebooks/01_baseline_inference.ipynb``, section "Cost of each model".
+    """
 
     seconds: float = 0.0
     peak_mib: float = 0.0
@@ -28,7 +31,11 @@ class Measurement:
 
 @contextmanager
 def measure(device: str):
-    """``with measure(device) as m: ...`` then read ``m.seconds`` and ``m.peak_mib``."""
+    """``with measure(device) as m: ...`` then read ``m.seconds`` and ``m.peak_mib``.
+
+    First used in ``notebooks/01_baseline_inference.ipynb``, section "Florence-2: the built-in tasks"; the
+    results are in ``notebooks/01_baseline_inference.ipynb``, section "Cost of each model".
+    """
     result = Measurement(memory_kind="GPU peak allocated" if device == "cuda" else "process peak RSS")
     if device == "cuda":
         torch.cuda.synchronize()
@@ -49,7 +56,9 @@ def release(*objects) -> None:
     """Drop references held here and give cached GPU memory back, so the next model fits.
 
     Python frees a model only when *every* name pointing at it is gone: ``del`` the
-    notebook's own variables too (the notebook shows how).
+    notebook's own variables too (the notebook shows how: ``notebooks/01_baseline_inference.ipynb``,
+    section "Florence-2 on DocVQA questions, zero-shot", and ``notebooks/03_idefics2_qlora_docvqa.ipynb``,
+    section "Save the adapter, reload it, get the same answers").
     """
     for obj in objects:
         del obj

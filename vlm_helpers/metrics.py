@@ -139,7 +139,8 @@ def normalize_answer(text: str) -> str:
     """Lowercase, strip, and collapse every whitespace run to a single space.
 
     This is the DocVQA normalisation (taught in
-    ``notebooks/02_florence2_docvqa.ipynb``). "Whitespace" is whatever
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The metric: ANLS, not
+    "Levenshtein similarity""). "Whitespace" is whatever
     :meth:`str.split` treats as whitespace, so tabs, newlines and Unicode
     spaces such as U+00A0 count too. Punctuation and articles are kept:
     DocVQA does not remove them. ``text`` must be a string (``ValueError``
@@ -153,7 +154,8 @@ def normalized_levenshtein_distance(prediction: str, reference: str) -> float:
 
     Returns a value in ``[0, 1]``; ``0.0`` when both normalised strings are
     empty. Lengths are counted in Unicode code points. Taught in
-    ``notebooks/02_florence2_docvqa.ipynb`` (e.g. "kitten" vs "sitting":
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The metric: ANLS, not
+    "Levenshtein similarity"" (e.g. "kitten" vs "sitting":
     distance 3, longer length 7, so 3/7). Both arguments must be strings
     (``ValueError`` naming the side otherwise).
     """
@@ -211,7 +213,8 @@ def anls_per_sample(
     references: Sequence[Sequence[str]],
     threshold: float = 0.5,
 ) -> list[float]:
-    """Per-question ANLS scores (taught in ``notebooks/02_florence2_docvqa.ipynb``).
+    """Per-question ANLS scores (taught in ``notebooks/02_florence2_docvqa.ipynb``, section
+    "The metric: ANLS, not "Levenshtein similarity"").
 
     Each score is the max over that question's reference answers of
     ``1 - NL`` when ``NL < threshold`` (strictly), else 0, where NL is
@@ -231,7 +234,8 @@ def anls(
 ) -> float:
     """DocVQA's Average Normalized Levenshtein Similarity, in ``[0, 1]``.
 
-    Taught in ``notebooks/02_florence2_docvqa.ipynb``. ANLS is the mean over
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The metric:
+    ANLS, not "Levenshtein similarity"". ANLS is the mean over
     questions of :func:`anls_per_sample`: for every question take the best
     reference answer's ``1 - NL``, but score 0 when ``NL >= threshold``
     (default 0.5; "NL < 0.5" is strict, so NL exactly 0.5 scores 0). Strings
@@ -254,7 +258,8 @@ def levenshtein_similarity_per_sample(
 ) -> list[float]:
     """Per-question un-thresholded ``max(1 - NL)``. NOT ANLS; always >= ANLS.
 
-    Taught in ``notebooks/02_florence2_docvqa.ipynb``. Returns ``[]`` for
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The metric:
+    ANLS, not "Levenshtein similarity"". Returns ``[]`` for
     empty inputs. Raises ``ValueError`` as :func:`anls` does.
     """
     return _similarity_per_sample(predictions, references, None)
@@ -272,7 +277,8 @@ def levenshtein_similarity(
     credit instead of scoring 0, so it is always >= :func:`anls` on the same
     inputs, and strictly greater whenever some question's best answer has
     ``0.5 <= NL < 1``. Do not compare it with published ANLS numbers. Taught
-    in ``notebooks/02_florence2_docvqa.ipynb``.
+    in ``notebooks/02_florence2_docvqa.ipynb``, section "The metric: ANLS, not
+    "Levenshtein similarity"".
 
     Raises:
         ValueError: same conditions as :func:`anls`.
@@ -295,7 +301,8 @@ def rouge(
 ) -> dict[str, float]:
     """Mean ROUGE F-measure per type, using the ``rouge_score`` package.
 
-    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Uses
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The
+    metrics: ROUGE and tags". Uses
     ``rouge_scorer.RougeScorer(rouge_types, use_stemmer=True)`` (Porter
     stemming; its default tokenizer lowercases and keeps only ASCII letters
     and digits, so non-Latin text scores 0). Each entry of ``references`` is
@@ -333,7 +340,8 @@ def rouge(
 def parse_tags(text: str) -> set[str]:
     """Split a comma-separated tag string into a set of normalised tags.
 
-    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Each piece is
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The
+    metrics: ROUGE and tags". Each piece is
     passed through :func:`normalize_answer` (so case and extra spaces do not
     matter) and empty pieces are dropped; duplicates collapse because the
     result is a set. ``"Boeing 737, boeing  737-800,, airliner"`` gives
@@ -353,7 +361,8 @@ def _f1_from_counts(true_pos: int, n_pred: int, n_ref: int) -> float:
 def tag_f1_per_sample(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """Per-example F1 between predicted and reference tag sets.
 
-    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Choices: an
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The
+    metrics: ROUGE and tags". Choices: an
     example whose prediction and reference both parse to no tags scores 1.0
     (nothing to find, nothing wrongly claimed); if exactly one side is empty
     it scores 0.0. Returns ``[]`` for empty inputs.
@@ -372,7 +381,8 @@ def tag_f1_per_sample(predictions: Sequence[str], references: Sequence[str]) -> 
 def tag_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Micro-averaged precision, recall and F1 over comma-separated tag sets.
 
-    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``. Tags are
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The
+    metrics: ROUGE and tags". Tags are
     counted over the whole dataset: precision = matched tags / predicted
     tags, recall = matched tags / reference tags, and F1 is their harmonic
     mean (equivalently 2 * matched / (predicted + reference)). Choices for

@@ -1,7 +1,7 @@
 """Hardware detection and training presets: which dtype, attention and batch size to use.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (every notebook prints the one-line
-summary from :func:`describe`). The rules:
+Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset" (every notebook
+prints the one-line summary from :func:`describe`). The rules:
 
 - compute capability >= 8.0 (A100, L4, H100): bf16 autocast, flash-attn only if installed;
 - below 8.0 (T4, V100): fp16 autocast with a gradient scaler, and ``sdpa`` attention.
@@ -35,7 +35,10 @@ BATCHING: dict[str, dict[str, tuple[int, int]]] = {
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """What the current machine offers."""
+    """What the current machine offers.
+
+    Printed by :func:`describe` in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
+    """
 
     device: str  # "cuda" or "cpu"
     gpu_name: str | None
@@ -47,7 +50,11 @@ class HardwareProfile:
 
 @dataclass(frozen=True)
 class Preset:
-    """Training choices derived from a :class:`HardwareProfile` (and the recipe)."""
+    """Training choices derived from a :class:`HardwareProfile` (and the recipe).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset"; the presets are
+    tabled in the README, section "Measured here, and what is not".
+    """
 
     name: str  # "tiny", "cpu", "t4" or "a100"
     device: str
@@ -72,13 +79,19 @@ class Preset:
 
 
 def is_tiny(environ: dict | None = None) -> bool:
-    """True when ``VLM_TINY`` is set to 1/true/yes (read from ``environ``, default ``os.environ``)."""
+    """True when ``VLM_TINY`` is set to 1/true/yes (read from ``environ``, default ``os.environ``).
+
+    Read in ``notebooks/02_florence2_docvqa.ipynb``, section "Parameters" (and in every notebook's).
+    """
     value = (environ if environ is not None else os.environ).get(TINY_ENV_VAR, "")
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def detect_hardware() -> HardwareProfile:
-    """Inspect the machine: GPU name, compute capability, memory, Colab, flash-attn."""
+    """Inspect the machine: GPU name, compute capability, memory, Colab, flash-attn.
+
+    Called by :func:`setup` in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
+    """
     import torch
 
     on_colab = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
@@ -101,7 +114,9 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
     """Derive dtype, attention, batching and checkpointing for ``recipe`` on ``profile``.
 
     ``tiny=True`` keeps the hardware's dtype choice but uses the tiny batching, so tiny
-    mode on a GPU still exercises fp16/bf16.
+    mode on a GPU still exercises fp16/bf16. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    machine and the preset" (through :func:`setup`); called directly in
+    ``notebooks/01_baseline_inference.ipynb``, section "Idefics2-8b on DocVQA, zero-shot, in 4 bits".
     """
     if recipe not in BATCHING:
         raise ValueError(f"Unknown recipe {recipe!r}; expected one of {sorted(BATCHING)}")
@@ -122,19 +137,26 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
 def needs_gradient_checkpointing(recipe: str, preset_name: str, device: str) -> bool:
     """Recompute activations in the backward pass (less memory, ~30% more time)? The one rule for
     every preset: on a GPU, always on a T4 and on an A100 for every recipe but Florence-2 (a 0.23B
-    model, whose activations fit); never on a CPU or in tiny mode, where memory is not the limit."""
+    model, whose activations fit); never on a CPU or in tiny mode, where memory is not the limit.
+    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and the preset"."""
     if device != "cuda" or preset_name in ("tiny", "cpu"):
         return False
     return preset_name == "t4" or recipe != "florence2-docvqa"
 
 
 def override(preset: Preset, **changes) -> Preset:
-    """Return a copy of ``preset`` with some fields changed (e.g. ``batch_size=1``)."""
+    """Return a copy of ``preset`` with some fields changed (e.g. ``batch_size=1``).
+
+    How ``vlm-train --batch-size``/``--grad-accum`` replace the GPU's choice (README, section "One GPU").
+    """
     return replace(preset, **changes)
 
 
 def describe(profile: HardwareProfile, preset: Preset) -> str:
-    """One line a learner can read: the machine, then the choices made for it."""
+    """One line a learner can read: the machine, then the choices made for it.
+
+    Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
+    """
     if profile.device == "cpu":
         machine = "CPU only"
     else:
@@ -148,7 +170,12 @@ def describe(profile: HardwareProfile, preset: Preset) -> str:
 
 
 def mode_label(tiny: bool) -> str:
-    """The tag every printed number carries, so tiny-mode numbers are never mistaken for results."""
+    """The tag every printed number carries, so tiny-mode numbers are never mistaken for results.
+
+    Tiny mode is introduced in ``notebooks/02_florence2_docvqa.ipynb``, section "02 · Fine-tuning Florence-2 on
+    DocVQA" (two modes); the label is first printed in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    data: questions about scanned documents".
+    """
     return "[TINY mode: tiny random model, synthetic data — not a real result]" if tiny else "[FULL mode]"
 
 
@@ -156,6 +183,7 @@ def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: 
     """Return ``model_id`` in full mode, or the path of the tiny ``tiny_name`` model in tiny mode.
 
     The one place where the two modes take different models; everything after it is the same code.
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder".
     """
     if not tiny:
         return model_id
@@ -165,7 +193,11 @@ def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: 
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs.
+
+    Called by :func:`setup` with ``SEED`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and
+    the preset".
+    """
     import random
 
     import numpy as np
@@ -181,7 +213,8 @@ def setup(recipe: str, *, tiny: bool, seed: int = 0, preset_name: str | None = N
 
     ``preset_name`` ("t4" or "a100") forces a GPU class, e.g. to try T4 settings on an A100.
     In tiny mode on a CPU torch uses one thread: tiny matrices gain nothing from more, and
-    two threads on a busy 2-core machine were measured 100x slower.
+    two threads on a busy 2-core machine were measured 100x slower. Taught in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
     """
     import torch
 
@@ -195,12 +228,99 @@ def setup(recipe: str, *, tiny: bool, seed: int = 0, preset_name: str | None = N
                          gradient_checkpointing=needs_gradient_checkpointing(recipe, preset_name, profile.device))
     if tiny and profile.device == "cpu":
         torch.set_num_threads(1)
+    quiet_libraries(progress_bars=not tiny)
     seed_everything(seed)
     return profile, preset
 
 
+class NeedsGPU(RuntimeError):
+    """Full mode was asked for on a machine without a GPU. Raised at the end of the parameters cell:
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Parameters"."""
+
+
+def require_gpu_unless_tiny(tiny: bool, *, notebook: str, cuda_available: bool | None = None) -> None:
+    """Stop a full-mode run on a machine without a GPU, before anything is downloaded.
+
+    Called at the end of every model notebook's parameters cell. Without it, a notebook opened on a
+    laptop, or on a Colab CPU runtime, would go into full mode, retry the Hub, and (online) start a
+    download of several GB only to train for days on the CPU. ``cuda_available`` is for tests.
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Parameters" (and in 01, 03, 04).
+    """
+    if tiny:
+        return
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        raise NeedsGPU(
+            f"{notebook} is in FULL mode (real checkpoints and datasets), and this machine has no GPU. "
+            f"Either run it in tiny mode: set the environment variable {TINY_ENV_VAR}=1 before starting "
+            f"Jupyter (`{TINY_ENV_VAR}=1 jupyter lab`), or on Colab run `%env {TINY_ENV_VAR}=1` in a cell "
+            "and restart from the top; or switch to a GPU runtime (Colab: Runtime > Change runtime type > "
+            "T4 GPU) and run the notebook again.")
+
+
+#: Messages a learner can do nothing about; each is filtered by its text, nothing broader.
+_KNOWN_WARNINGS = (
+    # tqdm, on a Jupyter kernel without ipywidgets: advice about widgets for bars we switch off anyway
+    ("IProgress not found", Warning),
+    # transformers 5.23 renamed gradient checkpointing; PEFT still reads the old attribute
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+)
+_KNOWN_LOG_MESSAGES = (
+    # the published idefics2-8b keeps its chat template in processor_config.json (as its tiny copy does)
+    ("transformers.processing_utils", "Chat templates should be in a 'chat_template.jinja' file"),
+    # CPU-only: bitsandbytes looks for an optional faster CPU kernel and falls back to its own
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+)
+
+
+class _DropMessages:
+    """A ``logging`` filter that drops records starting with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_libraries(*, progress_bars: bool) -> None:
+    """Keep notebook outputs to what the lesson prints: the known library messages above are
+    filtered (in both modes), and with ``progress_bars=False`` (tiny mode, where every step takes
+    milliseconds) the progress bars of datasets (``Map``, ``Filter``), transformers (``Loading
+    weights``, ``Writing model shards``) and the Hub are switched off. Full mode keeps its bars:
+    there a download or a ``map`` over 39,000 pages takes minutes, and the bar is the news.
+
+    :func:`setup` calls this; call it yourself in a script that does not use :func:`setup`.
+    Calling it twice is harmless. Used in ``notebooks/02_florence2_docvqa.ipynb``, section
+    "The machine and the preset" (through :func:`setup`).
+    """
+    import logging
+    import warnings
+
+    for message, category in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for logger_name in sorted({name for name, _ in _KNOWN_LOG_MESSAGES}):
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(tuple(p for n, p in _KNOWN_LOG_MESSAGES if n == logger_name)))
+    if not progress_bars:
+        import datasets
+        import huggingface_hub.utils
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
+
 def versions() -> str:
-    """Python and library versions, one line, for the first cell of every notebook."""
+    """Python and library versions, one line, for the first cell of every notebook.
+
+    Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "Setup" (and in every notebook's).
+    """
     import platform
     from importlib.metadata import PackageNotFoundError, version
 

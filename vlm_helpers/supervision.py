@@ -1,7 +1,8 @@
 """Labels and the loss mask: the tools every collator of the series shares.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "3. Batching: the collator and its labels")
-and used again by the chat collator of ``notebooks/03_idefics2_qlora_docvqa.ipynb``. A label of
+Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss may see", and used
+again by the chat collator of ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the
+loss may see". A label of
 ``IGNORE_INDEX`` (-100) is a position the loss does not see: PyTorch's cross-entropy skips it.
 """
 
@@ -21,6 +22,8 @@ def pick_answer(answers: Sequence[str], *, choice: str, seed: int, key: object) 
 
     ``choice="first"`` takes ``answers[0]`` (the blog's choice); ``"random"`` draws one
     with an RNG seeded by ``(seed, key)``, so the pick is reproducible in any worker process.
+    The collator's ``answer_choice`` in ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what
+    the loss may see".
     """
     if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
         raise ValueError(f"Row {key!r} has no usable answer: answers={list(answers)!r}")
@@ -37,7 +40,8 @@ def check_plain_text(text: str, reserved, *, where: str, what: str) -> None:
 
     ``reserved`` comes from :func:`vlm_helpers.data.validation.reserved_text`. The processor would
     otherwise raise without naming the row (``<image>``, Florence-2's ``<OCR>``), or the answer
-    would silently end at an end-of-turn token.
+    would silently end at an end-of-turn token. The collators' check described in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss may see".
     """
     found = find_reserved(text, reserved)
     if found:
@@ -46,7 +50,10 @@ def check_plain_text(text: str, reserved, *, where: str, what: str) -> None:
 
 
 def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Right-pad token-id lists into a ``(batch, max_len)`` tensor filled with -100."""
+    """Right-pad token-id lists into a ``(batch, max_len)`` tensor filled with -100.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss may see".
+    """
     width = max(len(seq) for seq in sequences)
     labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -55,7 +62,11 @@ def pad_labels(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
 
 
 def supervised_text(labels: torch.Tensor, tokenizer) -> str:
-    """Decode only the supervised positions (label != -100) of one row, special tokens kept."""
+    """Decode only the supervised positions (label != -100) of one row, special tokens kept.
+
+    What the loss sees, as in ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss
+    may see".
+    """
     kept = [int(t) for t in labels.tolist() if t != IGNORE_INDEX]
     return tokenizer.decode(kept, skip_special_tokens=False)
 
@@ -65,7 +76,8 @@ def format_supervision(token_ids: torch.Tensor, labels: torch.Tensor | None, tok
 
     For a decoder-only model pass ``input_ids`` and ``labels`` of the same row (aligned);
     for Florence-2 pass the ``labels`` row as both arguments. Repeated image tokens are
-    folded into one ``<image>xN`` entry so the line stays readable.
+    folded into one ``<image>xN`` entry so the line stays readable. Used in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss may see".
     """
     ids = [int(t) for t in token_ids.tolist()]
     # -100 is not a token: show it as what it is (padding the loss skips), not as token id 0

@@ -18,7 +18,10 @@ __all__ = ["Distributed", "FSDPSettings", "fsdp_from_environment", "init_distrib
 
 @dataclass
 class Distributed:
-    """Where this process stands in a (possibly) distributed run."""
+    """Where this process stands in a (possibly) distributed run.
+
+    What each process does with it is listed in the README, section "Several GPUs on one machine".
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -132,7 +135,10 @@ class Distributed:
 
 @dataclass(frozen=True)
 class FSDPSettings:
-    """How to shard with FSDP2 (from ``--fsdp`` or from ``accelerate launch``'s FSDP config)."""
+    """How to shard with FSDP2 (from ``--fsdp`` or from ``accelerate launch``'s FSDP config).
+
+    Explained in the README, section "When DDP is not enough: FSDP or DeepSpeed ZeRO".
+    """
 
     reshard_after_forward: bool = True  # FULL_SHARD; False = SHARD_GRAD_OP (keeps weights gathered until backward)
     offload_params: bool = False  # keep shards in CPU memory (slow; for models that do not fit otherwise)
@@ -145,7 +151,8 @@ def fsdp_from_environment(environ: dict | None = None) -> FSDPSettings | None:
     ``ACCELERATE_USE_FSDP=true`` switches FSDP on; ``FSDP_RESHARD_AFTER_FORWARD`` (FSDP2
     configs) or ``FSDP_SHARDING_STRATEGY`` (FSDP1 configs: FULL_SHARD / SHARD_GRAD_OP) say
     whether weights are resharded after forward; ``FSDP_OFFLOAD_PARAMS`` and
-    ``FSDP_TRANSFORMER_CLS_TO_WRAP`` are honoured; other FSDP options are not used here.
+    ``FSDP_TRANSFORMER_CLS_TO_WRAP`` are honoured; other FSDP options are not used here. The config
+    file is described in the README, section "When DDP is not enough: FSDP or DeepSpeed ZeRO".
     """
     environ = os.environ if environ is None else environ
     if environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
@@ -171,7 +178,8 @@ def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = No
 
     Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; picks NCCL with one GPU per process when
     CUDA is available, gloo on CPU. The timeout covers rank 0 evaluating while the other
-    ranks wait.
+    ranks wait. Explained in the README, section "Several GPUs on one machine" (steps 1 and 4), and the
+    README, section "Several machines".
     """
     import torch
 
@@ -194,7 +202,10 @@ def init_distributed(*, timeout_minutes: float = 60.0, environ: dict | None = No
 
 
 def shutdown_distributed(env: Distributed, *, ok: bool) -> None:
-    """Barrier (after success only: a failed rank never arrives) and destroy the process group."""
+    """Barrier (after success only: a failed rank never arrives) and destroy the process group.
+
+    Step 5 of the README, section "Several GPUs on one machine".
+    """
     if not env.enabled:
         return
     import torch.distributed as dist

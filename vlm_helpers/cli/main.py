@@ -154,7 +154,10 @@ notes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``vlm-train`` argument parser (importing it loads nothing heavy, so ``--help`` is fast)."""
+    """The ``vlm-train`` argument parser (importing it loads nothing heavy, so ``--help`` is fast).
+
+    Its options are introduced in the README, section "Scaling out: from one GPU to several machines".
+    """
     parser = argparse.ArgumentParser(
         prog="vlm-train",
         description="Fine-tune a small vision-language model with one of the series' recipes. "
@@ -247,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunSettings:
-    """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2)."""
+    """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2).
+
+    Where the defaults come from (recipe, mode, GPU preset): the README, section "One GPU".
+    """
     from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
-    from vlm_helpers.runtime import choose_preset, detect_hardware, is_tiny
+    from vlm_helpers.runtime import choose_preset, detect_hardware, is_tiny, override
 
     recipe = get_recipe(args.recipe)
     dataset = args.dataset or recipe.datasets[0]
@@ -289,6 +295,8 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     preset = choose_preset(detect_hardware(), recipe.name, tiny=tiny)
     batch_size = args.batch_size or defaults.batch_size or preset.batch_size
     grad_accum = args.grad_accum or defaults.grad_accum or preset.grad_accum
+    # the preset carries the batch that is trained, so the line describing it says what happens
+    preset = override(preset, batch_size=batch_size, grad_accum=grad_accum)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     return RunSettings(
         recipe=recipe.name, dataset=dataset, tiny=tiny, output_dir=output_dir,
@@ -357,7 +365,10 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vlm-train`` / ``python -m vlm_helpers.cli``; returns the exit code."""
+    """Entry point of ``vlm-train`` / ``python -m vlm_helpers.cli``; returns the exit code.
+
+    Taught in the README, section "Scaling out: from one GPU to several machines".
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = resolve_settings(args, parser)

@@ -49,7 +49,8 @@ class Defaults:
 
     ``batch_size``/``grad_accum`` of ``None`` mean "from the hardware preset"
     (:data:`vlm_helpers.runtime.BATCHING`). ``checkpoint_every`` of ``None`` means
-    "only one checkpoint, after the last step".
+    "only one checkpoint, after the last step". ``vlm-train --help`` prints them (README, section "Scaling
+    out: from one GPU to several machines").
     """
 
     learning_rate: float
@@ -67,7 +68,10 @@ class Defaults:
 
 @dataclass(frozen=True)
 class Recipe:
-    """One trainable combination of model, data and training loop."""
+    """One trainable combination of model, data and training loop.
+
+    The three recipes are tabled in the README, section "Scaling out: from one GPU to several machines".
+    """
 
     name: str
     summary: str  # one line for --help
@@ -92,7 +96,10 @@ class Recipe:
 
 @dataclass
 class RunSettings:
-    """Every option of one run, resolved (see :func:`vlm_helpers.cli.main.resolve_settings`)."""
+    """Every option of one run, resolved (see :func:`vlm_helpers.cli.main.resolve_settings`).
+
+    Saved as ``run_settings.json`` in the output folder (README, section "One GPU").
+    """
 
     recipe: str
     dataset: str
@@ -138,7 +145,8 @@ RECIPES: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe) -> Recipe:
-    """Add ``recipe`` to :data:`RECIPES` (the command line's ``--recipe`` choices)."""
+    """Add ``recipe`` to :data:`RECIPES` (the command line's ``--recipe`` choices; README, section "Scaling
+    out: from one GPU to several machines")."""
     if recipe.name in RECIPES:
         raise ValueError(f"recipe {recipe.name!r} is already registered")
     if not recipe.datasets:
@@ -148,7 +156,10 @@ def register(recipe: Recipe) -> Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
-    """The registered recipe called ``name`` (``ValueError`` listing the choices otherwise)."""
+    """The registered recipe called ``name`` (``ValueError`` listing the choices otherwise).
+
+    The recipes: the README, section "Scaling out: from one GPU to several machines".
+    """
     try:
         return RECIPES[name]
     except KeyError:
@@ -161,7 +172,8 @@ def get_recipe(name: str) -> Recipe:
 def weights_digest(model) -> dict:
     """SHA-256 and sum of the trainable weights (names sorted): equal on every rank if DDP kept them in sync.
 
-    FSDP shards are gathered first (a collective: call it on every rank).
+    FSDP shards are gathered first (a collective: call it on every rank). How to use the digests on a first
+    real multi-GPU run: the README, section "What was tested, and where".
     """
     from vlm_helpers.distributed import full_copy as _full, unwrap
 
@@ -180,7 +192,10 @@ def weights_digest(model) -> dict:
 
 
 def write_weight_digest(model, settings: RunSettings, env: Distributed, step: int) -> Path:
-    """Write ``output_dir/weights-rank<r>.json`` for this rank (``--write-weight-digests``)."""
+    """Write ``output_dir/weights-rank<r>.json`` for this rank (``--write-weight-digests``).
+
+    Compare the files of all ranks, as the README, section "What was tested, and where", suggests.
+    """
     path = settings.output_dir / f"weights-rank{env.rank}.json"
     path.write_text(json.dumps({"rank": env.rank, "world_size": env.world_size, "step": step,
                                 **weights_digest(model)}, indent=1))
@@ -250,7 +265,9 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     then :func:`~vlm_helpers.evaluation.evaluate` (generation + ANLS) and
     :func:`~vlm_helpers.results.write_run`. Under torchrun the model is wrapped in
     DistributedDataParallel (or sharded with FSDP2); evaluation runs on rank 0 only while
-    the others wait (on every rank, same rows, when the model is sharded).
+    the others wait (on every rank, same rows, when the model is sharded). The notebook's steps are
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Training"; the command line is in the README, section
+    "Scaling out: from one GPU to several machines".
     """
     from vlm_helpers import checkpoints, distributed, evaluation, florence2, freezing, loop, results, runtime
     from vlm_helpers.data.sources import docvqa_dataset
@@ -384,7 +401,10 @@ register(Recipe(
 
 @dataclass(frozen=True)
 class ChatSpec:
-    """What differs between the chat-VLM recipes (Idefics2, LLaVA-Phi-3); the rest is shared."""
+    """What differs between the chat-VLM recipes (Idefics2, LLaVA-Phi-3); the rest is shared.
+
+    The recipes are tabled in the README, section "Scaling out: from one GPU to several machines".
+    """
 
     model_id: str
     tiny_name: str  # vlm_helpers.tiny builder
@@ -421,7 +441,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     from vlm_helpers.checkpoints import check_finite_weights
     from vlm_helpers.hf_trainer import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
-    preset = runtime.override(settings.preset, batch_size=settings.batch_size, grad_accum=settings.grad_accum)
+    preset = settings.preset  # its batch is the run's (--batch-size, the recipe's or the GPU preset's)
     quantize = llava_phi3.default_4bit(preset.name) if spec.quantize_4bit is None else spec.quantize_4bit
     with env.main_process_first():
         train_rows, eval_rows = load_rows(settings)
@@ -508,7 +528,11 @@ def _docvqa_chat_rows(settings: RunSettings):
 
 
 def run_idefics2_qlora_docvqa(settings: RunSettings, env: Distributed) -> dict:
-    """Idefics2-8B + QLoRA on DocVQA (or The Cauldron) with the HF Trainer (notebook 03's pieces)."""
+    """Idefics2-8B + QLoRA on DocVQA (or The Cauldron) with the HF Trainer (notebook 03's pieces).
+
+    The notebook's training: ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging
+    Face Trainer"; the recipe: the README, section "Scaling out: from one GPU to several machines".
+    """
     from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
 
     spec = ChatSpec(model_id=IDEFICS2_MODEL_ID, tiny_name="idefics2", lora_targets=IDEFICS2_LORA_TARGETS,
@@ -539,7 +563,11 @@ def _aircraft_rows(settings: RunSettings):
 
 
 def phi3_aircraft_spec() -> ChatSpec:
-    """What ``phi3-aircraft`` trains: notebook 04's model, LoRA, prompt layout and 4-bit rule."""
+    """What ``phi3-aircraft`` trains: notebook 04's model, LoRA, prompt layout and 4-bit rule.
+
+    Those are taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
+    """
     from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
     from vlm_helpers.llava_phi3 import LLAVA_PHI3_MODEL_ID
 
@@ -551,7 +579,11 @@ def phi3_aircraft_spec() -> ChatSpec:
 
 
 def run_phi3_aircraft(settings: RunSettings, env: Distributed) -> dict:
-    """LLaVA-Phi-3-mini + LoRA captioning FGVC-Aircraft with the HF Trainer (notebook 04's pieces)."""
+    """LLaVA-Phi-3-mini + LoRA captioning FGVC-Aircraft with the HF Trainer (notebook 04's pieces).
+
+    The notebook's training: ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Training with the
+    Hugging Face Trainer"; the recipe: the README, section "Scaling out: from one GPU to several machines".
+    """
     return _run_chat_recipe(settings, env, phi3_aircraft_spec(), _aircraft_rows,
                             {"answer_key": "caption", "answers_may_be_str": True, "id_key": "id"})
 

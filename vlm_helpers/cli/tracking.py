@@ -18,7 +18,9 @@ __all__ = ["REPORT_TO_CHOICES", "Tracker", "check_report_to"]
 def check_report_to(names: tuple[str, ...]) -> str | None:
     """A problem with ``--report-to`` (unknown name, missing package or key), or None.
 
-    Keys come from the environment (``WANDB_API_KEY``), never from the command line.
+    Keys come from the environment (``WANDB_API_KEY``), never from the command line. The same checks as
+    ``REPORT_TO`` in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face
+    Trainer".
     """
     unknown = [n for n in names if n not in REPORT_TO_CHOICES]
     if unknown:
@@ -33,7 +35,10 @@ def check_report_to(names: tuple[str, ...]) -> str | None:
 class Tracker:
     """Sends each training record to the trackers of ``--report-to`` (rank 0 only).
 
-    Keys come from the environment (``WANDB_API_KEY``), never from the command line.
+    Keys come from the environment (``WANDB_API_KEY``), never from the command line. The trackers are those
+    of ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer"; this
+    class serves the explicit loop of ``vlm-train`` (README, section "Scaling out: from one GPU to several
+    machines").
     """
 
     def __init__(self, names: tuple[str, ...], settings):

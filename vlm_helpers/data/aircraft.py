@@ -104,7 +104,8 @@ def fgvc_features() -> Features:
     article uses. ``label`` (class label over :data:`FGVC_VARIANTS`), ``id`` (int64) and
     ``blip_caption`` (string) are further columns of the real repos; the real data has
     more generated columns (other CLIP tag sets, LLM descriptions, attributes) that this
-    lesson never reads, so the synthetic copy leaves them out.
+    lesson never reads, so the synthetic copy leaves them out. The columns are introduced in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and their tags".
     """
     import datasets
 
@@ -125,7 +126,11 @@ def fgvc_features() -> Features:
 
 
 def has_target_tag(tags: Sequence[str], values: Sequence[str] = FILTER_VALUES) -> bool:
-    """True if any of ``values`` is one of ``tags`` (exact, case-sensitive list membership)."""
+    """True if any of ``values`` is one of ``tags`` (exact, case-sensitive list membership).
+
+    The test of ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and
+    their tags" (``"boeing 2707"`` is not a 707).
+    """
     return any(value in tags for value in values)
 
 
@@ -135,14 +140,19 @@ def filter_boeing(
     """Keep the rows whose ``column`` tag list contains one of ``values`` (the article's filter).
 
     Only the tag column is handed to the predicate, so images are not decoded while
-    filtering. Works on a ``DatasetDict`` too (each split is filtered).
+    filtering. Works on a ``DatasetDict`` too (each split is filtered). Taught in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and their tags".
     """
     values = tuple(values)
     return ds.filter(has_target_tag, input_columns=column, fn_kwargs={"values": values})
 
 
 def caption_target(row: Mapping[str, Any], *, sep: str = TAG_SEPARATOR) -> str:
-    """The caption the model learns to produce: the row's CLIP tags joined by ``sep``."""
+    """The caption the model learns to produce: the row's CLIP tags joined by ``sep``.
+
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and
+    their tags".
+    """
     return sep.join(row[TAGS_COLUMN])
 
 
@@ -155,7 +165,8 @@ def with_captions(ds, *, prompt: str = AIRCRAFT_PROMPT, sep: str = TAG_SEPARATOR
     :func:`vlm_helpers.data.validation.clean_dataset` can check
     (``question_key=PROMPT_COLUMN, answer_key=CAPTION_COLUMN, answers_may_be_str=True``).
     Only the tag column is read, so images are not decoded. Existing columns of these names
-    are replaced. Works on a ``Dataset`` or on each split of a ``DatasetDict``.
+    are replaced. Works on a ``Dataset`` or on each split of a ``DatasetDict``. Taught in
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and their tags".
     """
     if isinstance(ds, Mapping):  # DatasetDict
         return type(ds)({name: with_captions(split, prompt=prompt, sep=sep) for name, split in ds.items()})
@@ -167,7 +178,11 @@ def with_captions(ds, *, prompt: str = AIRCRAFT_PROMPT, sep: str = TAG_SEPARATOR
 
 
 def split_train_val(ds: Dataset, test_size: float = 0.2, seed: int = 42) -> DatasetDict:
-    """Shuffle and split ``ds`` into ``train`` and ``validation`` (``ceil(test_size * n)`` rows)."""
+    """Shuffle and split ``ds`` into ``train`` and ``validation`` (``ceil(test_size * n)`` rows).
+
+    The 80/20 split of ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft
+    photos and their tags".
+    """
     from datasets import DatasetDict
 
     parts = ds.train_test_split(test_size=test_size, seed=seed)
@@ -175,7 +190,11 @@ def split_train_val(ds: Dataset, test_size: float = 0.2, seed: int = 42) -> Data
 
 
 def split_sizes(splits: Mapping[str, Any]) -> dict[str, int]:
-    """``{"train": n, "validation": n, "test": n}`` for a ``DatasetDict``."""
+    """``{"train": n, "validation": n, "test": n}`` for a ``DatasetDict``.
+
+    Compared with the article's sizes in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data:
+    FGVC-Aircraft photos and their tags".
+    """
     return {name: len(split) for name, split in splits.items()}
 
 
@@ -191,6 +210,8 @@ def prepare_splits(
 
     ``max_samples`` (if given) caps every resulting split *after* filtering and
     splitting, by taking its first rows (for quick runs; the default keeps everything).
+    Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and
+    their tags".
     """
     from datasets import DatasetDict
 
@@ -204,6 +225,11 @@ def prepare_splits(
 
 
 def report_splits(splits: Mapping[str, Any], source: str) -> None:
+    """Print the split sizes, e.g. ``train=108, validation=28, test=16``, naming the ``source`` (Hub or synthetic).
+
+    The line printed in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft
+    photos and their tags".
+    """
     sizes = ", ".join(f"{name}={n}" for name, n in split_sizes(splits).items())
     print(f"FGVC-Aircraft Boeing 707/737/777/787 ({source}): {sizes}")
 
@@ -218,7 +244,8 @@ def load_fgvc_aircraft(
     """Full mode: download both Hub repos and run :func:`prepare_splits` on them.
 
     Returns a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` and prints
-    their sizes (108 / 28 / 16 in the article).
+    their sizes (108 / 28 / 16 in the article). Full mode of ``notebooks/04_phi3_aircraft_captioning.ipynb``,
+    section "The data: FGVC-Aircraft photos and their tags".
     """
     import datasets
 

@@ -134,6 +134,8 @@ def strip_instruction(user_text: str) -> str:
         'What is the date?'
         >>> strip_instruction("Which part?\\nA. root\\nB. leaf\\nAnswer with the letter.")
         'Which part?\\nA. root\\nB. leaf\\nAnswer with the letter.'
+
+    Part of ``vlm-train --dataset cauldron`` (README, section "Scaling out: from one GPU to several machines").
     """
     text = user_text.strip()
     head, sep, last = text.rpartition("\n")
@@ -143,7 +145,11 @@ def strip_instruction(user_text: str) -> str:
 
 
 def check_subsets(subsets: Iterable[str]) -> tuple[str, ...]:
-    """Return ``subsets`` as a tuple, or raise ``ValueError`` naming unknown or repeated names."""
+    """Return ``subsets`` as a tuple, or raise ``ValueError`` naming unknown or repeated names.
+
+    Checks ``vlm-train --dataset cauldron``'s subsets (README, section "Scaling out: from one GPU to several
+    machines").
+    """
     subsets = tuple(s.strip() for s in subsets)
     if not subsets or any(not s for s in subsets):
         raise ValueError(f"give at least one Cauldron subset (empty names are not allowed), got {subsets!r}")
@@ -172,7 +178,8 @@ def load_cauldron(
     (:data:`CAULDRON_FEATURES`). ``max_samples`` keeps the first rows *of each subset*
     (raw rows, i.e. images; each usually carries several questions), read by streaming
     (:func:`vlm_helpers.data.hub.first_rows`) so that only the files holding them are
-    downloaded. Every config has only a ``train`` split.
+    downloaded. Every config has only a ``train`` split. Used by ``vlm-train --dataset cauldron`` (README,
+    section "Scaling out: from one GPU to several machines").
     """
     subsets = check_subsets(subsets)
     if max_samples is not None and max_samples < 1:
@@ -193,7 +200,8 @@ def flatten_cauldron(
 
     ``data`` is one subset's ``Dataset`` (name it with ``subset``) or a mapping
     ``{subset: Dataset}`` such as :func:`load_cauldron` returns; parts are flattened in
-    order and concatenated. Output columns: :data:`FLAT_FEATURES`.
+    order and concatenated. Output columns: :data:`FLAT_FEATURES`. Used by ``vlm-train --dataset cauldron``
+    (README, section "Scaling out: from one GPU to several machines").
     """
     if multi_image not in ("skip", "first"):
         raise ValueError(f"multi_image must be 'skip' or 'first', got {multi_image!r}")

@@ -77,7 +77,8 @@ def load_docvqa(
       ``max_samples`` keeps the first rows with ``.take``. The rows can be iterated
       only, not indexed.
 
-    The ``test`` split has no answers; train on ``train``, evaluate on ``validation``.
+    The ``test`` split has no answers; train on ``train``, evaluate on ``validation``. Full mode of
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
@@ -92,7 +93,8 @@ def docvqa_1200_rows(dataset: datasets.Dataset, *, language: str = "en") -> data
 
     Keeps ``image`` and ``answers``; ``query[language]`` becomes ``question`` and ``id`` becomes
     ``questionId`` (a string, as in that dataset); the OCR columns are dropped. Only the small
-    columns are read: no page image is decoded or re-encoded.
+    columns are read: no page image is decoded or re-encoded. Taught in
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The data: 1,200 questions about scanned documents".
     """
     questions = [query[language] for query in dataset["query"]]
     ids = [str(row_id) for row_id in dataset["id"]]
@@ -112,7 +114,8 @@ def load_docvqa_1200(
     """Load the Idefics2 article's DocVQA subset (about 150 MB) with DocVQA's column names.
 
     ``split`` is "train" (1,000 questions) or "validation" (the set's 200 "test" questions,
-    see :data:`DOCVQA_1200_SPLITS`); ``max_samples`` keeps the first rows. Needs the Hub.
+    see :data:`DOCVQA_1200_SPLITS`); ``max_samples`` keeps the first rows. Needs the Hub. Full mode of
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The data: 1,200 questions about scanned documents".
     """
     if split not in DOCVQA_1200_SPLITS:
         raise ValueError(f"{dataset_id} has splits {sorted(DOCVQA_1200_SPLITS)} here, not {split!r}")

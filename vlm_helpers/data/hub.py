@@ -29,7 +29,9 @@ def first_rows(dataset_id: str, split: str, max_samples: int | None, *, name: st
     With a limit the rows are *streamed* (only the files that hold them are read) and
     collected into an in-memory ``Dataset`` with the original features; images stay encoded
     (their bytes are copied, not decoded and re-encoded). The line printed says how many rows
-    of the split were read, with the split's size when the dataset card records it.
+    of the split were read, with the split's size when the dataset card records it. Behind full mode's
+    ``docvqa_dataset`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents".
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")

@@ -1,6 +1,6 @@
 """Turn whatever a dataset hands you into an RGB ``PIL.Image``.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "Clean the data first").
+Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
 
 Real document datasets mix image modes: grey scans (``L``), palette PNGs (``P``),
 transparent screenshots (``RGBA``), print-ready ``CMYK`` and 16-bit scans
@@ -48,7 +48,11 @@ _TURNING_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)
 
 
 class ImageDecodeError(ValueError):
-    """Raised when an input cannot be decoded into an image."""
+    """Raised when an input cannot be decoded into an image.
+
+    The corrupt rows of ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents"; :func:`vlm_helpers.data.validation.validate_row` turns it into an error naming the row.
+    """
 
 
 def to_rgb(image: ImageLike, *, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -67,6 +71,8 @@ def to_rgb(image: ImageLike, *, background: tuple[int, int, int] = (255, 255, 25
 
     Raises:
         ImageDecodeError: the input is not an image or cannot be decoded.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     pil = image if isinstance(image, Image.Image) else _decode(image)
     pil = _upright(pil)

@@ -34,7 +34,9 @@ def docvqa_dataset(
     "train" and "validation" exist in tiny mode. Full mode calls
     :func:`load_docvqa` (non-streaming) for ``dataset_id``, or :func:`load_docvqa_1200`
     when ``dataset_id`` is :data:`DOCVQA_1200_ID`; ``seed`` is unused there, and
-    ``dataset_id`` is unused in tiny mode.
+    ``dataset_id`` is unused in tiny mode. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    data: questions about scanned documents", and ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The
+    data: 1,200 questions about scanned documents".
     """
     if not tiny:
         if dataset_id == DOCVQA_1200_ID:
@@ -66,7 +68,8 @@ def aircraft_dataset(
     and ``num_test_rows`` for the test repo (seed ``seed + 1``), then runs the same
     :func:`prepare_splits` as full mode. The defaults give 108 / 28 / 16 rows, the
     article's sizes. ``seed`` is also the split seed; ``num_*`` and ``image_size`` are
-    ignored in full mode.
+    ignored in full mode. Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data:
+    FGVC-Aircraft photos and their tags".
     """
     if not tiny:
         return load_fgvc_aircraft(
@@ -96,7 +99,9 @@ def cauldron_dataset(
     each subset contributes at most ``ceil(max_samples / len(subsets))`` questions, read
     from that many raw rows at most, and the result is cut to ``max_samples``. Without
     it, tiny mode builds :data:`TINY_ROWS_PER_SUBSET` pages per subset and full mode
-    loads every subset whole.
+    loads every subset whole. No notebook trains on it: it is ``vlm-train --dataset cauldron`` (README,
+    section "Scaling out: from one GPU to several machines"), suggested in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "What to try next".
     """
     subsets = check_subsets(subsets)
     if max_samples is not None and max_samples < 1:

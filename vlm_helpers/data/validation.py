@@ -1,7 +1,8 @@
 """Check every row before training, and say exactly which row is broken.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "Clean the data first"),
-and reused by the chat-VLM notebooks with other column names.
+Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents",
+and reused by the chat-VLM notebooks with other column names (``notebooks/04_phi3_aircraft_captioning.ipynb``,
+section "The data: FGVC-Aircraft photos and their tags").
 
 A corrupt image or an empty answer list usually surfaces hours into a run, deep
 inside a collate function, with a message that names neither the split nor the
@@ -55,6 +56,10 @@ class DataValidationError(ValueError):
         index: position of the row in the iterable that was validated.
         question_id: the row's id (``questionId`` by default), or ``None``.
         problem: what is wrong, without the location prefix.
+
+    Raised by ``ON_BAD_ROWS = "raise"`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data:
+    questions about scanned documents"; the message format is shown in the README, section "When things go
+    wrong".
     """
 
     def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None,
@@ -70,7 +75,11 @@ class DataValidationError(ValueError):
 
 
 class ReservedText(NamedTuple):
-    """Strings a model's processor does not read as plain text, and what each one is."""
+    """Strings a model's processor does not read as plain text, and what each one is.
+
+    Why they are refused: ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents".
+    """
 
     kinds: dict[str, str]  # string -> e.g. "special token of the tokenizer"
     pattern: re.Pattern | None  # matches any of them (longest first); None when there are none
@@ -82,7 +91,9 @@ def reserved_text(processor) -> ReservedText:
     Collected from the tokenizer (every special token, and every added token that is special or
     looks like markup, ``<...>`` / ``[...]``) and from the processor (string attributes ending in
     ``_token``, such as ``image_token``, and the keys of dictionaries named ``task_prompts*``, such
-    as Florence-2's ``<OCR>``). Works for any Hugging Face processor or tokenizer.
+    as Florence-2's ``<OCR>``). Works for any Hugging Face processor or tokenizer. Why the processor is
+    passed to the check: ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents".
     """
     tokenizer = getattr(processor, "tokenizer", processor)
     kinds: dict[str, str] = {}
@@ -109,7 +120,10 @@ def reserved_text(processor) -> ReservedText:
 
 def find_reserved(text: str, reserved: ReservedText | None) -> str | None:
     """A description of the first reserved string in ``text`` (e.g. ``"'<image>' (the processor's
-    image_token)"``), or None when the text is plain."""
+    image_token)"``), or None when the text is plain. Used before training
+    (``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents") and by
+    the collators at batch time (``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss
+    may see")."""
     if reserved is None or reserved.pattern is None or not isinstance(text, str):
         return None
     match = reserved.pattern.search(text)
@@ -119,7 +133,11 @@ def find_reserved(text: str, reserved: ReservedText | None) -> str | None:
 
 
 class SkippedRow(NamedTuple):
-    """One row :func:`validate_dataset` dropped: position, id (or None) and why."""
+    """One row :func:`validate_dataset` dropped: position, id (or None) and why.
+
+    Listed with ``ON_BAD_ROWS = "skip"`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data:
+    questions about scanned documents".
+    """
 
     index: int
     id: Any
@@ -128,7 +146,10 @@ class SkippedRow(NamedTuple):
 
 @dataclass
 class ValidationReport:
-    """What :func:`validate_dataset` saw: counts plus the reason for every skipped row."""
+    """What :func:`validate_dataset` saw: counts plus the reason for every skipped row.
+
+    Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
+    """
 
     split: str
     checked: int = 0
@@ -182,6 +203,8 @@ def validate_row(
         answers_may_be_str: accept a single string as the target.
         reserved: the model's reserved strings (:func:`reserved_text`); a question or answer
             containing one is refused.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     question_id = row.get(id_key) if id_key else None
     error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id, id_key=id_key)
@@ -283,6 +306,9 @@ def validate_dataset(
 
     Returns:
         ``(cleaned_rows, report)``.
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents"
+    (through :func:`clean_dataset`).
     """
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
@@ -332,6 +358,10 @@ def clean_dataset(dataset, *, split: str, on_bad: Literal["raise", "skip"] = "ra
     lazily decoded, so this works on real DocVQA without holding thousands of pages in memory.
     ``keys`` are passed to :func:`validate_dataset` (e.g. ``answer_key="caption"``, or
     ``processor=processor`` to refuse text containing the model's special tokens).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents";
+    with a caption column in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft
+    photos and their tags".
     """
     _, report = validate_dataset(dataset, split=split, on_bad=on_bad, return_rows=False, **keys)
     clean = dataset if report.skipped == 0 else dataset.select(report.kept_indices)

@@ -36,7 +36,10 @@ def _quiet_progress_bars():
 
 
 def default_cache_dir() -> Path:
-    """``$VLM_CACHE`` if set, else ``~/.cache/vlm_helpers``."""
+    """``$VLM_CACHE`` if set, else ``~/.cache/vlm_helpers``.
+
+    Where tiny mode builds its models once, as the README, section "Quick start", says.
+    """
     return Path(os.environ.get("VLM_CACHE", Path.home() / ".cache" / "vlm_helpers"))
 
 
@@ -44,7 +47,9 @@ def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: 
     """Return ``cache_dir/tiny-<name>``, building the tiny model there if it is missing.
 
     The build goes to a temporary folder that is renamed into place, so two processes
-    (e.g. two torchrun ranks) never see a half-written checkpoint.
+    (e.g. two torchrun ranks) never see a half-written checkpoint. Reached through
+    :func:`vlm_helpers.runtime.resolve_checkpoint` in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    model, and freezing the vision encoder" (tiny mode).
     """
     if name not in BUILDERS:
         raise ValueError(f"Unknown tiny model {name!r}; expected one of {sorted(BUILDERS)}")

@@ -88,6 +88,9 @@ def build_byte_fallback_tokenizer(
 
     Returns:
         The tokenizer; ``add_bos_token=True`` so every encoded text starts with ``bos_token``.
+
+    No notebook uses it: it is a small tokenizer of the kind tiny mode's chat models have (tiny mode: the
+    README, section "Fine-tuning small vision-language models: a notebook series").
     """
     if tokenizer_class is None:
         from transformers import LlamaTokenizer
@@ -145,7 +148,9 @@ def sentencepiece_tokenizer(tokenizer_config: dict):
     above 32,000 and every special token sits where the real tokenizer has it; only the ordinary
     pieces differ. ``tokenizer_config`` is the real file's content: its ``added_tokens_decoder``
     places the added tokens at their real ids, and ``add_bos_token``, ``legacy``, the pad token
-    and the rest are taken as they are.
+    and the rest are taken as they are. The tokenizer of the tiny Idefics2 loaded in tiny mode of
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits"; see also the README,
+    section "Using the helpers with other models".
     """
     import shutil
     import tempfile

@@ -13,7 +13,9 @@ def reinit_weights(model, std: float) -> None:
 
     Transformers initialise with std 0.02, tuned for widths in the thousands. At width 64
     that leaves logits and cross-attention so weak that a tiny model ignores its inputs for
-    hundreds of steps; std ~0.1 (about 1/sqrt(width)) lets it learn in a few dozen.
+    hundreds of steps; std ~0.1 (about 1/sqrt(width)) lets it learn in a few dozen. Part of building
+    the tiny models of the README, section "Fine-tuning small vision-language models: a notebook series"
+    (tiny mode).
     """
     import torch
     from torch import nn
@@ -32,7 +34,8 @@ def image_processor_class(name: str):
     """The transformers image processor ``name``, or its PIL twin when torchvision is absent.
 
     Both give the same outputs; asking for the PIL one directly avoids transformers'
-    "falling back to Pil" warning on CPU installs, which never have torchvision.
+    "falling back to Pil" warning on CPU installs, which never have torchvision. For the tiny
+    models of the README, section "Fine-tuning small vision-language models: a notebook series".
     """
     import importlib.util
 
@@ -55,6 +58,7 @@ def save_shrunk_checkpoint(save_dir, model_id: str, sizes: dict, tokenizer, *, s
     are ids of ``tokenizer`` (a smaller tokenizer than the real one). Then ``tokenizer`` and the
     repository's other configuration files are written (:func:`~vlm_helpers.tiny.real.write_repository_files`);
     ``reconstructed`` lets them come from ``reconstructed/``. Returns ``save_dir`` as a ``Path``.
+    The vendored configurations are described in the README, section "Using the helpers with other models".
     """
     from pathlib import Path
 

@@ -88,7 +88,11 @@ _MONTHS = (
 
 
 def default_corpus(extra_texts: Iterable[str] = ()) -> list[str]:
-    """The built-in corpus (a few hundred short texts, always the same list), then ``extra_texts``."""
+    """The built-in corpus (a few hundred short texts, always the same list), then ``extra_texts``.
+
+    What the tiny models' tokenizers train on (tiny mode: the README, section "Fine-tuning small
+    vision-language models: a notebook series").
+    """
     texts: list[str] = []
     texts += list(_DOCUMENT_SENTENCES) + list(_AIRCRAFT_SENTENCES) + list(_CHAT_WORDS)
     for field in _DOCUMENT_FIELDS:

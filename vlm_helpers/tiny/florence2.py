@@ -63,7 +63,11 @@ REAL_SHAPE_FLORENCE2_SIZES: dict = {"config": {}}
 
 
 def build_tiny_florence2_tokenizer(corpus: Iterable[str], vocab_size: int = 600):
-    """Train a byte-level BPE on ``corpus`` and wrap it as Florence-2's tokenizer (BART + 1,025 added tokens)."""
+    """Train a byte-level BPE on ``corpus`` and wrap it as Florence-2's tokenizer (BART + 1,025 added tokens).
+
+    The tokenizer of the tiny Florence-2 that tiny mode loads in ``notebooks/02_florence2_docvqa.ipynb``,
+    section "The model, and freezing the vision encoder".
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import BartTokenizer
 
@@ -96,6 +100,8 @@ def build_tiny_florence2(save_dir: str | Path, *, seed: int = 0, init_std: float
 
     Loading it back is the job of :func:`vlm_helpers.florence2.load_florence2`, exactly as in full mode.
     The text vocabulary is the small tokenizer's length rounded up to 64, as the conversion pads it.
+    Tiny mode loads it in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the
+    vision encoder".
     """
     tokenizer = build_tiny_florence2_tokenizer(default_corpus(extra_corpus))
     sizes = json.loads(json.dumps(TINY_FLORENCE2_SIZES))
@@ -110,6 +116,8 @@ def build_florence2(save_dir: str | Path, sizes: dict, tokenizer, *, seed: int =
     ``image_token_id`` becomes the tokenizer's id of ``<image>`` (token ids follow the tokenizer);
     everything else is the (reconstructed) published configuration. ``init_std`` redraws the
     language model's weights only; ``None`` keeps transformers' initialisation. Returns ``save_dir``.
+    Behind :func:`build_tiny_florence2`, the model tiny mode loads in ``notebooks/02_florence2_docvqa.ipynb``,
+    section "The model, and freezing the vision encoder".
     """
     return save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std,
                                   reinit=lambda model: model.model.language_model,
@@ -122,6 +130,7 @@ def florence2_base_config():
 
     DaViT widths 128-1024 with depths 1/1/9/1 and a 6+6-layer BART of width 768, as in
     ``florence-community/Florence-2-base-ft`` (reconstructed configuration, see module docstring);
-    images of 768 px give 577 image tokens.
+    images of 768 px give 577 image tokens. The ``--size base`` benchmark of the README, section "Measured
+    here, and what is not".
     """
     return build_config(real_json(MODEL_ID, "config.json", reconstructed=True))

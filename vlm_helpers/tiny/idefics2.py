@@ -45,7 +45,8 @@ def idefics2_chat_template() -> str:
     E.g. ``"User:<image>What is the total?<end_of_utterance>\nAssistant: 12.50<end_of_utterance>\n"``:
     the role capitalised, ":" when the turn starts with an image and ": " otherwise, every turn
     closed by ``<end_of_utterance>\n``, and ``"Assistant:"`` as the generation prompt. Message
-    content must be a list of ``{"type": "image"}`` / ``{"type": "text", ...}`` parts.
+    content must be a list of ``{"type": "image"}`` / ``{"type": "text", ...}`` parts. The chat shown in
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see".
     """
     return real_json(MODEL_ID, "processor_config.json")["chat_template"]
 
@@ -87,6 +88,8 @@ def build_tiny_idefics2(save_dir: str | Path, *, seed: int = 0, do_image_splitti
             4 crops + the full image, i.e. 5 x (latents + 2) image-related tokens.
         corpus: unused (the tokenizer is the real one); kept for callers of the old builder.
         init_std: std of the random ``nn.Linear`` / ``nn.Embedding`` weights (see module docstring).
+
+    Tiny mode loads it in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits".
     """
     del corpus
     return build_idefics2(save_dir, TINY_IDEFICS2_SIZES, seed=seed, do_image_splitting=do_image_splitting,
@@ -100,7 +103,8 @@ def build_idefics2(save_dir: str | Path, sizes: dict, *, seed: int = 0, do_image
     ``sizes`` has the size fields to change in ``config.json`` (key ``"config"``) and in the
     processor files; everything else is the published configuration. ``do_image_splitting=None``
     keeps the published value (True). ``init_std=None`` keeps transformers' initialisation.
-    Returns ``save_dir``, laid out like the Hub repository.
+    Returns ``save_dir``, laid out like the Hub repository. Behind :func:`build_tiny_idefics2` (tiny mode of
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits").
     """
     tokenizer = sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json"))
     save_dir = save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std)

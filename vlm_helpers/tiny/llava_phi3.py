@@ -77,6 +77,8 @@ def build_tiny_llava_phi3(save_dir: str | Path, *, seed: int = 0, corpus=(), ini
         seed: torch seed for the random weights.
         corpus: unused (the tokenizer has a real vocabulary); kept for callers of the old builder.
         init_std: std of the random ``nn.Linear`` / ``nn.Embedding`` weights (see module docstring).
+
+    Tiny mode loads it in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     del corpus
     return build_llava_phi3(save_dir, TINY_LLAVA_PHI3_SIZES, seed=seed, init_std=init_std)
@@ -88,7 +90,8 @@ def build_llava_phi3(save_dir: str | Path, sizes: dict, *, seed: int = 0, init_s
     ``sizes`` has the size fields to change in ``config.json`` (key ``"config"``) and in
     ``preprocessor_config.json``. ``init_std=None`` keeps transformers' initialisation. Returns
     ``save_dir``, laid out like the Hub repository (no ``processor_config.json``, no chat template
-    file).
+    file). Behind :func:`build_tiny_llava_phi3` (tiny mode of ``notebooks/04_phi3_aircraft_captioning.ipynb``,
+    section "The model").
     """
     tokenizer = sentencepiece_tokenizer(real_json(MODEL_ID, "tokenizer_config.json", reconstructed=True))
     return save_shrunk_checkpoint(save_dir, MODEL_ID, sizes, tokenizer, seed=seed, init_std=init_std,

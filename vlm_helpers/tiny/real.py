@@ -61,7 +61,10 @@ LAYOUT_FILES = frozenset({"config.json", "generation_config.json", "preprocessor
 
 
 def real_dir(model_id: str) -> Path:
-    """The folder holding the vendored files of ``model_id`` (``owner/name`` -> ``owner--name``)."""
+    """The folder holding the vendored files of ``model_id`` (``owner/name`` -> ``owner--name``).
+
+    The vendored configurations are described in the README, section "Using the helpers with other models".
+    """
     path = REAL_CONFIG_DIR / model_id.replace("/", "--")
     if not path.is_dir():
         raise FileNotFoundError(f"no vendored configuration for {model_id!r} in {REAL_CONFIG_DIR}")
@@ -73,7 +76,8 @@ def real_json(model_id: str, filename: str, *, reconstructed: bool = False) -> d
 
     A file the repository has but that could not be vendored raises ``FileNotFoundError``, unless
     ``reconstructed=True`` and ``reconstructed/<filename>`` holds a reconstruction (whose README says
-    how it was made): builders that cannot do without the file opt in, and say so.
+    how it was made): builders that cannot do without the file opt in, and say so. The reconstructions are
+    listed in the README, section "Using the helpers with other models".
     """
     path = real_dir(model_id) / filename
     if not path.exists():
@@ -87,7 +91,10 @@ def real_json(model_id: str, filename: str, *, reconstructed: bool = False) -> d
 
 
 def real_repo_files(model_id: str) -> dict[str, list[str]]:
-    """``{"present": [...], "absent_checked": [...]}``: which files the real repository has."""
+    """``{"present": [...], "absent_checked": [...]}``: which files the real repository has.
+
+    Part of the vendored configurations of the README, section "Using the helpers with other models".
+    """
     return json.loads((real_dir(model_id) / "files.json").read_text())
 
 
@@ -96,7 +103,8 @@ def shrink(config: dict, sizes: dict) -> dict:
 
     ``sizes`` nests like the config (``{"text_config": {"hidden_size": 64}}``). A size field
     the published file leaves at the class default may be added; anything else raises, so a
-    tiny model can never drift from the real architecture by accident.
+    tiny model can never drift from the real architecture by accident. How the tiny models derive from the
+    real checkpoints: the README, section "Using the helpers with other models".
     """
     out = copy.deepcopy(config)
     for key, value in sizes.items():
@@ -113,7 +121,10 @@ def shrink(config: dict, sizes: dict) -> dict:
 
 
 def build_config(config: dict):
-    """A transformers config object from a ``config.json`` dict (class chosen by ``model_type``)."""
+    """A transformers config object from a ``config.json`` dict (class chosen by ``model_type``).
+
+    For the vendored configurations of the README, section "Using the helpers with other models".
+    """
     from transformers import AutoConfig
 
     values = {k: v for k, v in config.items() if k not in ("transformers_version", "_name_or_path", "torch_dtype")}
@@ -121,7 +132,10 @@ def build_config(config: dict):
 
 
 def model_class(config: dict):
-    """The model class the repository names in ``architectures`` (e.g. ``LlavaForConditionalGeneration``)."""
+    """The model class the repository names in ``architectures`` (e.g. ``LlavaForConditionalGeneration``).
+
+    For the vendored configurations of the README, section "Using the helpers with other models".
+    """
     import transformers
 
     return getattr(transformers, config["architectures"][0])
@@ -131,7 +145,8 @@ def meta_model(model_id: str, sizes: dict | None = None):
     """The real architecture of ``model_id`` on the meta device: all modules, no memory, no weights.
 
     For questions about structure (module names LoRA would match, parameter counts) answered
-    from the vendored configuration, e.g. the trainable parameters of LoRA on the real model.
+    from the vendored configuration, e.g. the trainable parameters of LoRA on the real model. The
+    vendored configurations: the README, section "Using the helpers with other models".
     """
     import torch
 
@@ -156,7 +171,8 @@ def write_repository_files(save_dir: str | Path, model_id: str, sizes: dict[str,
     ``sizes[filename]`` replaced, a chat template kept in ``tokenizer_config.json`` by the real
     repository is put there, and files the repository lacks are removed
     (:func:`keep_repository_layout`). Loading the folder then takes the same defaults as loading
-    the real checkpoint. ``reconstructed``: passed to :func:`real_json`.
+    the real checkpoint. ``reconstructed``: passed to :func:`real_json`. See the README, section "Using the
+    helpers with other models".
     """
     save_dir = Path(save_dir)
     sizes = sizes or {}
@@ -191,7 +207,8 @@ def keep_repository_layout(save_dir: str | Path, model_id: str) -> list[str]:
     ``save_pretrained`` writes e.g. ``processor_config.json`` and ``chat_template.jinja``; if the
     real repository lacks them, loading the real checkpoint takes other defaults (for
     ``xtuner/llava-phi-3-mini-hf``: ``num_additional_image_tokens=0``), and the tiny copy must
-    behave the same. Returns the names removed.
+    behave the same. Returns the names removed. Why that matters for LLaVA-Phi-3:
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     absent = set(real_repo_files(model_id).get("absent_checked", [])) & LAYOUT_FILES
     removed = []

@@ -1,7 +1,9 @@
 """Draw simple business documents with Pillow, for the synthetic DocVQA stand-in.
 
-Taught in ``notebooks/02_florence2_docvqa.ipynb`` (section "A dataset you can
-build offline"). :mod:`vlm_helpers.data.docvqa` decides *what* a document says;
+Used in tiny mode of ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about
+scanned documents"; what survives of a page shrunk to 64 px is discussed in
+``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Does it read the page?".
+:mod:`vlm_helpers.tiny.synthetic_docvqa` decides *what* a document says;
 this module only decides *how it looks*.
 
 Three layouts, each recognisable even when the page is shrunk to 64 px:
@@ -56,6 +58,9 @@ class DocumentSpec:
         signature: name signed in pen and typed underneath, or ``None``.
         footer: page line, e.g. ``"Page 1 of 2"``.
         source: small print at the bottom, like the UCSF archive line on real DocVQA pages.
+
+    The pages of tiny mode in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about
+    scanned documents".
     """
 
     layout: str
@@ -87,7 +92,11 @@ class DocumentSpec:
 
 @dataclass(frozen=True)
 class Fonts:
-    """The fonts one page uses. Build once with :func:`load_fonts` and reuse."""
+    """The fonts one page uses. Build once with :func:`load_fonts` and reuse.
+
+    For the tiny-mode pages of ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about
+    scanned documents".
+    """
 
     title: Font
     heading: Font
@@ -102,7 +111,8 @@ def load_fonts(scale: float = 1.0) -> Fonts:
 
     ``ImageFont.load_default(size=...)`` returns a scalable FreeType font on
     Pillow >= 10.1 built with FreeType. Without it, the fixed-size bitmap font is
-    used for everything: less pretty, still readable.
+    used for everything: less pretty, still readable. For the tiny-mode pages of
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     sizes = {"title": 24, "heading": 13, "body": 11, "small": 9, "pen": 16}
     try:
@@ -117,7 +127,12 @@ def load_fonts(scale: float = 1.0) -> Fonts:
 def render_document(
     spec: DocumentSpec, *, size: tuple[int, int] = _REFERENCE_SIZE, fonts: Fonts | None = None
 ) -> Image.Image:
-    """Draw ``spec`` on a white RGB page of ``size`` = (width, height) pixels."""
+    """Draw ``spec`` on a white RGB page of ``size`` = (width, height) pixels.
+
+    The tiny-mode pages shown in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about
+    scanned documents"; their layouts' coloured bands come up in ``notebooks/03_idefics2_qlora_docvqa.ipynb``,
+    section "Does it read the page?".
+    """
     if spec.layout not in LAYOUTS:
         raise ValueError(f"unknown layout {spec.layout!r}; expected one of {LAYOUTS}")
     scale = min(size[0] / _REFERENCE_SIZE[0], size[1] / _REFERENCE_SIZE[1])

@@ -27,7 +27,11 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class AircraftLook:
-    """What one synthetic aircraft kind looks like, and how it is labelled."""
+    """What one synthetic aircraft kind looks like, and how it is labelled.
+
+    The tiny-mode photos of ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft
+    photos and their tags" (colours, engines and wingtips follow the type).
+    """
 
     label: str  # an FGVC variant name (class of the ``label`` column)
     tags: tuple[str, ...]  # its clip_tags_ViT_L_14, in CLIP's lowercase style
@@ -107,7 +111,11 @@ ROW_CYCLE: tuple[str, ...] = (
 
 
 def synthetic_kinds(num_rows: int) -> list[str]:
-    """The kind of every row of ``make_synthetic_fgvc(num_rows)`` (independent of the seed)."""
+    """The kind of every row of ``make_synthetic_fgvc(num_rows)`` (independent of the seed).
+
+    Tiny mode of ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and
+    their tags".
+    """
     return [ROW_CYCLE[i % len(ROW_CYCLE)] for i in range(num_rows)]
 
 
@@ -212,7 +220,9 @@ def render_aircraft(
     """Render one synthetic side view of ``kind`` (a key of :data:`AIRCRAFT_LOOKS`).
 
     Drawn at twice the size and downsampled (anti-aliasing). Random per image: sky and
-    clouds, position, size, a small climb angle, facing left or right, colour jitter.
+    clouds, position, size, a small climb angle, facing left or right, colour jitter. The tiny-mode
+    photos shown in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos
+    and their tags".
     """
     from PIL import Image, ImageDraw
 
@@ -318,7 +328,8 @@ def make_synthetic_fgvc(
     Columns and feature types are :func:`fgvc_features`. Row ``i`` is of kind
     ``ROW_CYCLE[i % 20]`` (80 % target Boeings, see :data:`ROW_CYCLE`) and is drawn with
     its own generator seeded by ``(seed, i)``, so the output is deterministic and the
-    first ``k`` rows do not depend on ``num_rows``.
+    first ``k`` rows do not depend on ``num_rows``. Tiny mode of
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft photos and their tags".
     """
     import numpy as np
     from datasets import Dataset

@@ -46,6 +46,9 @@ def make_synthetic_cauldron(
       ``"Question: ...\\nChoices:\\nA. ...\\nAnswer with the letter."``, answered
       ``"Answer: B"``; other questions as for docvqa;
     * ``chartqa``: the question followed by ``"Answer briefly."``.
+
+    For ``vlm-train --dataset cauldron --tiny`` (README, section "Scaling out: from one GPU to several
+    machines").
     """
     subsets = check_subsets(subsets)
     if num_rows < 0:
