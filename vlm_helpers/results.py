@@ -15,9 +15,14 @@ three files in the results folder:
     ``stage`` is ``"baseline"`` (zero-shot) or ``"finetuned"``;
 ``<run>.history.json``
     the training loss history (list of ``{"step", "loss", ...}``), fine-tuned runs only;
-``images/<task>/<id>.jpg``
+``images/<task>/<run>/<id>.jpg``
     small copies of the evaluated inputs (when ``write_run`` gets ``images``), referenced by
     the records' ``image`` field relative to the results folder, for notebook 05's gallery.
+    Each run owns its thumbnails: writing the run again replaces them (and removes those its
+    new records no longer name), and another run with the same ids keeps its own.
+
+Ids. A record's ``id`` names one evaluated row (DocVQA's ``questionId``), the same row in
+every run that scored it, and is unique within a run (``write_run`` refuses duplicates).
 
 Files are written atomically (temporary file, then rename), so a crash never leaves
 half a file for notebook 05 to choke on.
@@ -42,6 +47,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +63,11 @@ RECORD_KEYS = ("id", "prediction", "references")
 
 def default_results_dir() -> Path:
     """``$VLM_RESULTS_DIR`` if set; else ``<repo>/results`` when run from the repo's
-    ``notebooks/`` folder, else ``./results`` (e.g. ``/content/results`` on Colab)."""
+    ``notebooks/`` folder, else ``./results`` (e.g. ``/content/results`` on Colab).
+
+    Used in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset", and read back in
+    ``notebooks/05_before_after_comparison.ipynb``, section "Parameters".
+    """
     if os.environ.get("VLM_RESULTS_DIR"):
         return Path(os.environ["VLM_RESULTS_DIR"])
     cwd = Path.cwd()
@@ -66,7 +77,10 @@ def default_results_dir() -> Path:
 
 
 def run_name(task: str, model: str, stage: str) -> str:
-    """``<task>__<model>__<stage>``; names must not contain ``__`` themselves."""
+    """``<task>__<model>__<stage>``; names must not contain ``__`` themselves.
+
+    The run names listed in ``notebooks/05_before_after_comparison.ipynb``, section "What is there".
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     for part in (task, model):
@@ -104,7 +118,8 @@ def replace_problem(results_dir: str | Path, *, task: str, model: str, stage: st
     (``notebook``): that is a different fine-tuned model; (b) the existing run is ``"full"``
     and this one is ``"tiny"``, at any stage; (c) the existing file cannot be read.
     Baselines from different producers may replace each other. The reason names the file,
-    the existing producer and mode, and how to proceed.
+    the existing producer and mode, and how to proceed. The rules are in the README, section "When things
+    go wrong" (nothing you made is overwritten).
     """
     path = Path(results_dir) / f"{run_name(task, model, stage)}.metrics.json"
     if not path.exists():
@@ -128,7 +143,11 @@ def replace_problem(results_dir: str | Path, *, task: str, model: str, stage: st
 def check_replaceable(results_dir: str | Path, *, task: str, model: str, mode: str, notebook: str,
                       stages: tuple[str, ...] = STAGES) -> None:
     """Raise ``FileExistsError`` when writing these runs would replace one it must not
-    (:func:`replace_problem`). Call it before training, so a refusal costs seconds, not hours."""
+    (:func:`replace_problem`). Call it before training, so a refusal costs seconds, not hours.
+
+    Called in ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset" (and in the same
+    section of notebooks 03 and 04).
+    """
     for stage in stages:
         problem = replace_problem(results_dir, task=task, model=model, stage=stage, mode=mode, notebook=notebook)
         if problem:
@@ -136,7 +155,10 @@ def check_replaceable(results_dir: str | Path, *, task: str, model: str, mode: s
 
 
 def finite_or_null(history: list[dict]) -> list[dict]:
-    """The history with NaN/inf (which JSON cannot hold) as null (also used by ``training.save_history``)."""
+    """The history with NaN/inf (which JSON cannot hold) as null (also used by ``loop.save_history``).
+
+    Why a skipped step's loss is ``null``: the README, section "When things go wrong".
+    """
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             for record in history]
 
@@ -149,28 +171,37 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
 
     ``notebook``: the producer, ``"01"``..``"04"`` or ``"vlm-train"``.
     ``images``: the evaluated images in the order of ``records`` (PIL images or anything
-    :func:`vlm_helpers.data.images.to_rgb` accepts); thumbnails go to ``images/<task>/``.
+    :func:`vlm_helpers.data.images.to_rgb` accepts); thumbnails go to ``images/<task>/<run>/``,
+    replacing the run's earlier ones.
 
     Raises:
         FileExistsError: :func:`replace_problem` objects (another producer's fine-tuned
             run, a full run about to be replaced by a tiny one, an unreadable metrics
             file) and ``replace`` is False. Nothing is written then, not even thumbnails.
+        ValueError: two records share an ``id`` (pairing and thumbnails need one row per id).
+
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning" (the baseline) and
+    ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning" (the fine-tuned run and its history).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be 'tiny' or 'full', got {mode!r}")
     results_dir = Path(results_dir)
     name = run_name(task, model, stage)
+    if records is not None:
+        _check_unique_ids(records, name)
     if not replace:
         check_replaceable(results_dir, task=task, model=model, mode=mode, notebook=notebook, stages=(stage,))
     samples = len(records) if records is not None else int(metrics.get("samples", 0))
     summary = {"task": task, "model": model, "stage": stage, "mode": mode, "notebook": notebook,
                "samples": samples, "metrics": {k: float(v) for k, v in metrics.items() if k != "samples"}}
+    thumbnails = Path("images") / task / name  # this run's own folder, relative to results_dir
     if images is not None and records is not None:
-        records = [dict(r, image=_save_thumbnail(results_dir, task, r["id"], image, thumbnail_size))
+        records = [dict(r, image=_save_thumbnail(results_dir, thumbnails, r["id"], image, thumbnail_size))
                    for r, image in zip(records, images, strict=True)]
     if records is not None:
         _write_atomic(results_dir / f"{name}.predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        _remove_stale_thumbnails(results_dir, thumbnails, {r.get("image") for r in records})
     if history is not None:
         _write_atomic(results_dir / f"{name}.history.json", json.dumps(finite_or_null(history), indent=1, allow_nan=False))
     path = results_dir / f"{name}.metrics.json"
@@ -178,17 +209,50 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
     return path
 
 
-def _save_thumbnail(results_dir: Path, task: str, sample_id: str, image, size: int) -> str:
+def _check_unique_ids(records: list[dict], name: str) -> None:
+    """Raise a ``ValueError`` naming the first id two records share."""
+    seen = set()
+    for position, record in enumerate(records):
+        key = str(record.get("id")) if isinstance(record, dict) else None
+        if key in seen:
+            raise ValueError(f"{name}: records[{position}] repeats the id {key!r}; every record needs its own id "
+                             "(the row's questionId), or pairing and thumbnails would mix two rows up")
+        seen.add(key)
+
+
+def _thumbnail_file(sample_id) -> str:
+    """A file name for one record's thumbnail: the id itself when it is a safe name, else the
+    id made safe plus a checksum of it (so ``"a/b"`` and ``"a_b"`` never share a file)."""
+    text = str(sample_id)
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", text)[:80]
+    if safe != text or not safe:
+        safe = f"{safe}-{zlib.crc32(text.encode()):08x}"
+    return f"{safe}.jpg"
+
+
+def _save_thumbnail(results_dir: Path, folder: Path, sample_id, image, size: int) -> str:
+    """Write one thumbnail (always, replacing an earlier one) atomically; return its relative path."""
     from vlm_helpers.data.images import to_rgb
 
-    relative = Path("images") / task / f"{sample_id}.jpg"
+    relative = folder / _thumbnail_file(sample_id)
     target = results_dir / relative
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        thumbnail = to_rgb(image)
-        thumbnail.thumbnail((size, size))
-        thumbnail.save(target, quality=85)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    thumbnail = to_rgb(image)
+    thumbnail.thumbnail((size, size))
+    tmp = target.with_name(target.name + ".tmp")
+    thumbnail.save(tmp, format="JPEG", quality=85)
+    os.replace(tmp, target)
     return relative.as_posix()
+
+
+def _remove_stale_thumbnails(results_dir: Path, folder: Path, keep: set) -> None:
+    """Delete the run's thumbnails its records no longer name (a smaller or different re-run)."""
+    directory = results_dir / folder
+    if not directory.is_dir():
+        return
+    for path in directory.glob("*.jpg"):
+        if path.relative_to(results_dir).as_posix() not in keep:
+            path.unlink()
 
 
 def _describe(value, none: str) -> str:
@@ -260,7 +324,9 @@ def read_predictions(path: str | Path) -> list[dict]:
 
     Raises ``ValueError`` naming the file and line: first for any line that is not valid
     JSON (e.g. a truncated last line), then for a record that is not a JSON object, lacks
-    ``id`` / ``prediction`` / ``references``, or has ``null`` (or a wrong type) there.
+    ``id`` / ``prediction`` / ``references``, or has ``null`` (or a wrong type) there. Behind
+    :meth:`Run.predictions`, which feeds ``notebooks/05_before_after_comparison.ipynb``, section "Gallery:
+    improved, unchanged, regressed".
     """
     parsed = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -279,7 +345,10 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 @dataclass(frozen=True)
 class Run:
-    """One run found in a results folder."""
+    """One run found in a results folder.
+
+    Listed in ``notebooks/05_before_after_comparison.ipynb``, section "What is there".
+    """
 
     task: str
     model: str
@@ -317,7 +386,8 @@ def find_runs(results_dir: str | Path) -> list[Run]:
     """Every run with a ``.metrics.json`` in ``results_dir``, sorted by task, model, stage.
 
     Raises ``ValueError`` naming the file when a metrics file is truncated, invalid or
-    lacks a required key (``task``, ``model``, ``stage``, ``mode``, ``metrics``).
+    lacks a required key (``task``, ``model``, ``stage``, ``mode``, ``metrics``). Taught in
+    ``notebooks/05_before_after_comparison.ipynb``, section "What is there".
     """
     runs = []
     for path in sorted(Path(results_dir).glob("*.metrics.json")):
@@ -328,33 +398,70 @@ def find_runs(results_dir: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: (r.task, r.model, STAGES.index(r.stage)))
 
 
-def pair_predictions(before: list[dict], after: list[dict], *, task: str) -> list[dict]:
+def pair_predictions(before: list[dict], after: list[dict], *, task: str,
+                     on_mismatch: str = "drop") -> list[dict]:
     """Join two prediction lists by ``id``; add per-sample ``score_before``, ``score_after``, ``change``.
 
     Each sample is scored with :func:`vlm_helpers.evaluation.sample_score` for ``task``
-    ("docvqa": ANLS, "captioning": tag F1). Rows present in only one list are left out.
+    ("docvqa": ANLS, "captioning": tag F1). Ids are compared as strings. Rows present in
+    only one list are left out, with a printed count.
+
+    A pair is only made of the *same* question: when an id names a different question (or
+    different references) in the two lists, the runs scored different rows under one id
+    (e.g. data that changed between the two runs). ``on_mismatch="drop"`` leaves such pairs
+    out and prints how many; ``"raise"`` raises instead. A pair's ``image`` is the
+    fine-tuned record's thumbnail (the baseline's when it has none): the same page either way.
 
     Raises:
         ValueError: a record lacks ``id`` / ``prediction`` / ``references`` or has None
             there; the message names the list (before / after), the position and the id.
+            Also, with ``on_mismatch="raise"``, an id whose question differs.
+
+    Used in ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning".
     """
     from vlm_helpers.evaluation import sample_score
+
+    if on_mismatch not in ("drop", "raise"):
+        raise ValueError(f"on_mismatch must be 'drop' or 'raise', got {on_mismatch!r}")
 
     def score(prediction, references):
         return sample_score(task, prediction, references)
 
     _check_records(before, "before")
     _check_records(after, "after")
-    after_by_id = {r["id"]: r for r in after}
-    paired = []
+    after_by_id = {str(r["id"]): r for r in after}
+    before_ids = {str(r["id"]) for r in before}
+    paired, mismatched = [], []
     for record in before:
-        other = after_by_id.get(record["id"])
+        other = after_by_id.get(str(record["id"]))
         if other is None:
+            continue
+        if (record.get("question", ""), list(record["references"])) != (other.get("question", ""),
+                                                                          list(other["references"])):
+            mismatched.append((record, other))
             continue
         s_before = score(record["prediction"], record["references"])
         s_after = score(other["prediction"], other["references"])
-        paired.append({**record, "before": record["prediction"], "after": other["prediction"],
-                       "score_before": s_before, "score_after": s_after, "change": s_after - s_before})
+        image = other.get("image") or record.get("image")
+        paired.append({**record, **({"image": image} if image else {}), "before": record["prediction"],
+                       "after": other["prediction"], "score_before": s_before, "score_after": s_after,
+                       "change": s_after - s_before})
+    if mismatched:
+        first, other = mismatched[0]
+        message = (f"{len(mismatched)} of {len(paired) + len(mismatched)} pairs would join a different question: "
+                   "the same id has another question or other references in the two runs (first: id "
+                   f"{str(first['id'])!r}, {first.get('question', '')!r} {first['references']!r} before, "
+                   f"{other.get('question', '')!r} {other['references']!r} after), so the runs scored different "
+                   "rows under one id; re-run both on the same data")
+        if on_mismatch == "raise":
+            raise ValueError(message)
+        print(f"pair_predictions: {message}. They are left out.")
+    unpaired = {"before": (sum(str(r["id"]) not in after_by_id for r in before), len(before)),
+                "after": (sum(key not in before_ids for key in after_by_id), len(after))}
+    alone = [f"{n} of {total} {side}" for side, (n, total) in unpaired.items() if n]
+    if alone:
+        print(f"pair_predictions: {len(paired)} pairs; left out {' and '.join(alone)} records, which have no "
+              "partner with the same id (the runs scored different rows)")
     return paired
 
 

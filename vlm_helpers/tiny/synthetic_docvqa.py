@@ -70,6 +70,9 @@ class QuestionTemplate:
         layouts: layouts whose pages print the answer.
         weight: relative chance of being asked about a document.
         pool: the possible answers, for display; ``None`` for open-ended ones.
+
+    Why answers come from small pools: ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Does it read
+    the page?" (a tiny model can answer from the question alone).
     """
 
     key: str
@@ -108,7 +111,8 @@ class SyntheticDocument:
 
     ``questions`` holds ``(question, answers, question_types)`` triples;
     ``answers[0]`` is printed on the page verbatim, later answers are other
-    accepted spellings (e.g. without the currency sign, or another date format).
+    accepted spellings (e.g. without the currency sign, or another date format). The pages of tiny mode
+    in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
 
     spec: DocumentSpec
@@ -118,7 +122,11 @@ class SyntheticDocument:
 
 
 def sample_document(rng: random.Random, *, min_questions: int = 3, max_questions: int = 5) -> SyntheticDocument:
-    """Draw one page's content and ``min_questions``..``max_questions`` questions about it."""
+    """Draw one page's content and ``min_questions``..``max_questions`` questions about it.
+
+    For tiny mode of ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents".
+    """
     layout = rng.choice(LAYOUTS)
     company = _pick(rng, COMPANIES)
     sender = _pick(rng, SENDERS)
@@ -230,28 +238,37 @@ def make_synthetic_docvqa(
     Same ``seed`` gives an identical dataset, image bytes included. Several
     consecutive rows share one page (same ``docId`` and image), as in DocVQA.
 
+    Rows are prefix-stable: the first ``n`` rows of a bigger set are exactly the set of
+    ``n`` rows, ids included (notebook 01 scores fewer validation rows than 02 and 03, and
+    notebook 05 pairs their predictions by ``questionId``). Each ``questionId`` is unique in
+    the set and names one row whatever ``num_rows`` is.
+
     Args:
         num_rows: number of question rows (not documents).
         seed: random seed for content, layout and ids.
         image_size: page size in pixels, (width, height).
+
+    Tiny mode's data in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
+    documents", and ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The data: 1,200 questions about
+    scanned documents" (through :func:`vlm_helpers.data.sources.docvqa_dataset`).
     """
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
     rng = random.Random(seed)
+    # Ids come from their own generator, drawn row by row as the rows are made, so that
+    # neither the ids nor the pages depend on ``num_rows`` (prefix-stable rows).
+    id_rng = random.Random(f"synthetic-docvqa-ids/{seed}")
+    question_ids: set[int] = set()
+    doc_ids: set[int] = set()
     fonts: Fonts = load_fonts(min(image_size[0] / 384, image_size[1] / 480))
-    # Unique ids drawn from a wide range, so two seeds rarely share one.
-    question_ids = rng.sample(range(10_000, 2_000_000_000), num_rows)
-    doc_ids = rng.sample(range(1_000, 2_000_000_000), num_rows)
 
     columns: dict[str, list] = {name: [] for name in DOCVQA_FEATURES}
-    documents_made = 0
     while len(columns["question"]) < num_rows:
         document = sample_document(rng)
         png = _png_bytes(render_document(document.spec, size=image_size, fonts=fonts))
-        doc_id = doc_ids[documents_made]
-        documents_made += 1
+        doc_id = _new_id(id_rng, doc_ids, 1_000)
         for question, answers, question_types in document.questions[: num_rows - len(columns["question"])]:
-            columns["questionId"].append(question_ids[len(columns["questionId"])])
+            columns["questionId"].append(_new_id(id_rng, question_ids, 10_000))
             columns["question"].append(question)
             columns["question_types"].append(list(question_types))
             columns["image"].append({"bytes": png, "path": None})
@@ -263,8 +280,22 @@ def make_synthetic_docvqa(
 
 
 def synthetic_split_seed(seed: int, split: str) -> int:
-    """Seed for one synthetic split: stable across runs and machines, different per split."""
+    """Seed for one synthetic split: stable across runs and machines, different per split.
+
+    So the train and validation pages of tiny mode in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    data: questions about scanned documents", never coincide.
+    """
     return zlib.crc32(f"docvqa/{split}/{seed}".encode())
+
+
+def _new_id(rng: random.Random, taken: set[int], low: int, high: int = 2_000_000_000) -> int:
+    """A random id in ``[low, high)`` not in ``taken`` (then added to it); a wide range, so two
+    seeds rarely share one, and below 2**31 for the int32 id columns."""
+    while True:
+        value = rng.randrange(low, high)
+        if value not in taken:
+            taken.add(value)
+            return value
 
 
 def _pick(rng: random.Random, pool: tuple[tuple[str, int], ...]) -> str:
