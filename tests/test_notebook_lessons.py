@@ -7,7 +7,8 @@ compare them with ``vlm_helpers`` on fixed inputs:
 - notebook 02: the Florence-2 collate step (labels padded with -100), ANLS, and one training
   step with the token-summed loss over the accumulation window;
 - notebook 03: the chat label masking;
-- notebook 04: the LoRA target selection.
+- notebook 04: the LoRA target selection;
+- notebook 01: Florence-2's location tokens for a region; notebook 05: loss smoothing over steps.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LESSONS = {  # notebook -> the names its lesson cells must define
+    "01_baseline_inference.ipynb": {"location_tokens"},
     "02_florence2_docvqa.ipynb": {"florence2_collate", "normalize", "anls", "token_loss_sum", "training_step"},
     "03_idefics2_qlora_docvqa.ipynb": {"chat_labels"},
     "04_phi3_aircraft_captioning.ipynb": {"lora_targets"},
+    "05_before_after_comparison.ipynb": {"smooth_by_steps"},
 }
 
 
@@ -217,3 +220,32 @@ def test_notebook_lora_targets_equal_the_package_pattern(tiny_cache):
     adapted = add_lora(model, target_modules=LLAVA_PHI3_LORA_TARGETS, r=4, alpha=4, dropout=0.0, quantized=False,
                        gradient_checkpointing=False)
     assert sorted(name.removeprefix("base_model.model.") for name in lora_module_names(adapted)) == ours
+
+
+# ---------------------------------------------------------------------------------- notebooks 01, 05
+
+
+def test_notebook_location_tokens_equal_the_package():
+    location_tokens = lesson("01_baseline_inference.ipynb")["location_tokens"]
+    rng = random.Random(1)
+    for _ in range(200):
+        width, height = rng.randint(1, 2000), rng.randint(1, 2000)
+        x0, x1 = sorted(rng.uniform(-10, width + 10) for _ in range(2))
+        y0, y1 = sorted(rng.uniform(-10, height + 10) for _ in range(2))
+        box = (x0, y0, x1, y1)
+        assert location_tokens(box, (width, height)) == florence2.box_to_location_tokens(box, (width, height))
+    assert location_tokens((0, 0, 768, 192), (768, 768)) == "<loc_0><loc_0><loc_999><loc_250>"
+
+
+def test_notebook_smoothing_equals_the_package_on_irregular_logging():
+    from vlm_helpers import plotting
+
+    smooth = lesson("05_before_after_comparison.ipynb")["smooth_by_steps"]
+    rng = random.Random(2)
+    steps = list(range(1, 30)) + list(range(30, 200, 10)) + [201, 202]  # dense, then sparse, then dense
+    values = [10 / step + rng.random() for step in steps]
+    for window in (1, 5, 10, 40):
+        ours, theirs = smooth(steps, values, window), plotting.smooth_by_steps(steps, values, window)
+        assert ours[0] == theirs[0] == sorted(steps)
+        assert all(math.isclose(a, b, abs_tol=1e-12) for a, b in zip(ours[1], theirs[1]))
+    assert smooth([3, 1, 2], [30.0, 10.0, 20.0], 2) == ([1, 2, 3], [15.0, 20.0, 25.0])
