@@ -286,7 +286,7 @@ _QWEN2_VL_TOKENS = {  # tokenizer_facts.json of Qwen/Qwen2-VL-2B-Instruct (ids f
 }
 
 #: LoRA on the language model's attention and MLP projections only, whatever the prefix.
-LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+from vlm_helpers.model_choices import LANGUAGE_MODEL_LORA_TARGETS as LANGUAGE_MODEL_TARGETS  # noqa: E402
 
 FAMILIES: dict[str, Family] = {
     "qwen2-vl": Family(

@@ -58,8 +58,10 @@ def test_notebook_is_committed_without_outputs(path):
             assert cell.get("outputs") == [] and cell.get("execution_count") is None, path.name
 
 
-def test_the_series_has_five_notebooks():
-    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == list(SERIES)
+def test_the_series_has_six_notebooks():
+    """01-05 run in order into one results folder (here); 06, on your own data, stands alone
+    (tests/test_notebook_06.py)."""
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [*SERIES, "06_your_data_your_model.ipynb"]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def test_tiny_mode_outputs_are_clean(series, name):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("name", SERIES[:4])
+@pytest.mark.parametrize("name", [*SERIES[:4], "06_your_data_your_model.ipynb"])
 def test_full_mode_without_a_gpu_stops_in_the_parameters_cell(name, tmp_path, tiny_cache):
     from nbclient.exceptions import CellExecutionError
 

@@ -48,6 +48,10 @@ NOTEBOOKS = (
                  "~1 h on T4 (est.)", "LoRA on a Phi-3 decoder, batched chat collation, ROUGE and tag F1 on generated captions"),
     NotebookInfo("05_before_after_comparison.ipynb", "Before/after comparison", "none (CPU)", "< 1 min",
                  "the table, bar chart, loss curves and an honest gallery of improved/unchanged/regressed examples"),
+    NotebookInfo("06_your_data_your_model.ipynb", "Your data, your model", "T4 preset (LoRA or 4-bit QLoRA by model); A100 preset",
+                 "depends on your data (est.)",
+                 "your images (JSONL/CSV, HF dataset, conversations), validated by file and line; the best checkpoint "
+                 "by generated answers; a model card"),
 )
 
 

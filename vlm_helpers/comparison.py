@@ -36,7 +36,8 @@ EXPECTED_RUNS = (
 )
 
 #: The metrics shown per task, headline first.
-HEADLINE_METRICS = {"docvqa": ("anls", "levenshtein_similarity"), "captioning": ("rouge1", "rougeL", "tag_f1")}
+HEADLINE_METRICS = {"docvqa": ("anls", "levenshtein_similarity"), "captioning": ("rouge1", "rougeL", "tag_f1"),
+                    "qa": ("anls", "exact_match")}
 
 #: Numbers the source articles report, with their metric spelled out. They are not comparable
 #: one-to-one with ours (other subsets, other scoring), and are shown for orientation only.

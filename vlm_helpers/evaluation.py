@@ -103,6 +103,19 @@ def score_docvqa(records: Sequence[dict]) -> dict[str, float]:
             "samples": len(records)}
 
 
+def score_short_answers(records: Sequence[dict]) -> dict[str, float]:
+    """ANLS and exact match over prediction records: question answering on your own data (task ``"qa"``).
+
+    Used in ``notebooks/06_your_data_your_model.ipynb``, section "Before fine-tuning".
+    """
+    from vlm_helpers.metrics import anls, exact_match
+
+    predictions = [r["prediction"] for r in records]
+    references = [r["references"] for r in records]
+    return {"anls": anls(predictions, references), "exact_match": exact_match(predictions, references),
+            "samples": len(records)}
+
+
 def _first_reference(references):
     """The caption reference of one record: the first of a list, a bare string as is.
 
@@ -128,7 +141,7 @@ def score_captions(records: Sequence[dict]) -> dict[str, float]:
 
 
 def sample_score(task: str, prediction: str, references: Sequence[str]) -> float:
-    """One sample's headline score: ANLS for DocVQA, tag F1 for captioning (for galleries).
+    """One sample's headline score: ANLS for DocVQA and ``"qa"``, tag F1 for captioning (for galleries).
 
     ``references`` is a list of strings (a bare string counts as one); for captioning the
     first one is used. A None prediction or reference raises the metrics' ``ValueError``. The per-sample
@@ -137,14 +150,15 @@ def sample_score(task: str, prediction: str, references: Sequence[str]) -> float
     """
     from vlm_helpers.metrics import anls_per_sample, tag_f1_per_sample
 
-    if task == "docvqa":
+    if task in ("docvqa", "qa"):
         return anls_per_sample([prediction], [references])[0]
     if task == "captioning":
         return tag_f1_per_sample([prediction], [_first_reference(references)])[0]
-    raise ValueError(f"unknown task {task!r}; expected 'docvqa' or 'captioning'")
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(SCORERS)}")
 
 
-SCORERS: dict[str, Callable[[Sequence[dict]], dict[str, float]]] = {"docvqa": score_docvqa, "captioning": score_captions}
+SCORERS: dict[str, Callable[[Sequence[dict]], dict[str, float]]] = {
+    "docvqa": score_docvqa, "captioning": score_captions, "qa": score_short_answers}
 
 
 def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, model_name: str, tiny: bool,

@@ -414,7 +414,9 @@ def log_table_row(logs: dict, step: int) -> str | None:
 
 def train_with_trainer(model, train_rows, collator: Callable, args, *,
                        eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None,
-                       resume_from_checkpoint: str | Path | bool | None = None, max_skipped_steps: int = 10):
+                       resume_from_checkpoint: str | Path | bool | None = None, max_skipped_steps: int = 10,
+                       keep_best: str | None = None, greater_is_better: bool = True, patience: int | None = None,
+                       processor=None):
     """Train with ``transformers.Trainer``; return ``(trainer, history)``.
 
     ``eval_fn(step) -> {"anls": ...}`` (e.g. generation + ANLS on validation rows) runs every
@@ -432,17 +434,36 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     A step whose loss or gradient is NaN/inf is not applied and is recorded as skipped; more than
     ``max_skipped_steps`` of them stop training with ``FloatingPointError`` (weights stay finite).
 
+    ``keep_best="val_anls"`` (a key of ``eval_fn``'s result; ``greater_is_better=False`` for a metric to
+    minimise) keeps the best adapter by that metric in ``<output_dir>/best-adapter/`` (with ``processor``,
+    if given), stops after ``patience`` evaluations without improvement (None: never), and at the end
+    loads the best weights back into ``model``: its history record gets ``"best": True`` and
+    ``trainer.state.best_metric``/``best_global_step``/``best_model_checkpoint`` say which won. Ties keep
+    the earlier step, NaN never wins; a resume continues with the checkpoint's best
+    (:mod:`vlm_helpers.best_checkpoint`). Taught in ``notebooks/06_your_data_your_model.ipynb``, section
+    "Training: keep the best checkpoint".
+
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer",
     and used with ``eval_fn`` in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Training with the
     Hugging Face Trainer".
     """
     from transformers import PrinterCallback, Trainer, TrainerCallback
 
+    from vlm_helpers.best_checkpoint import RUN_RESULTS, BestCheckpointKeeper
     from vlm_helpers.checkpoints import check_finite_weights
 
+    if keep_best is not None and (eval_fn is None or not eval_every):
+        raise ValueError(f"keep_best={keep_best!r} chooses among evaluations: pass eval_fn and eval_every too")
+    if keep_best is not None and getattr(model, "peft_config", None) is None:
+        raise ValueError("keep_best saves and reloads LoRA adapters: the model must be a PEFT model (add_lora)")
+    if patience is not None and keep_best is None:
+        raise ValueError("patience counts evaluations without improvement of keep_best: pass keep_best too")
     resume = resume_point(args.output_dir, resume_from_checkpoint, problem=trainer_checkpoint_problem,
-                          results=("adapter",), argument="resume_from_checkpoint=True",
+                          results=("adapter", *RUN_RESULTS), argument="resume_from_checkpoint=True",
                           is_main=int(os.environ.get("RANK", "0")) == 0)
+    keeper = None if keep_best is None else BestCheckpointKeeper(
+        keep_best, greater_is_better=greater_is_better, patience=patience, output_dir=args.output_dir,
+        processor=processor, resume=resume)
 
     class CurrentIntervals(TrainerCallback):
         def on_train_begin(self, arguments, state, control, **kwargs):
@@ -456,6 +477,8 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                 metrics = eval_fn(state.global_step)
                 model.train(was_training)
                 state.log_history.append({"step": state.global_step, **metrics})
+                if keeper is not None:
+                    keeper.after_evaluation(arguments, state, control, model, metrics)
 
     class LogTable(TrainerCallback):
         printed_header = False
@@ -476,11 +499,17 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     guard = _NonFiniteGuard(max_skipped_steps, fp16=bool(args.fp16))
     callbacks = [CurrentIntervals(), guard.callback(), FiniteBeforeSaving()]
     callbacks += [GenerationEval()] if eval_fn is not None else []
+    callbacks += [keeper.callback()] if keeper is not None else []
     trainer = _guarded_trainer(Trainer, guard)(model=model, args=args, train_dataset=train_rows,
                                                data_collator=collator, callbacks=callbacks)
     if args.disable_tqdm:  # the Trainer would print each log as a dict of strings: a table instead
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(LogTable())
+    if keeper is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise ValueError("keep_best saves the adapter from rank 0 alone: not with FSDP or DeepSpeed sharding")
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     model.eval()
-    return trainer, history_from_log(trainer.state.log_history)
+    history = history_from_log(trainer.state.log_history)
+    if keeper is not None:
+        keeper.finish(trainer, model, history)
+    return trainer, history

@@ -252,6 +252,24 @@ def anls(
     return _mean(anls_per_sample(predictions, references, threshold), "ANLS")
 
 
+def exact_match_per_sample(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """1.0 where the prediction equals one of its references after :func:`normalize_answer`, else 0.0.
+
+    The strict companion of ANLS for short answers: ANLS gives "$12.5" 0.83 against "$12.50", exact
+    match gives it 0. Used in ``notebooks/06_your_data_your_model.ipynb``, section "Before fine-tuning".
+    """
+    return [float(any(normalize_answer(pred) == normalize_answer(ref) for ref in refs))
+            for pred, refs in _checked_pairs(predictions, references, reference_lists=True)]
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """The share of predictions equal to one of their references (after :func:`normalize_answer`).
+
+    Used in ``notebooks/06_your_data_your_model.ipynb``, section "Before fine-tuning".
+    """
+    return _mean(exact_match_per_sample(predictions, references), "exact match")
+
+
 def levenshtein_similarity_per_sample(
     predictions: Sequence[str],
     references: Sequence[Sequence[str]],

@@ -1,0 +1,340 @@
+"""Load the data people actually have into the series' rows: files with an image folder, or a Hugging Face dataset.
+
+Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data". Every loader returns rows of
+:data:`vlm_helpers.data.canonical.CANONICAL_FEATURES` (``id``, ``image``, ``question``, ``answers``), so the
+validation (:func:`vlm_helpers.data.validation.clean_dataset`), the collators and the evaluation of
+notebooks 02-04 work on them unchanged:
+
+* :func:`load_jsonl_or_csv`: a ``.jsonl`` or ``.csv`` file, one row per line, with image paths relative to
+  the file's folder (or to ``image_root=``, or absolute). :class:`Columns` says which keys hold what.
+* :func:`load_hf_dataset`: a Hub id (``datasets.load_dataset``) or a folder written by ``save_to_disk``.
+* :func:`vlm_helpers.data.conversations.load_conversations`: chat-style JSONL (``messages``).
+* :func:`load_your_data`: one entry point that picks the format from the source.
+* :func:`split_off_validation`: a seeded validation split when the data has none.
+
+Problems are reported by file and line (or dataset, split and row) before anything trains: a
+:class:`vlm_helpers.data.canonical.DataFormatError` with ``on_bad="raise"``, a skipped row in the
+:class:`vlm_helpers.data.canonical.LoadReport` with ``on_bad="skip"``. Nothing is written next to the
+user's files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from vlm_helpers.data.canonical import (CANONICAL_FEATURES, DataFormatError, LoadReport, OnBad, RowCollector,
+                                        own_row_id, read_jsonl, resolve_image_path)
+from vlm_helpers.data.conversations import load_conversations
+
+__all__ = ["Columns", "load_hf_dataset", "load_jsonl_or_csv", "load_your_data", "split_off_validation"]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_FORMATS = ("auto", "jsonl", "csv", "conversations", "hf")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which of the user's columns (JSONL keys, CSV header names, dataset columns) hold what.
+
+    ``image``: the image (a path in files; an image or a path in a dataset). ``question``: the question;
+    for captioning set ``question=None`` and give ``prompt=``, one fixed instruction used as every row's
+    question. ``answer``: one string or a list of acceptable strings. ``id``: a unique id per row; without
+    it the id is ``"<file name>:<line>"`` or ``"<split>:<row>"``. Chosen in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+
+    image: str = "image"
+    question: str | None = "question"
+    answer: str = "answer"
+    id: str | None = None
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.question is None) == (self.prompt is None):
+            raise ValueError("give either question= (the column holding each row's question) or prompt= "
+                             "(one fixed instruction for every row, for captioning, with question=None)")
+        if self.prompt is not None and not (isinstance(self.prompt, str) and self.prompt.strip()):
+            raise ValueError(f"prompt must be a non-empty string, got {self.prompt!r}")
+        names = self.used()
+        for role, name in names.items():
+            if not (isinstance(name, str) and name):
+                raise ValueError(f"Columns({role}=...) must be a non-empty column name, got {name!r}")
+        if len(set(names.values())) != len(names):
+            raise ValueError(f"each column can play one part only, got {names}")
+
+    def used(self) -> dict[str, str]:
+        """``{role: column}`` for the roles that name a column (``id`` and ``question`` may not)."""
+        roles = {"id": self.id, "image": self.image, "question": self.question, "answer": self.answer}
+        return {role: name for role, name in roles.items() if name is not None}
+
+
+def _row_values(record: dict, columns: Columns, *, base: Path, default_id: str):
+    """``(row_id, values, problem)`` for one record: ``values`` are ``add``'s keywords, or None with a problem."""
+    row_id = default_id
+    if columns.id is not None and columns.id in record:
+        row_id, problem = own_row_id(record[columns.id], columns.id)
+        if problem:
+            return None, None, problem
+    missing = [name for name in columns.used().values() if record.get(name) is None]
+    if missing:
+        absent = ", ".join(repr(name) for name in missing)
+        return row_id, None, f"no value for column {absent}; this row has {list(record)}"
+    image, problem = resolve_image_path(record[columns.image], base)
+    if problem:
+        return row_id, None, problem
+    question = columns.prompt if columns.question is None else record[columns.question]
+    if not isinstance(question, str):
+        return row_id, None, f"the question {columns.question!r} must be a string, got {type(question).__name__}"
+    answers = record[columns.answer]
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
+        return row_id, None, (f"the answer {columns.answer!r} must be a string or a list of strings, "
+                              f"got {record[columns.answer]!r}")
+    return row_id, {"row_id": row_id, "image": image, "question": question, "answers": answers}, None
+
+
+def _file_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"{path}: expected a .jsonl or .csv file, got {suffix or 'no extension'!r}")
+
+
+def load_jsonl_or_csv(path: str | os.PathLike, columns: Columns, *, on_bad: OnBad = "raise",
+                      image_root: str | os.PathLike | None = None,
+                      split: str = "train") -> tuple[datasets.Dataset, LoadReport]:
+    """Read a ``.jsonl`` or ``.csv`` file of rows into canonical rows; return ``(dataset, report)``.
+
+    Image paths are resolved against ``image_root`` when given, else against the file's folder; absolute
+    paths are used as they are. Every image file must exist (it is decoded later, lazily). Problems are named
+    by file and line: a malformed JSON line (with the parser's message), a missing column (with the columns
+    the row has), a missing image file (with the resolved path), a wrong type, a repeated id. ``on_bad="raise"``
+    raises :class:`~vlm_helpers.data.canonical.DataFormatError` at the first; ``"skip"`` drops the row and lists
+    it in the report. Blank JSONL lines are ignored; a UTF-8 byte-order mark is handled. CSV lines count from
+    the header (line 1); a CSV header without a needed column is an error in both modes. Taught in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path} (looked in {os.path.abspath(path)})")
+    kind = _file_format(path)
+    base = Path(os.path.abspath(image_root if image_root is not None else path.parent))
+    rows = RowCollector(path, format=kind, on_bad=on_bad, split=split)
+    records = read_jsonl(path) if kind == "jsonl" else _read_csv(path, columns)
+    for line, record, problem in records:
+        row_id, values, problem = (None, None, problem) if problem else _row_values(
+            record, columns, base=base, default_id=rows.default_id(line))
+        if problem:
+            rows.fail(line, problem, row_id=row_id)
+        else:
+            rows.add(line, **values)
+    return rows.finish()
+
+
+def _read_csv(path: Path, columns: Columns):
+    """``(line, record, problem)`` per CSV record, lines counted from the header (line 1)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise DataFormatError("the file is empty: expected a header line naming the columns",
+                                      source=str(path), line=1)
+            missing = [name for name in columns.used().values() if name not in header]
+            if missing:
+                raise DataFormatError(f"the header has no column {', '.join(map(repr, missing))}; its columns "
+                                      f"are {header}", source=str(path), line=1)
+            previous = reader.line_num
+            for values in reader:
+                start, previous = previous + 1, reader.line_num
+                if not values:
+                    continue
+                if len(values) != len(header):
+                    yield start, None, f"the line has {len(values)} values, the header has {len(header)} columns"
+                else:
+                    yield start, dict(zip(header, values)), None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise DataFormatError(f"cannot read the CSV ({err})", source=str(path), line=reader.line_num + 1) from err
+
+
+def load_hf_dataset(source: str | os.PathLike, columns: Columns, *, split: str | None = None,
+                    config: str | None = None) -> datasets.DatasetDict:
+    """A Hugging Face dataset as canonical rows: a Hub id, or a folder written by ``save_to_disk``.
+
+    A folder holding ``dataset_dict.json`` or ``state.json`` is read with ``datasets.load_from_disk``
+    (a ``DatasetDict`` or one ``Dataset``, whose split is named ``split`` or ``"train"``); anything else is
+    passed to ``datasets.load_dataset(source, config, split=split)``. ``split`` keeps one split. The user's
+    columns are mapped to ``id`` / ``image`` / ``question`` / ``answers``; a missing column is an error
+    naming the dataset, the split and the columns that exist. The image column may be an ``Image`` feature or
+    path strings (relative to the working directory). Only text columns are read; images stay as stored, and
+    nothing is written to the dataset's folder. Taught in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    name = os.fspath(source)
+    if os.path.isdir(name):
+        if not any(os.path.isfile(os.path.join(name, f)) for f in ("dataset_dict.json", "state.json")):
+            raise ValueError(f"{name} is a folder but not one written by save_to_disk (no dataset_dict.json or "
+                             "state.json): pass the .jsonl/.csv file that lists its images instead")
+        loaded, label = datasets.load_from_disk(name), f"folder {name}"
+    elif os.path.exists(name) or not _HUB_ID.fullmatch(name):
+        raise FileNotFoundError(f"{name!r} is neither a folder written by save_to_disk nor a Hub id")
+    else:
+        loaded, label = datasets.load_dataset(name, config, split=split), f"dataset {name!r}"
+    if isinstance(loaded, datasets.Dataset):
+        loaded = {split or "train": loaded}
+    elif split is not None:
+        if split not in loaded:
+            raise ValueError(f"{label} has splits {sorted(loaded)}, not {split!r}")
+        loaded = {split: loaded[split]}
+    return datasets.DatasetDict({part: _canonical_dataset(ds, columns, where=f"{label}, split {part!r}",
+                                                          split=part) for part, ds in loaded.items()})
+
+
+def _is_text(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _canonical_dataset(ds: datasets.Dataset, columns: Columns, *, where: str, split: str) -> datasets.Dataset:
+    """Rename and convert one split; the image column is kept as stored (no decoding, no cache files)."""
+    missing = [name for name in columns.used().values() if name not in ds.column_names]
+    if missing:
+        raise DataFormatError(f"no column {', '.join(map(repr, missing))}; the columns are {ds.column_names}",
+                              source=where)
+    image = ds.features[columns.image]
+    if not (isinstance(image, datasets.Image) or _is_text(image)):
+        raise DataFormatError(f"column {columns.image!r} holds {image}, not images or image paths", source=where)
+    answer = ds.features[columns.answer]
+    if not (_is_text(answer) or _is_text(getattr(answer, "feature", None))):
+        raise DataFormatError(f"column {columns.answer!r} holds {answer}, not strings or lists of strings",
+                              source=where)
+    if columns.question is not None and not _is_text(ds.features[columns.question]):
+        raise DataFormatError(f"column {columns.question!r} holds {ds.features[columns.question]}, not strings",
+                              source=where)
+    answers = [[value] if isinstance(value, str) else value for value in ds[columns.answer]]
+    questions = list(ds[columns.question]) if columns.question is not None else [columns.prompt] * len(ds)
+    if columns.id is None:
+        ids = [f"{split}:{row}" for row in range(len(ds))]
+    else:
+        ids = _ids(list(ds[columns.id]), where, columns.id)
+    rows = ds.select_columns([columns.image])  # the only column left, so renaming it cannot clash
+    rows = rows.rename_column(columns.image, "image") if columns.image != "image" else rows
+    rows = rows.cast_column("image", datasets.Image())  # paths become images; an Image column stays as stored
+    for name, values in (("id", ids), ("question", questions), ("answers", answers)):
+        rows = rows.add_column(name, values, feature=CANONICAL_FEATURES[name])
+    return rows.select_columns(list(CANONICAL_FEATURES))
+
+
+def _ids(values: list, where: str, column: str) -> list[str]:
+    """The id column as strings; an empty or repeated id is an error naming the row (and the first one)."""
+    first: dict[str, int] = {}
+    for row, value in enumerate(values):
+        row_id, problem = own_row_id(value, column)
+        if problem:
+            raise DataFormatError(problem, source=where, row=row)
+        if row_id in first:
+            raise DataFormatError(f"id {row_id!r} is used again (first on row {first[row_id]})", source=where, row=row)
+        first[row_id] = row
+    return list(first)
+
+
+def _detect(source: str | os.PathLike) -> str:
+    """The format of one source: jsonl, csv, conversations (a JSONL whose first row has ``messages``) or hf."""
+    path = Path(source)
+    if path.is_dir() or (not path.exists() and path.suffix.lower() not in (".jsonl", ".ndjson", ".csv")):
+        return "hf"  # a save_to_disk folder, or a Hub id (load_hf_dataset checks which)
+    kind = _file_format(path)
+    if kind == "jsonl" and path.is_file():
+        first = next((record for _, record, problem in read_jsonl(path) if not problem), None)
+        if first is not None and "messages" in first:
+            return "conversations"
+    return kind
+
+
+def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], columns: Columns | None = None,
+                   *, format: str = "auto", on_bad: OnBad = "raise", image_root: str | os.PathLike | None = None,
+                   split: str | None = None,
+                   config: str | None = None) -> tuple[datasets.DatasetDict, LoadReport]:
+    """Load the user's data, whatever its format; return ``(splits, report)``.
+
+    ``source`` is a ``.jsonl`` / ``.csv`` file (one split, named ``split`` or ``"train"``), a mapping
+    ``{split: file}`` (e.g. ``{"train": "train.jsonl", "validation": "val.jsonl"}``), a folder written by
+    ``save_to_disk`` or a Hub id (every split, or ``split``). ``format="auto"`` picks the loader from the
+    source (a JSONL whose first row has ``messages`` is read as conversations); or say ``"jsonl"``, ``"csv"``,
+    ``"conversations"`` or ``"hf"``. ``columns`` is needed except for conversations. Taught in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    if format not in _FORMATS:
+        raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+    if isinstance(source, Mapping):
+        parts = {name: _load_file(path, columns, format=format, on_bad=on_bad, image_root=image_root, split=name)
+                 for name, path in source.items()}
+        report = LoadReport(source=", ".join(f"{name}={path}" for name, path in source.items()),
+                            format="/".join(dict.fromkeys(r.format for _, r in parts.values())))
+        for _, part in parts.values():
+            report.read += part.read
+            report.splits.update(part.splits)
+            report.skipped_rows += part.skipped_rows
+            report.notes += part.notes
+        return datasets.DatasetDict({name: ds for name, (ds, _) in parts.items()}), report
+    kind = _detect(source) if format == "auto" else format
+    if kind == "hf":
+        splits = load_hf_dataset(source, _need(columns, source), split=split, config=config)
+        sizes = {name: len(ds) for name, ds in splits.items()}
+        return splits, LoadReport(source=os.fspath(source), format="hf", read=sum(sizes.values()), splits=sizes)
+    dataset, report = _load_file(source, columns, format=kind, on_bad=on_bad, image_root=image_root,
+                                 split=split or "train")
+    return datasets.DatasetDict({split or "train": dataset}), report
+
+
+def _need(columns: Columns | None, source: Any) -> Columns:
+    if columns is None:
+        raise ValueError(f"{source}: pass columns=Columns(image=..., question=..., answer=...) naming your columns")
+    return columns
+
+
+def _load_file(path, columns, *, format: str, on_bad: OnBad, image_root, split: str):
+    kind = _detect(path) if format == "auto" else format
+    if kind == "conversations":
+        return load_conversations(path, on_bad=on_bad, image_root=image_root, split=split)
+    if kind not in ("jsonl", "csv"):
+        raise ValueError(f"{path}: a split given as a file must be .jsonl or .csv, got format {kind!r}")
+    return load_jsonl_or_csv(path, _need(columns, path), on_bad=on_bad, image_root=image_root, split=split)
+
+
+def split_off_validation(dataset: datasets.Dataset, *, seed: int, fraction: float | None = None,
+                         count: int | None = None, name: str = "validation"
+                         ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """Hold out a seeded validation split: ``(train, validation, report)``, report a printable line.
+
+    ``name`` is what the held-out split is called in the report (``"test"`` for a test split).
+    Give ``fraction`` (``ceil(fraction * n)`` rows) or ``count``. The held-out rows are drawn with
+    ``random.Random(seed)``, the same for the same seed and size; both parts keep the original row order.
+    (``Dataset.train_test_split`` would write index files next to a dataset loaded from disk.) Taught in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    n = len(dataset)
+    if (fraction is None) == (count is None):
+        raise ValueError(f"give either fraction= or count= for the {name} split")
+    if fraction is not None:
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        count = math.ceil(fraction * n)
+    if not 1 <= count < n:
+        raise ValueError(f"cannot hold out {count} of {n} rows: both splits need at least one row")
+    held = set(random.Random(seed).sample(range(n), count))
+    validation = dataset.select(sorted(held))
+    train = dataset.select([row for row in range(n) if row not in held])
+    return train, validation, (f"no {name} split given: held out {count} of {n} rows (seed {seed}): "
+                               f"train={len(train)}, {name}={len(validation)}")
