@@ -289,6 +289,13 @@ def _usage_error(argv: list[str], capsys) -> str:
     (["--recipe", "llava"], "invalid choice: 'llava'"),
     (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
     (["--recipe", "idefics2-qlora-docvqa", "--resume"], "holds no complete checkpoint"),
+    (["--recipe", "custom", "--tiny", "--model", "qwen2-vl"], "no tiny twin"),
+    (["--recipe", "custom", "--data", "x.jsonl", "--model", "llava"], "is not a supported choice"),
+    (["--recipe", "custom", "--data", "x.jsonl", "--task", "captioning"], "needs --prompt"),
+    (["--recipe", "phi3-aircraft", "--data", "x.jsonl"], "--data only apply to --recipe custom"),
+    (["--recipe", "florence2-docvqa", "--keep-best"], "apply to the HF Trainer recipes"),
+    (["--recipe", "phi3-aircraft", "--patience", "2"], "--patience needs --keep-best"),
+    (["--recipe", "custom", "--tiny", "--validation-fraction", "1.5"], "must be between 0 and 1"),
 ])
 def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)
@@ -380,3 +387,59 @@ def test_the_preset_line_printed_names_the_batch_that_is_trained(argv, batch, tm
                                                           "--results-dir", str(tmp_path / "results")]), parser)
     assert (settings.preset.batch_size, settings.preset.grad_accum) == (settings.batch_size, settings.grad_accum)
     assert batch in runtime.describe(runtime.detect_hardware(), settings.preset)
+
+
+
+def test_custom_recipe_in_full_mode_needs_data(monkeypatch_module, tmp_path, capsys):
+    err = _usage_error(["--recipe", "custom", "--output-dir", str(tmp_path / "out")], capsys)
+    assert "--recipe custom needs --data" in err and "usage: vlm-train" in err
+
+
+def test_custom_recipe_trains_on_your_folder_keeps_the_best_and_writes_the_card(monkeypatch_module, tmp_path, capsys):
+    """notebook 06 from the command line: captioning with LLaVA-Phi-3 on an image folder + JSONL."""
+    from vlm_helpers import model_card
+    from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
+    from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
+
+    data = write_synthetic_image_folder(tmp_path / "my data", rows=60, task="captioning")
+    out = tmp_path / "custom"
+    assert train.main(["--recipe", "custom", "--tiny", "--data", str(data.jsonl), "--task", "captioning",
+                       "--model", "llava-phi3", "--image-column", "file_name", "--answer-column", "caption",
+                       "--prompt", AIRCRAFT_PROMPT, "--max-steps", "6", "--eval-steps", "2",
+                       "--output-dir", str(out), "--results-dir", str(out / "results")]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "results" / "captioning__custom-llava-phi3__finetuned.metrics.json").read_text())
+    card = model_card.read_model_card(out / "adapter")
+    assert card["metrics_after"]["rouge1"] == pytest.approx(metrics["metrics"]["rouge1"], abs=1e-4)
+    assert card["data"]["counts"] == {"train": 48, "validation": 6, "test": 6} and card["data"]["split_seed"] == 42
+    assert card["best"]["metric"] == "eval_rouge1" and f"best checkpoint: step {card['best']['step']} of 6" in printed
+    assert (out / "best-adapter" / "adapter_config.json").exists()
+    assert "no test split given: held out 6 of 60 rows (seed 42)" in printed
+
+
+def test_custom_recipe_names_a_broken_row_by_file_and_line_before_training(monkeypatch_module, tmp_path):
+    from vlm_helpers.data.canonical import DataFormatError
+    from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
+
+    data = write_synthetic_image_folder(tmp_path / "d", rows=20, broken=("missing_image",))
+    (line,) = data.broken["data.jsonl"]
+    argv = ["--recipe", "custom", "--tiny", "--data", str(data.jsonl), "--image-column", "file_name",
+            "--answer-column", "answers", "--max-steps", "2", "--output-dir", str(tmp_path / "out"),
+            "--results-dir", str(tmp_path / "results")]
+    with pytest.raises(DataFormatError, match=rf"data\.jsonl:{line}\] image file not found"):
+        train.main(argv)
+    assert not (tmp_path / "out" / "checkpoint-1").exists()  # stopped before any training step
+
+
+def test_custom_recipe_under_torchrun_two_processes_agree_on_the_best_checkpoint(cli_env, tmp_path):
+    from vlm_helpers import model_card
+
+    out = tmp_path / "custom-ddp"
+    result = _torchrun(["--recipe", "custom", "--tiny", "--max-train-samples", "16", "--max-eval-samples", "2",
+                        "--max-steps", "4", "--eval-steps", "2", "--logging-steps", "1", "--write-weight-digests",
+                        "--output-dir", str(out), "--results-dir", str(out / "results")], cli_env)
+    assert "2 process(es), backend gloo" in result.stdout
+    digests = _digests(out)
+    assert digests[0]["sha256"] == digests[1]["sha256"], "the replicas ended with different weights"
+    card = model_card.read_model_card(out / "adapter")
+    assert card["best"]["step"] in (2, 4) and (out / "best-adapter" / "best_checkpoint.json").exists()

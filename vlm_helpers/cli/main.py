@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from vlm_helpers.cli.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
-from vlm_helpers.cli.recipes import RECIPES, RunSettings, get_recipe
+from vlm_helpers.cli.recipes import RECIPES, RunSettings, YourData, batching_recipe, get_recipe
 from vlm_helpers.cli.tracking import REPORT_TO_CHOICES, check_report_to
 
 __all__ = ["build_parser", "main", "resolve_settings"]
@@ -84,6 +84,13 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -182,6 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--max-eval-samples", type=_positive_int, default=None, metavar="N",
                       help="evaluate on the first N validation rows (default: all; tiny: a few dozen)")
 
+    yours = parser.add_argument_group("your own data (--recipe custom; notebook 06)")
+    yours.add_argument("--data", default=None, metavar="PATH_OR_ID",
+                       help="a .jsonl or .csv file listing images (paths relative to it), a folder written by "
+                            "save_to_disk, or a Hub dataset id (tiny mode without it: a synthetic image folder)")
+    yours.add_argument("--data-format", choices=("auto", "jsonl", "csv", "conversations", "hf"), default="auto",
+                       help="how --data is laid out (default: %(default)s, from the file or folder)")
+    yours.add_argument("--image-column", default="image", metavar="NAME", help="column with the image (path)")
+    yours.add_argument("--question-column", default="question", metavar="NAME",
+                       help="column with the question; for captioning give --prompt instead")
+    yours.add_argument("--answer-column", default="answer", metavar="NAME",
+                       help="column with the answer: one string or a list of acceptable strings")
+    yours.add_argument("--id-column", default=None, metavar="NAME",
+                       help="column with a unique row id (default: file:line, or split:row)")
+    yours.add_argument("--prompt", default=None, metavar="TEXT",
+                       help="captioning: one fixed instruction used as every row's question (no question column)")
+    yours.add_argument("--task", choices=("qa", "captioning"), default="qa",
+                       help="qa: short answers (ANLS, exact match); captioning: free text (ROUGE, tag F1)")
+    yours.add_argument("--model", default=None, metavar="CHOICE",
+                       help="idefics2, llava-phi3, qwen2-vl or smolvlm (default: qwen2-vl; tiny: idefics2)")
+    yours.add_argument("--method", choices=("lora", "qlora"), default=None,
+                       help="LoRA or 4-bit QLoRA (default: what the GPU preset needs for the model)")
+    yours.add_argument("--instruction", default=None, metavar="TEXT",
+                       help='text before every question (default: "Answer briefly." for qa, none for captioning)')
+    yours.add_argument("--split-seed", type=int, default=42,
+                       help="seed of the validation/test hold-outs when the data has no such splits")
+    yours.add_argument("--validation-fraction", type=_fraction, default=0.1, metavar="F",
+                       help="held out to choose the best checkpoint (default: %(default)s)")
+    yours.add_argument("--test-fraction", type=_fraction, default=0.1, metavar="F",
+                       help="held out for the final scores (default: %(default)s)")
+
     how = parser.add_argument_group("how long and how fast (defaults: the recipe's, see below)")
     how.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training data")
     how.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
@@ -201,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--eval-steps", type=_positive_int, default=None, metavar="N",
                      help="also evaluate (generation + the task's metric, on rank 0) every N steps; "
                           "there is always a final evaluation")
+    out.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                     help="HF Trainer recipes: keep the adapter of the best evaluation (by the task's metric on "
+                          "generated answers) and end with it; needs --eval-steps (default: on for custom)")
+    out.add_argument("--patience", type=_positive_int, default=None, metavar="K",
+                     help="with --keep-best: stop after K evaluations without improvement")
     out.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
                      help="beam width when generating answers for evaluation (default: the recipe's)")
     out.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
@@ -273,6 +315,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if problem:
         parser.error(f"--report-to: {problem}")
     tiny = args.tiny or is_tiny()
+    your_data = _your_data(args, recipe.name, tiny, parser)
     defaults = recipe.defaults(tiny)
     output_dir = args.output_dir or Path("outputs") / f"{recipe.name}-{dataset}{'-tiny' if tiny else ''}"
     resume = _check_resume(args, output_dir, parser)
@@ -286,18 +329,26 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     results_dir = args.results_dir or default_results_dir()
     if not args.replace_results:
-        task, model = recipe.results_run(dataset)
+        task, model = recipe.results_run(dataset) if your_data is None else your_data.results_run()
         problem = replace_problem(results_dir, task=task, model=model, stage="finetuned",
                                   mode="tiny" if tiny else "full", notebook="vlm-train")
         if problem:
             parser.error(f"--results-dir: {problem}")
 
-    preset = choose_preset(detect_hardware(), recipe.name, tiny=tiny)
+    if recipe.trainer != "hf" and (args.keep_best or args.patience):
+        parser.error(f"--keep-best and --patience apply to the HF Trainer recipes, not {recipe.name}")
+    preset = choose_preset(detect_hardware(), batching_recipe(recipe.name, your_data), tiny=tiny)
     batch_size = args.batch_size or defaults.batch_size or preset.batch_size
     grad_accum = args.grad_accum or defaults.grad_accum or preset.grad_accum
     # the preset carries the batch that is trained, so the line describing it says what happens
     preset = override(preset, batch_size=batch_size, grad_accum=grad_accum)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    eval_steps = args.eval_steps or defaults.eval_steps
+    keep_best = args.keep_best if args.keep_best is not None else your_data is not None
+    if keep_best and not eval_steps:
+        parser.error("--keep-best needs --eval-steps N: the best checkpoint is chosen among evaluations")
+    if args.patience and not keep_best:
+        parser.error("--patience needs --keep-best")
     return RunSettings(
         recipe=recipe.name, dataset=dataset, tiny=tiny, output_dir=output_dir,
         results_dir=results_dir,
@@ -305,7 +356,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         max_steps=args.max_steps, batch_size=batch_size, grad_accum=grad_accum,
         warmup_steps=warmup,
         weight_decay=args.weight_decay if args.weight_decay is not None else defaults.weight_decay,
-        eval_steps=args.eval_steps or defaults.eval_steps,
+        eval_steps=eval_steps,
         checkpoint_every=args.checkpoint_every or defaults.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         max_train_samples=args.max_train_samples,
@@ -316,7 +367,42 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         logging_steps=args.logging_steps, skip_bad_rows=args.skip_bad_rows,
         max_skipped_steps=args.max_skipped_steps, replace_results=args.replace_results,
         write_weight_digests=args.write_weight_digests, progress=progress, preset=preset,
+        keep_best=keep_best, patience=args.patience, your_data=your_data,
     )
+
+
+def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argparse.ArgumentParser):
+    """``--recipe custom``'s options as a :class:`~vlm_helpers.cli.recipes.YourData` (None for other recipes).
+
+    The options are notebook 06's parameters: the README, section "Your data: the formats notebook 06 reads".
+    """
+    custom_only = ("data", "id_column", "prompt", "model", "method", "instruction")
+    if recipe != "custom":
+        given = [f"--{name.replace('_', '-')}" for name in custom_only if getattr(args, name) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} only apply to --recipe custom")
+        return None
+    from vlm_helpers.model_choices import get_model_choice
+
+    if args.data is None and not tiny:
+        parser.error("--recipe custom needs --data (a .jsonl/.csv file, a save_to_disk folder or a Hub id)")
+    model = args.model or ("idefics2" if tiny else "qwen2-vl")
+    try:
+        get_model_choice(model, tiny=tiny)
+    except ValueError as error:
+        parser.error(f"--model: {error}")
+    captioning = args.task == "captioning"
+    if args.prompt is not None and not captioning:
+        parser.error("--prompt is for --task captioning (one instruction for every image); qa rows have questions")
+    if captioning and args.prompt is None and args.data is not None and args.data_format != "conversations":
+        parser.error("--task captioning needs --prompt TEXT: the instruction every image is captioned with")
+    instruction = args.instruction if args.instruction is not None else ("" if captioning else "Answer briefly.")
+    return YourData(source=args.data, format=args.data_format, image_column=args.image_column,
+                    question_column=None if args.prompt is not None else args.question_column,
+                    answer_column=args.answer_column, id_column=args.id_column, prompt=args.prompt,
+                    task=args.task, model=model, method=args.method, instruction=instruction,
+                    split_seed=args.split_seed, validation_fraction=args.validation_fraction,
+                    test_fraction=args.test_fraction)
 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
@@ -387,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         from vlm_helpers import runtime
 
         # as in every notebook's first cell: seeds, and one torch thread for tiny models on a CPU
-        profile, _ = runtime.setup(settings.recipe, tiny=settings.tiny, seed=settings.seed)
+        profile, _ = runtime.setup(batching_recipe(settings.recipe, settings.your_data), tiny=settings.tiny,
+                                   seed=settings.seed)
         env.log(runtime.describe(profile, settings.preset))
         env.log(f"recipe {recipe.name} on {settings.dataset}"
                 + (f" ({','.join(settings.cauldron_subsets)})" if settings.cauldron_subsets else "")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from vlm_helpers.runtime import Preset
     from vlm_helpers.cli.launch import Distributed
 
-__all__ = ["ChatSpec", "Defaults", "RECIPES", "Recipe", "RunSettings", "get_recipe", "register", "run_florence2_docvqa",
-           "run_idefics2_qlora_docvqa", "run_phi3_aircraft", "weights_digest"]
+__all__ = ["ChatSpec", "Defaults", "RECIPES", "Recipe", "RunSettings", "YourData", "batching_recipe", "get_recipe",
+           "register", "run_custom", "run_florence2_docvqa", "run_idefics2_qlora_docvqa", "run_phi3_aircraft",
+           "weights_digest"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,45 @@ class Recipe:
         return task, model if dataset == self.datasets[0] else f"{model}-{dataset}"
 
 
+@dataclass(frozen=True)
+class YourData:
+    """``--recipe custom``: your data (notebook 06's parameters, as command-line options).
+
+    Plain values only, so ``--help`` and ``run_settings.json`` need no heavy import. The same choices as
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data"; the command line is in the README,
+    section "Your data: the formats notebook 06 reads".
+    """
+
+    source: str | None  # a file, a save_to_disk folder or a Hub id; None in tiny mode: a synthetic folder
+    format: str  # "auto", "jsonl", "csv", "conversations", "hf"
+    image_column: str
+    question_column: str | None
+    answer_column: str
+    id_column: str | None
+    prompt: str | None  # captioning: one fixed instruction used as every row's question
+    task: str  # "qa" or "captioning"
+    model: str  # a vlm_helpers.model_choices key
+    method: str | None  # "lora", "qlora", or None: the preset decides
+    instruction: str
+    split_seed: int
+    validation_fraction: float
+    test_fraction: float
+
+    def results_run(self) -> tuple[str, str]:
+        """``(task, model)`` of the run's results: e.g. ``("qa", "custom-qwen2-vl")``."""
+        return self.task, f"custom-{self.model}"
+
+
+def batching_recipe(recipe: str, your_data: YourData | None) -> str:
+    """The :data:`vlm_helpers.runtime.BATCHING` entry of a run: the recipe's, or the chosen model's for
+    ``custom`` (README, section "Your data: the formats notebook 06 reads")."""
+    if recipe != "custom":
+        return recipe
+    from vlm_helpers.model_choices import get_model_choice
+
+    return get_model_choice(your_data.model).recipe
+
+
 @dataclass
 class RunSettings:
     """Every option of one run, resolved (see :func:`vlm_helpers.cli.main.resolve_settings`).
@@ -132,6 +173,9 @@ class RunSettings:
     write_weight_digests: bool
     progress: bool
     preset: Preset = field(repr=False)
+    keep_best: bool = False  # HF Trainer recipes: keep the adapter of the best evaluation (needs eval_steps)
+    patience: int | None = None  # with keep_best: stop after this many evaluations without improvement
+    your_data: YourData | None = None  # --recipe custom: the data, its columns, the task and the model
 
     def describe(self) -> dict:
         """The settings as plain JSON-able values (written to ``run_settings.json``)."""
@@ -422,6 +466,9 @@ class ChatSpec:
     tiny_modules_to_save: tuple[str, ...] = ()  # whole modules trained next to the adapters, tiny mode only
     image_longest_edge: tuple[tuple[str, int], ...] = ()  # (preset name, pixels): Idefics2's image size
     image_splitting_by_preset: bool = False  # Idefics2: lora.default_image_splitting(preset name) decides
+    do_image_splitting: bool | None = None  # otherwise this, when not None
+    results_model: str | None = None  # the model name of its results (default: the recipe's)
+    model_card: bool = False  # score the test rows before training too, and write a model card by the adapter
 
 
 def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
@@ -439,16 +486,21 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     from vlm_helpers import evaluation, llava_phi3, loop, lora, results, runtime
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.checkpoints import check_finite_weights
+    from vlm_helpers.comparison import HEADLINE_METRICS
     from vlm_helpers.hf_trainer import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
 
     preset = settings.preset  # its batch is the run's (--batch-size, the recipe's or the GPU preset's)
     quantize = llava_phi3.default_4bit(preset.name) if spec.quantize_4bit is None else spec.quantize_4bit
     with env.main_process_first():
-        train_rows, eval_rows = load_rows(settings)
+        rows = load_rows(settings)  # (train, validation) or (train, validation, test)
+        train_rows, eval_rows = rows[:2]
+        test_rows = rows[2] if len(rows) > 2 else None
         checkpoint = runtime.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
         load_kwargs = {}
         if spec.image_splitting_by_preset:
             load_kwargs["do_image_splitting"] = lora.default_image_splitting(preset.name)
+        elif spec.do_image_splitting is not None:
+            load_kwargs["do_image_splitting"] = spec.do_image_splitting
         if dict(spec.image_longest_edge).get(preset.name):
             load_kwargs["image_longest_edge"] = dict(spec.image_longest_edge)[preset.name]
         model, processor = lora.load_chat_vlm(
@@ -456,6 +508,8 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
             device_map={"": env.local_rank} if env.device == "cuda" else None, **load_kwargs)
     train_rows = _validated(train_rows, "train", settings, env, processor=processor, **validation_keys)
     eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor, **validation_keys)
+    if test_rows is not None:
+        test_rows = _validated(test_rows, "test", settings, env, processor=processor, **validation_keys)
     model = lora.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
                                  dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=quantize,
                                  gradient_checkpointing=preset.gradient_checkpointing,
@@ -474,13 +528,14 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         seed=settings.seed,
         dataloader_num_workers=settings.num_workers, disable_tqdm=not settings.progress)
     _, model_label = get_recipe(settings.recipe).results_run(settings.dataset)
+    model_label = spec.results_model or model_label
     model_name = f"tiny-random-{spec.tiny_name}" if settings.tiny else spec.model_id
 
-    def evaluate_on_rank0(title: str):
+    def evaluate_on_rank0(title: str, rows=eval_rows):
         result = None
         if env.is_main:  # the PEFT model itself, not the Trainer's DDP wrapper: no collective involved
             result = evaluation.evaluate(
-                model, processor, collator, eval_rows, task=spec.task, model_name=model_name, tiny=settings.tiny,
+                model, processor, collator, rows, task=spec.task, model_name=model_name, tiny=settings.tiny,
                 device=env.device, dtype=preset.dtype, batch_size=2 * settings.batch_size,
                 num_beams=settings.num_beams, max_new_tokens=settings.max_new_tokens,
                 references_key=spec.answer_key, title=title)
@@ -491,16 +546,25 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         result = evaluate_on_rank0(f"[vlm-train] step {step}")
         return {f"eval_{k}": v for k, v in result[1].items() if k != "samples"} if result else {}
 
+    baseline = None
+    if spec.model_card:  # the card's "before": the untrained adapter (LoRA's B starts at 0) on the test rows
+        baseline = evaluate_on_rank0("[vlm-train] before fine-tuning (test split)", test_rows or eval_rows)
+    started = time.perf_counter()
     env.log(f"training with the HF Trainer: {env.world_size} process(es) x batch {settings.batch_size} x "
             f"accumulation {settings.grad_accum}, {len(train_rows)} training rows"
             + (f", resuming from {settings.resume}" if settings.resume else ""))
     trainer, history = train_with_trainer(model, train_rows, collator, args,
                                           eval_fn=evaluate_during_training if settings.eval_steps else None,
                                           eval_every=settings.eval_steps, resume_from_checkpoint=settings.resume,
-                                          max_skipped_steps=settings.max_skipped_steps)
+                                          max_skipped_steps=settings.max_skipped_steps,
+                                          keep_best=(f"eval_{HEADLINE_METRICS[spec.task][0]}" if settings.keep_best
+                                                     else None),
+                                          patience=settings.patience, processor=processor)
     if settings.write_weight_digests:
         write_weight_digest(model, settings, env, trainer.state.global_step)
-    final = evaluate_on_rank0("[vlm-train] after fine-tuning")
+    final_rows = eval_rows if test_rows is None else test_rows  # custom: the test split, not used for choosing
+    final = evaluate_on_rank0("[vlm-train] after fine-tuning" + (" (test split)" if test_rows is not None else ""),
+                              final_rows)
     summary: dict[str, Any] = {"recipe": settings.recipe, "dataset": settings.dataset,
                                "steps": trainer.state.global_step, "world_size": env.world_size,
                                "output_dir": str(settings.output_dir),
@@ -516,6 +580,12 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         check_finite_weights(model)  # never save a NaN adapter
         adapter = lora.save_adapter(model, processor, settings.output_dir / "adapter")
         summary.update(metrics=dict(scores), metrics_file=str(metrics_file), adapter_dir=str(adapter))
+        if spec.model_card:
+            card = _write_your_data_card(adapter, settings, spec, history, before=baseline[1], after=scores,
+                                         counts={"train": len(train_rows), "validation": len(eval_rows),
+                                                 "test": len(final_rows)},
+                                         run_seconds=time.perf_counter() - started)
+            summary["model_card"] = str(card)
     env.barrier()
     return summary
 
@@ -615,4 +685,101 @@ register(Recipe(
     run=run_phi3_aircraft,
     trainer="hf",
     results=("captioning", "phi3"),
+))
+
+
+# ------------------------------------------------------------------ custom: your data
+
+
+def _your_data_rows(settings: RunSettings):
+    """Train / validation / test rows of ``--data`` (notebook 06's loading and splitting); in tiny mode
+    without ``--data``, a synthetic image folder."""
+    import tempfile
+
+    from vlm_helpers.data.formats import Columns, load_your_data, train_validation_test
+
+    data = settings.your_data
+    source, columns = data.source, None
+    if source is None:  # tiny mode (resolve_settings refuses a full-mode run without --data)
+        from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
+
+        synthetic = write_synthetic_image_folder(tempfile.mkdtemp(prefix="vlm-train-custom-"), rows=200,
+                                                 task=data.task, seed=settings.seed)
+        source, columns = synthetic.jsonl, synthetic.columns
+    elif data.format != "conversations":
+        columns = Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
+                      id=data.id_column, prompt=data.prompt)
+    splits, report = load_your_data(source, columns, format=data.format,
+                                    on_bad="skip" if settings.skip_bad_rows else "raise")
+    print(f"[vlm-train] {report}", flush=True)
+    train, validation, test, lines = train_validation_test(splits, seed=data.split_seed,
+                                                           validation_fraction=data.validation_fraction,
+                                                           test_fraction=data.test_fraction)
+    for line in lines:
+        print(f"[vlm-train] {line}", flush=True)
+
+    def first(rows, limit):
+        return rows.select(range(min(limit, len(rows)))) if limit else rows
+
+    return (first(train, settings.max_train_samples), first(validation, settings.max_eval_samples),
+            first(test, settings.max_eval_samples))
+
+
+def _write_your_data_card(adapter: Path, settings: RunSettings, spec: ChatSpec, history: list[dict], *,
+                          before: dict, after: dict, counts: dict, run_seconds: float) -> Path:
+    """The model card of a ``custom`` run, with the numbers it measured (notebook 06 writes the same card)."""
+    from vlm_helpers import model_card, runtime
+    from vlm_helpers.comparison import HEADLINE_METRICS
+
+    data = settings.your_data
+    fields = {"image": data.image_column, "question": data.question_column, "answer": data.answer_column,
+              "id": data.id_column}
+    best = next((record for record in history if record.get("best")), None)
+    metric = f"eval_{HEADLINE_METRICS[spec.task][0]}"
+    return model_card.write_model_card(
+        adapter, base_model=spec.model_id, task=spec.task,
+        data={"source": data.source or "synthetic image folder (tiny mode)", "counts": counts,
+              "fields": {k: v for k, v in fields.items() if v} if data.format != "conversations"
+              else {"messages": "messages"}, "split_seed": data.split_seed},
+        hyperparameters={"method": "QLoRA" if spec.quantize_4bit else "LoRA", "lora_r": spec.lora_r,
+                         "lora_alpha": spec.lora_alpha, "learning_rate": settings.learning_rate,
+                         "batch": f"{settings.batch_size} x {settings.grad_accum}",
+                         "steps": history[-1]["step"] if history else 0, "instruction": spec.instruction},
+        metrics_before=before, metrics_after=after, preset=settings.preset,
+        hardware=runtime.describe(runtime.detect_hardware(), settings.preset), run_seconds=run_seconds,
+        tiny=settings.tiny, best_step=best["step"] if best else None, best_metric=metric,
+        best_value=best[metric] if best else None)
+
+
+def run_custom(settings: RunSettings, env: Distributed) -> dict:
+    """Your data, the model you choose: notebook 06 from the command line, on one GPU or many.
+
+    The notebook: ``notebooks/06_your_data_your_model.ipynb``, section "Training: keep the best checkpoint";
+    the options: the README, section "Your data: the formats notebook 06 reads".
+    """
+    from vlm_helpers.model_choices import get_model_choice
+
+    data = settings.your_data
+    choice = get_model_choice(data.model, tiny=settings.tiny)
+    spec = ChatSpec(model_id=choice.model_id, tiny_name=choice.tiny_name, lora_targets=choice.lora_targets,
+                    lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                    quantize_4bit=choice.method(settings.preset.name, data.method) == "qlora",
+                    init_lora_weights=True, instruction=data.instruction, question_key="question",
+                    answer_key="answers", id_key="id", task=data.task, tiny_modules_to_save=("lm_head",),
+                    do_image_splitting=choice.image_splitting, results_model=data.results_run()[1], model_card=True)
+    return _run_chat_recipe(settings, env, spec, _your_data_rows,
+                            {"question_key": "question", "answer_key": "answers", "id_key": "id"})
+
+
+register(Recipe(
+    name="custom",
+    summary="your data (--data: JSONL/CSV + images, a dataset folder or Hub id, conversations), the model of "
+            "--model, LoRA or QLoRA by preset, the best checkpoint by the task metric; notebook 06",
+    datasets=("your-data",),
+    full=Defaults(learning_rate=1e-4, epochs=2, warmup_steps=0.05, eval_steps=50),
+    tiny=Defaults(learning_rate=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0.1, eval_steps=10,
+                  max_new_tokens=16),
+    run=run_custom,
+    trainer="hf",
+    results=("qa", "custom"),
 ))

@@ -338,3 +338,28 @@ def split_off_validation(dataset: datasets.Dataset, *, seed: int, fraction: floa
     train = dataset.select([row for row in range(n) if row not in held])
     return train, validation, (f"no {name} split given: held out {count} of {n} rows (seed {seed}): "
                                f"train={len(train)}, {name}={len(validation)}")
+
+
+def train_validation_test(splits: Mapping[str, datasets.Dataset], *, seed: int, validation_fraction: float,
+                          test_fraction: float) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, list[str]]:
+    """Three disjoint splits from what the data has: ``(train, validation, test, report_lines)``.
+
+    Splits the data already has (``validation``, ``test``) are used as they are; a missing one is held out
+    of ``train`` with :func:`split_off_validation` (the test split with ``seed``, then the validation split
+    with ``seed + 1``), and each hold-out is reported in ``report_lines``. The validation split chooses the
+    best checkpoint; the test split, which plays no part in that choice, gives the before/after scores.
+    Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data"; ``vlm-train --recipe custom``
+    splits the same way.
+    """
+    if "train" not in splits:
+        raise ValueError(f"the data has no 'train' split; its splits are {sorted(splits)}")
+    train, lines = splits["train"], []
+    test = splits.get("test")
+    if test is None:
+        train, test, line = split_off_validation(train, fraction=test_fraction, seed=seed, name="test")
+        lines.append(line)
+    validation = splits.get("validation")
+    if validation is None:
+        train, validation, line = split_off_validation(train, fraction=validation_fraction, seed=seed + 1)
+        lines.append(line)
+    return train, validation, test, lines
