@@ -305,3 +305,12 @@ def test_two_processes_stop_together_and_load_rank_zeros_best(llava_path, tmp_pa
     assert result.stdout.count("early stopping at step 8") == 1
     assert result.stdout.count("best checkpoint: step 4 of 8") == 1
     assert math.isclose(json.loads((tmp_path / "run" / BEST_ADAPTER_DIR / METADATA_FILE).read_text())["value"], 0.6)
+
+
+def test_the_last_step_is_evaluated_even_off_the_evaluation_grid(llava_path, train_rows, tmp_path):
+    """5 steps, an evaluation every 2: steps 2, 4 and the final 5 are scored, and the final weights can win."""
+    trainer, history, metric, printed = run(llava_path, train_rows, tmp_path / "run", {2: 0.1, 4: 0.2, 5: 0.3},
+                                            max_steps=5)
+    assert sorted(metric.weights) == [2, 4, 5]
+    assert "best checkpoint: step 5 of 5" in printed
+    assert same(current_weights(trainer.model), metric.weights[5])

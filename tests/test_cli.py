@@ -290,12 +290,18 @@ def _usage_error(argv: list[str], capsys) -> str:
     (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
     (["--recipe", "idefics2-qlora-docvqa", "--resume"], "holds no complete checkpoint"),
     (["--recipe", "custom", "--tiny", "--model", "qwen2-vl"], "no tiny twin"),
-    (["--recipe", "custom", "--data", "x.jsonl", "--model", "llava"], "is not a supported choice"),
-    (["--recipe", "custom", "--data", "x.jsonl", "--task", "captioning"], "needs --prompt"),
+    (["--recipe", "custom", "--data", "org/dataset", "--model", "llava"], "is not a supported choice"),
+    (["--recipe", "custom", "--data", "org/dataset", "--task", "captioning"], "needs --prompt"),
     (["--recipe", "phi3-aircraft", "--data", "x.jsonl"], "--data only apply to --recipe custom"),
     (["--recipe", "florence2-docvqa", "--keep-best"], "apply to the HF Trainer recipes"),
     (["--recipe", "phi3-aircraft", "--patience", "2"], "--patience needs --keep-best"),
     (["--recipe", "custom", "--tiny", "--validation-fraction", "1.5"], "must be between 0 and 1"),
+    (["--recipe", "custom", "--data", "missing/data.jsonl"], "--data: no such file or folder"),
+    (["--recipe", "custom", "--data", "org/dataset", "--image-column", "x", "--answer-column", "x"],
+     "each column can play one part only"),
+    (["--recipe", "custom", "--data", "org/dataset", "--task", "captioning", "--prompt", "P",
+      "--question-column", "q"], "not both"),
+    (["--recipe", "phi3-aircraft", "--task", "captioning"], "--task only apply to --recipe custom"),
 ])
 def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)

@@ -169,7 +169,7 @@ def test_missing_files_unknown_suffixes_and_bad_columns_are_refused(folder):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_jsonl_or_csv(folder / "nope.jsonl", QA)
     (folder / "data.json").write_text("[]")
-    with pytest.raises(ValueError, match="expected a .jsonl or .csv file"):
+    with pytest.raises(ValueError, match="cannot tell the format from the extension"):
         load_jsonl_or_csv(folder / "data.json", QA)
     with pytest.raises(ValueError, match="either question="):
         Columns(image="image", question="question", answer="answer", prompt="Describe.")
@@ -339,15 +339,16 @@ def test_clean_dataset_names_the_file_and_line_of_a_corrupt_image(folder):
     path = _lines(folder / "data.jsonl", [{"image": "images/a.png", "question": "Q?", "answer": "a"},
                                           {"image": "images/corrupt.png", "question": "Q?", "answer": "b"},
                                           {"image": "images/b.png", "question": "  ", "answer": "c"}])
-    splits, report = load_your_data(path, QA)  # the files exist: the loader does not decode them
-    assert report.kept == 3
+    with pytest.raises(DataFormatError, match=r"data\.jsonl:3\] the question is empty"):  # no decoding needed
+        load_your_data(path, QA)
+    splits, report = load_your_data(path, QA, on_bad="skip")  # the files exist: the loader does not decode them
+    assert report.kept == 2
     with pytest.raises(DataValidationError, match=r"\[split='train', row 1, id=data.jsonl:2\] image could not be "
                                                   r"decoded: 28 bytes are not in any image format"):
         clean_dataset(splits["train"], split="train", **CLEAN_KEYS)
     clean, checked = clean_dataset(splits["train"], split="train", on_bad="skip", **CLEAN_KEYS)
     assert clean["id"] == ["data.jsonl:1"]
-    assert [row.id for row in checked.skipped_rows] == ["data.jsonl:2", "data.jsonl:3"]
-    assert "question 'question' is empty" in checked.skipped_rows[1].reason
+    assert [row.id for row in checked.skipped_rows] == ["data.jsonl:2"]
 
 
 # ------------------------------------------------------------------ splitting and the report
@@ -455,3 +456,133 @@ def test_the_synthetic_captioning_folder_uses_the_fixed_prompt(tmp_path):
     rows = splits["train"]
     assert report.skipped == 0 and rows["question"] == [AIRCRAFT_PROMPT] * 4
     assert rows["answers"][0][0].startswith("boeing 707, ") and rows[0]["image"].size == (128, 96)
+
+
+# ---------------------------------------------------------------------------------- review fixes
+
+
+def _one_row_folder(tmp_path, name="data.jsonl", record=None):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (32, 24), "white").save(tmp_path / "images" / "a.png")
+    record = record or {"file_name": "images/a.png", "question": "What?", "answer": "x"}
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps({**record, "question": f"Q{i}?"}) for i in range(3)) + "\n")
+    return path
+
+
+def test_an_explicit_format_wins_over_the_extension_and_an_unknown_one_says_how_to_choose(tmp_path):
+    from vlm_helpers.data.formats import Columns, load_your_data
+
+    columns = Columns(image="file_name", question="question", answer="answer")
+    path = _one_row_folder(tmp_path, "lines.json")
+    with pytest.raises(ValueError, match=r"format='jsonl'"):
+        load_your_data(path, columns)
+    splits, _ = load_your_data(path, columns, format="jsonl")
+    assert splits["train"].num_rows == 3
+    with pytest.raises(DataFormatError, match="header"):  # a JSONL file read as CSV is not silently JSONL
+        load_your_data(_one_row_folder(tmp_path, "good.jsonl"), columns, format="csv")
+
+
+def test_a_mistyped_local_path_is_reported_missing_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    from vlm_helpers.data.formats import Columns, load_your_data
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"looked up on the Hub: {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_data").mkdir()
+    for typo in ("my_data/saved", "my_data/data.JSON", "./data.jsonl", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="no such file or folder"):
+            load_your_data(typo, Columns())
+
+
+def test_load_time_checks_name_the_line_of_an_empty_answer_question_or_image_file(tmp_path):
+    from vlm_helpers.data.formats import Columns, load_jsonl_or_csv
+
+    path = _one_row_folder(tmp_path)
+    (tmp_path / "images" / "empty.png").write_bytes(b"")
+    lines = path.read_text().splitlines()
+    lines[0] = json.dumps({"file_name": "images/a.png", "question": "Q?", "answer": " "})
+    lines[1] = json.dumps({"file_name": "images/a.png", "question": "  ", "answer": "x"})
+    lines[2] = json.dumps({"file_name": "images/empty.png", "question": "Q?", "answer": ["x", ""]})
+    lines.append(json.dumps({"file_name": "images/empty.png", "question": "Q?", "answer": "x"}))
+    lines.append(json.dumps({"file_name": "images/a.png", "question": "Q?", "answer": "x"}))  # one good row
+    path.write_text("\n".join(lines) + "\n")
+    columns = Columns(image="file_name", question="question", answer="answer")
+    with pytest.raises(DataFormatError, match=r"data\.jsonl:1\] answer 0 is empty"):
+        load_jsonl_or_csv(path, columns)
+    _, report = load_jsonl_or_csv(path, columns, on_bad="skip")
+    reasons = {bad.line: bad.reason for bad in report.skipped_rows}
+    assert "question is empty" in reasons[2] and "answer 1 is empty" in reasons[3] and "0 bytes" in reasons[4]
+
+
+def test_csv_problems_name_their_own_line(tmp_path):
+    from vlm_helpers.data.formats import Columns, load_jsonl_or_csv
+
+    _one_row_folder(tmp_path)
+    columns = Columns(image="file_name", question="question", answer="answer")
+    rows = [f"images/a.png,Question {i}?,answer {i}" for i in range(3000)]
+    rows[1499] = "images/a.png,Qu\xe9?,x"
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(("file_name,question,answer\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin1\.csv:1501\] line 1501 is not UTF-8"):
+        load_jsonl_or_csv(path, columns)
+    long = tmp_path / "long.csv"
+    long.write_text("file_name , question,answer\nimages/a.png,Q?," + "x" * 200_000 + "\n")
+    dataset, _ = load_jsonl_or_csv(long, columns)  # a long caption, and spaces around a header name
+    assert len(dataset[0]["answers"][0]) == 200_000
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("file_name;question;answer\nimages/a.png;Q?;x\n")
+    with pytest.raises(DataFormatError, match="semicolon-separated"):
+        load_jsonl_or_csv(semicolons, columns)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("file_name,question,answer,answer\nimages/a.png,Q?,x,y\n")
+    with pytest.raises(DataFormatError, match="more than once"):
+        load_jsonl_or_csv(twice, columns)
+
+
+def test_a_split_left_empty_by_skip_mode_stops_before_training(tmp_path):
+    import datasets
+
+    from vlm_helpers.data.validation import clean_dataset
+
+    rows = datasets.Dataset.from_list([{"questionId": 1, "question": "Q?", "answers": [], "image": None}])
+    with pytest.raises(ValueError, match=r"split='validation'.*no usable rows: all 1 were skipped"):
+        clean_dataset(rows, split="validation", on_bad="skip")
+
+
+def test_train_validation_test_places_common_split_names_and_refuses_others():
+    import datasets
+
+    from vlm_helpers.data.formats import train_validation_test
+
+    def rows(n, start=0):
+        return datasets.Dataset.from_dict({"id": [str(start + i) for i in range(n)]})
+
+    train, validation, test, lines = train_validation_test({"train": rows(10), "val": rows(3, 100)}, seed=0,
+                                                           validation_fraction=0.1, test_fraction=0.2)
+    assert validation["id"] == ["100", "101", "102"] and len(test) == 2 and len(train) == 8
+    assert lines == ["no test split given: held out 2 of 10 rows (seed 0): train=8, test=2"]
+    with pytest.raises(ValueError, match="cannot place"):
+        train_validation_test({"train": rows(10), "holdout": rows(2)}, seed=0, validation_fraction=0.1,
+                              test_fraction=0.1)
+    with pytest.raises(ValueError, match="two validation splits"):
+        train_validation_test({"train": rows(10), "val": rows(2), "dev": rows(2)}, seed=0, validation_fraction=0.1,
+                              test_fraction=0.1)
+    with pytest.raises(ValueError, match=r"2 row\(s\): too few.*3 at least"):
+        train_validation_test({"train": rows(2)}, seed=0, validation_fraction=0.1, test_fraction=0.1)
+
+
+def test_a_conversation_that_marks_an_image_but_names_no_file_says_so(tmp_path):
+    from vlm_helpers.data.conversations import load_conversations
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>What is it?"},
+                                             {"role": "assistant", "content": "A cat"}]}) + "\n")
+    with pytest.raises(DataFormatError, match=r"chat\.jsonl:1\] the row marks an image \(<image>\) but names no "):
+        load_conversations(path)

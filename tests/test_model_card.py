@@ -287,3 +287,22 @@ def test_an_edited_peft_template_is_the_users_and_is_kept(tmp_path, tiny_run):
     (tmp_path / "README.md").write_text(tiny_run["peft_readme"])
     card(tmp_path)  # the untouched template is replaced
     assert read_model_card(tmp_path)["metrics_after"]["anls"] == rounded(0.654321)
+
+
+def test_push_to_hub_checks_the_repository_name_first(tmp_path):
+    from vlm_helpers.model_card import push_to_hub
+
+    for bad in (None, "", "a/b/c", "has space/x"):
+        with pytest.raises(ValueError, match="repo_id must name a Hub repository"):
+            push_to_hub(tmp_path, bad, token="x", api=object())
+
+
+def test_a_card_names_local_data_by_its_name_only(tmp_path):
+    from vlm_helpers.model_card import source_name
+
+    data = tmp_path / "secret-project" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    assert source_name(data) == "data.jsonl" and source_name("org/dataset") == "org/dataset"
+    assert source_name({"train": data, "validation": "org/x"}) == "train=data.jsonl, validation=org/x"
+    assert "tiny mode" in source_name(None)

@@ -268,8 +268,9 @@ class BestCheckpointKeeper:
         count = len(evaluations(trainer.state.log_history, self.metric))
         if best is None:
             if trainer.is_world_process_zero():
-                print(f"no evaluation gave a finite {self.metric} ({count} evaluations): no best checkpoint, the "
-                      f"model keeps the weights of step {step}")
+                what = (f"no evaluation ran (the run's {step} steps ended before the first one)" if count == 0
+                        else f"no evaluation gave a finite {self.metric} ({count} evaluations)")
+                print(f"{what}: no best checkpoint, the model keeps the weights of step {step}")
             return None
         metadata = read_best_metadata(self.folder)
         if not self._matches(metadata, best):

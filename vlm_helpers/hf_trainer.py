@@ -471,7 +471,8 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     class GenerationEval(TrainerCallback):
         def on_step_end(self, arguments, state, control, model=None, **kwargs):
-            if eval_fn is not None and eval_every and state.global_step % eval_every == 0:
+            last = state.max_steps > 0 and state.global_step >= state.max_steps  # the final weights count too
+            if eval_fn is not None and eval_every and (state.global_step % eval_every == 0 or last):
                 was_training = model.training
                 model.eval()
                 metrics = eval_fn(state.global_step)

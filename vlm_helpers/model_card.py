@@ -73,6 +73,21 @@ def metric_definition(name: str, definitions: Mapping[str, str] = METRIC_DEFINIT
                    f"(known: {', '.join(sorted(definitions))})")
 
 
+def source_name(source) -> str:
+    """How a card names the data: a Hub id as it is, a local file or folder by its name only (a card is made to
+    be shared, and an absolute path tells a reader nothing but your folder layout), several files as
+    ``split=name``; ``None`` (tiny mode) as the synthetic folder. Used in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Share the result"."""
+    import os
+
+    if source is None:
+        return "synthetic image folder (tiny mode)"
+    if isinstance(source, Mapping):
+        return ", ".join(f"{split}={source_name(path)}" for split, path in source.items())
+    text = os.fspath(source)
+    return Path(text).name if os.path.exists(text) else text
+
+
 def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Mapping, hyperparameters: Mapping,
                      metrics_before: Mapping, metrics_after: Mapping, preset, hardware: str, run_seconds: float,
                      tiny: bool, best_step: int | None = None, best_metric: str | None = None,
@@ -256,6 +271,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     ``huggingface_hub.HfApi`` (default: a new one). Returns ``upload_folder``'s commit info; prints one line
     (never the token). Opt-in cell of ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
     """
+    if not (isinstance(repo_id, str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id)):
+        raise ValueError(f"repo_id must name a Hub repository, 'your-name/your-adapter' (notebook: HUB_REPO_ID), "
+                         f"got {repo_id!r}")
     folder = Path(folder)
     missing = _upload_problems(folder)
     if missing:

@@ -193,31 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     yours.add_argument("--data", default=None, metavar="PATH_OR_ID",
                        help="a .jsonl or .csv file listing images (paths relative to it), a folder written by "
                             "save_to_disk, or a Hub dataset id (tiny mode without it: a synthetic image folder)")
-    yours.add_argument("--data-format", choices=("auto", "jsonl", "csv", "conversations", "hf"), default="auto",
-                       help="how --data is laid out (default: %(default)s, from the file or folder)")
-    yours.add_argument("--image-column", default="image", metavar="NAME", help="column with the image (path)")
-    yours.add_argument("--question-column", default="question", metavar="NAME",
-                       help="column with the question; for captioning give --prompt instead")
-    yours.add_argument("--answer-column", default="answer", metavar="NAME",
-                       help="column with the answer: one string or a list of acceptable strings")
+    yours.add_argument("--data-format", choices=("auto", "jsonl", "csv", "conversations", "hf"), default=None,
+                       help="how --data is laid out (default: auto, from the file or folder)")
+    yours.add_argument("--image-column", default=None, metavar="NAME", help="column with the image (default: image)")
+    yours.add_argument("--question-column", default=None, metavar="NAME",
+                       help="column with the question (default: question); for captioning give --prompt instead")
+    yours.add_argument("--answer-column", default=None, metavar="NAME",
+                       help="column with the answer, one string or a list of acceptable strings (default: answer)")
     yours.add_argument("--id-column", default=None, metavar="NAME",
                        help="column with a unique row id (default: file:line, or split:row)")
     yours.add_argument("--prompt", default=None, metavar="TEXT",
                        help="captioning: one fixed instruction used as every row's question (no question column)")
-    yours.add_argument("--task", choices=("qa", "captioning"), default="qa",
-                       help="qa: short answers (ANLS, exact match); captioning: free text (ROUGE, tag F1)")
+    yours.add_argument("--task", choices=("qa", "captioning"), default=None,
+                       help="qa (the default): short answers (ANLS, exact match); captioning: free text (ROUGE, "
+                            "tag F1)")
     yours.add_argument("--model", default=None, metavar="CHOICE",
                        help="idefics2, llava-phi3, qwen2-vl or smolvlm (default: qwen2-vl; tiny: idefics2)")
     yours.add_argument("--method", choices=("lora", "qlora"), default=None,
                        help="LoRA or 4-bit QLoRA (default: what the GPU preset needs for the model)")
     yours.add_argument("--instruction", default=None, metavar="TEXT",
                        help='text before every question (default: "Answer briefly." for qa, none for captioning)')
-    yours.add_argument("--split-seed", type=int, default=42,
-                       help="seed of the validation/test hold-outs when the data has no such splits")
-    yours.add_argument("--validation-fraction", type=_fraction, default=0.1, metavar="F",
-                       help="held out to choose the best checkpoint (default: %(default)s)")
-    yours.add_argument("--test-fraction", type=_fraction, default=0.1, metavar="F",
-                       help="held out for the final scores (default: %(default)s)")
+    yours.add_argument("--split-seed", type=int, default=None, metavar="SEED",
+                       help="seed of the validation/test hold-outs when the data has no such splits (default: 42)")
+    yours.add_argument("--validation-fraction", type=_fraction, default=None, metavar="F",
+                       help="held out of what is left after the test hold-out, to choose the best checkpoint "
+                            "(default: 0.1)")
+    yours.add_argument("--test-fraction", type=_fraction, default=None, metavar="F",
+                       help="held out for the final scores (default: 0.1)")
 
     how = parser.add_argument_group("how long and how fast (defaults: the recipe's, see below)")
     how.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training data")
@@ -376,7 +378,8 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
 
     The options are notebook 06's parameters: the README, section "Your data: the formats notebook 06 reads".
     """
-    custom_only = ("data", "id_column", "prompt", "model", "method", "instruction")
+    custom_only = ("data", "data_format", "image_column", "question_column", "answer_column", "id_column", "prompt",
+                   "task", "model", "method", "instruction", "split_seed", "validation_fraction", "test_fraction")
     if recipe != "custom":
         given = [f"--{name.replace('_', '-')}" for name in custom_only if getattr(args, name) is not None]
         if given:
@@ -386,23 +389,55 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
 
     if args.data is None and not tiny:
         parser.error("--recipe custom needs --data (a .jsonl/.csv file, a save_to_disk folder or a Hub id)")
+    if args.data is not None and not Path(args.data).exists():
+        from vlm_helpers.data.formats import looks_local
+
+        if looks_local(args.data):
+            parser.error(f"--data: no such file or folder: {Path(args.data).absolute()} (a Hub dataset id looks "
+                         "like 'owner/name')")
+    task = args.task or "qa"
+    data_format = args.data_format or "auto"
     model = args.model or ("idefics2" if tiny else "qwen2-vl")
     try:
         get_model_choice(model, tiny=tiny)
     except ValueError as error:
         parser.error(f"--model: {error}")
-    captioning = args.task == "captioning"
+    captioning = task == "captioning"
+    conversations = data_format == "conversations" or (
+        args.data is not None and data_format == "auto" and str(args.data).endswith((".jsonl", ".ndjson"))
+        and _first_row_has_messages(Path(args.data)))
     if args.prompt is not None and not captioning:
         parser.error("--prompt is for --task captioning (one instruction for every image); qa rows have questions")
-    if captioning and args.prompt is None and args.data is not None and args.data_format != "conversations":
+    if args.prompt is not None and args.question_column is not None:
+        parser.error("give --question-column (qa) or --prompt (captioning), not both")
+    if captioning and args.prompt is None and args.data is not None and not conversations:
         parser.error("--task captioning needs --prompt TEXT: the instruction every image is captioned with")
     instruction = args.instruction if args.instruction is not None else ("" if captioning else "Answer briefly.")
-    return YourData(source=args.data, format=args.data_format, image_column=args.image_column,
-                    question_column=None if args.prompt is not None else args.question_column,
-                    answer_column=args.answer_column, id_column=args.id_column, prompt=args.prompt,
-                    task=args.task, model=model, method=args.method, instruction=instruction,
-                    split_seed=args.split_seed, validation_fraction=args.validation_fraction,
-                    test_fraction=args.test_fraction)
+    data = YourData(source=args.data, format=data_format, image_column=args.image_column or "image",
+                    question_column=None if args.prompt is not None else args.question_column or "question",
+                    answer_column=args.answer_column or "answer", id_column=args.id_column, prompt=args.prompt,
+                    task=task, model=model, method=args.method, instruction=instruction,
+                    split_seed=42 if args.split_seed is None else args.split_seed,
+                    validation_fraction=args.validation_fraction or 0.1, test_fraction=args.test_fraction or 0.1)
+    if not conversations:
+        from vlm_helpers.data.formats import Columns
+
+        try:  # the column mapping is checked now, not after the model has loaded
+            Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
+                    id=data.id_column, prompt=data.prompt)
+        except ValueError as error:
+            parser.error(f"the column options: {error}")
+    return data
+
+
+def _first_row_has_messages(path: Path) -> bool:
+    """Whether a JSONL file is conversation-style (its first readable row has ``messages``)."""
+    from vlm_helpers.data.canonical import read_jsonl
+
+    if not path.is_file():
+        return False
+    first = next((record for _, record, problem in read_jsonl(path) if not problem), None)
+    return isinstance(first, dict) and "messages" in first
 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:

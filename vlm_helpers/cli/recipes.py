@@ -731,20 +731,29 @@ def _write_your_data_card(adapter: Path, settings: RunSettings, spec: ChatSpec, 
     from vlm_helpers import model_card, runtime
     from vlm_helpers.comparison import HEADLINE_METRICS
 
+    from vlm_helpers.data.formats import Columns
+    from vlm_helpers.tiny.synthetic_your_data import synthetic_columns
+
     data = settings.your_data
-    fields = {"image": data.image_column, "question": data.question_column, "answer": data.answer_column,
-              "id": data.id_column}
+    if data.source is None:
+        fields = synthetic_columns(data.task).fields()
+    elif data.format == "conversations":
+        fields = {"messages": "messages"}
+    else:
+        fields = Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
+                         id=data.id_column, prompt=data.prompt).fields()
     best = next((record for record in history if record.get("best")), None)
     metric = f"eval_{HEADLINE_METRICS[spec.task][0]}"
     return model_card.write_model_card(
         adapter, base_model=spec.model_id, task=spec.task,
-        data={"source": data.source or "synthetic image folder (tiny mode)", "counts": counts,
-              "fields": {k: v for k, v in fields.items() if v} if data.format != "conversations"
-              else {"messages": "messages"}, "split_seed": data.split_seed},
+        data={"source": model_card.source_name(data.source), "counts": counts, "fields": fields,
+              "split_seed": data.split_seed},
         hyperparameters={"method": "QLoRA" if spec.quantize_4bit else "LoRA", "lora_r": spec.lora_r,
-                         "lora_alpha": spec.lora_alpha, "learning_rate": settings.learning_rate,
+                         "lora_alpha": spec.lora_alpha, "lora_dropout": 0.0 if settings.tiny else spec.lora_dropout,
+                         "learning_rate": settings.learning_rate, "warmup_steps": settings.warmup_steps,
                          "batch": f"{settings.batch_size} x {settings.grad_accum}",
-                         "steps": history[-1]["step"] if history else 0, "instruction": spec.instruction},
+                         "steps": history[-1]["step"] if history else 0, "eval_every": settings.eval_steps,
+                         "instruction": spec.instruction},
         metrics_before=before, metrics_after=after, preset=settings.preset,
         hardware=runtime.describe(runtime.detect_hardware(), settings.preset), run_seconds=run_seconds,
         tiny=settings.tiny, best_step=best["step"] if best else None, best_metric=metric,

@@ -198,7 +198,17 @@ class RowCollector:
         self.report.skipped_rows.append(BadRow(str(self.path), line, row_id, problem))
 
     def add(self, line: int, *, row_id: str, image: str, question: str, answers: list[str]) -> None:
-        """Keep one row (its image is a path checked to exist)."""
+        """Keep one row (its image is a path checked to exist), after the checks that need no decoding:
+        a non-empty question and answers, a non-empty image file. Those found here are named by file and
+        line; what needs decoding (a corrupt image, reserved tokens) is ``clean_dataset``'s, by id."""
+        problem = (f"the question is empty ({question!r})" if not question.strip() else
+                   "the answer list is empty" if not answers else
+                   f"answer {next(i for i, a in enumerate(answers) if not a.strip())} is empty ({answers!r})"
+                   if not all(answer.strip() for answer in answers) else
+                   f"the image file is empty (0 bytes): {image}" if os.path.getsize(image) == 0 else None)
+        if problem:
+            self.fail(line, problem, row_id=row_id)
+            return
         if row_id in self.first_line:
             self.fail(line, f"id {row_id!r} is used again (first on line {self.first_line[row_id]})", row_id=row_id)
             return

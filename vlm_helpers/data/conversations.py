@@ -55,7 +55,7 @@ def _content(content: Any, role: str) -> tuple[list[str], list[str | None]]:
         if kind == "text" and isinstance(item.get("text"), str):
             texts.append(item["text"])
         elif kind == "image":
-            images.append(item.get("image", item.get("path")))
+            images.append(item.get("image", item.get("path", item.get("url"))))
         else:
             raise _Bad(f"unsupported item in the {role} turn: {item!r} (expected {{'type': 'text', 'text': ...}} "
                        "or {'type': 'image', 'image': path})")
@@ -96,11 +96,12 @@ def _row(record: dict, *, base: Path) -> tuple[str | None, dict]:
     paths = list(listed) + [path for path in items if path is not None]
     text = "\n".join(texts)
     markers = max(text.count(IMAGE_PLACEHOLDER), len(items))  # a bare image item and <image> mark the same one
+    where = "give it in the user turn as {'type': 'image', 'image': path} or as \"images\": [path]"
+    if not paths:
+        raise _Bad(f"the row marks an image ({'<image>' if text.count(IMAGE_PLACEHOLDER) else 'an image item'}) "
+                   f"but names no image file: {where}" if markers else f"the row has no image: {where}")
     if len(paths) != 1 or markers > 1:
-        count = max(len(paths), markers)
-        raise _Bad(f"the row has {count} images; this format takes exactly one image per row" if count else
-                   "the row has no image: give it in the user turn as {'type': 'image', 'image': path} or "
-                   "as \"images\": [path]")
+        raise _Bad(f"the row has {max(len(paths), markers)} images; this format takes exactly one image per row")
     image, problem = resolve_image_path(paths[0], base)
     if problem:
         raise _Bad(problem)

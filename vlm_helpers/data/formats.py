@@ -72,6 +72,13 @@ class Columns:
         if len(set(names.values())) != len(names):
             raise ValueError(f"each column can play one part only, got {names}")
 
+    def fields(self) -> dict[str, str]:
+        """What a model card records: ``{role: column}`` plus the captioning ``prompt`` when there is one.
+
+        Written into the card in ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
+        """
+        return {**self.used(), **({"prompt": self.prompt} if self.prompt else {})}
+
     def used(self) -> dict[str, str]:
         """``{role: column}`` for the roles that name a column (``id`` and ``question`` may not)."""
         roles = {"id": self.id, "image": self.image, "question": self.question, "answer": self.answer}
@@ -109,12 +116,13 @@ def _file_format(path: Path) -> str:
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"{path}: expected a .jsonl or .csv file, got {suffix or 'no extension'!r}")
+    raise ValueError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; say which it is "
+                     "with format='jsonl' or format='csv' (command line: --data-format)")
 
 
 def load_jsonl_or_csv(path: str | os.PathLike, columns: Columns, *, on_bad: OnBad = "raise",
-                      image_root: str | os.PathLike | None = None,
-                      split: str = "train") -> tuple[datasets.Dataset, LoadReport]:
+                      image_root: str | os.PathLike | None = None, split: str = "train",
+                      format: str | None = None) -> tuple[datasets.Dataset, LoadReport]:
     """Read a ``.jsonl`` or ``.csv`` file of rows into canonical rows; return ``(dataset, report)``.
 
     Image paths are resolved against ``image_root`` when given, else against the file's folder; absolute
@@ -123,13 +131,16 @@ def load_jsonl_or_csv(path: str | os.PathLike, columns: Columns, *, on_bad: OnBa
     the row has), a missing image file (with the resolved path), a wrong type, a repeated id. ``on_bad="raise"``
     raises :class:`~vlm_helpers.data.canonical.DataFormatError` at the first; ``"skip"`` drops the row and lists
     it in the report. Blank JSONL lines are ignored; a UTF-8 byte-order mark is handled. CSV lines count from
-    the header (line 1); a CSV header without a needed column is an error in both modes. Taught in
+    the header (line 1); a CSV header without a needed column is an error in both modes. ``format``
+    (``"jsonl"`` or ``"csv"``) overrides the file's extension (a JSON-lines file named ``.json``). Taught in
     ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (looked in {os.path.abspath(path)})")
-    kind = _file_format(path)
+    kind = format or _file_format(path)
+    if kind not in ("jsonl", "csv"):
+        raise ValueError(f"{path}: format must be 'jsonl' or 'csv', got {kind!r}")
     base = Path(os.path.abspath(image_root if image_root is not None else path.parent))
     rows = RowCollector(path, format=kind, on_bad=on_bad, split=split)
     records = read_jsonl(path) if kind == "jsonl" else _read_csv(path, columns)
@@ -143,30 +154,47 @@ def load_jsonl_or_csv(path: str | os.PathLike, columns: Columns, *, on_bad: OnBa
     return rows.finish()
 
 
+def _utf8_lines(path: Path):
+    """The file's lines decoded one by one, so a line that is not UTF-8 is named by its own number."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataFormatError(f"line {number} is not UTF-8 ({err.reason} at byte {err.start}); save the "
+                                      "file as UTF-8 (Excel: 'CSV UTF-8')", source=str(path), line=number) from err
+
+
 def _read_csv(path: Path, columns: Columns):
     """``(line, record, problem)`` per CSV record, lines counted from the header (line 1)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if not header:
-                raise DataFormatError("the file is empty: expected a header line naming the columns",
-                                      source=str(path), line=1)
-            missing = [name for name in columns.used().values() if name not in header]
-            if missing:
-                raise DataFormatError(f"the header has no column {', '.join(map(repr, missing))}; its columns "
-                                      f"are {header}", source=str(path), line=1)
-            previous = reader.line_num
-            for values in reader:
-                start, previous = previous + 1, reader.line_num
-                if not values:
-                    continue
-                if len(values) != len(header):
-                    yield start, None, f"the line has {len(values)} values, the header has {len(header)} columns"
-                else:
-                    yield start, dict(zip(header, values)), None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise DataFormatError(f"cannot read the CSV ({err})", source=str(path), line=reader.line_num + 1) from err
+    csv.field_size_limit(max(csv.field_size_limit(), 2**24))  # long answers or captions are fine
+    reader = csv.reader(_utf8_lines(path))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataFormatError("the file is empty: expected a header line naming the columns",
+                                  source=str(path), line=1)
+        header = [name.strip() for name in header]
+        missing = [name for name in columns.used().values() if name not in header]
+        if missing:
+            hint = next((f"; the header looks {name}-separated: save the file with commas"
+                         for name, char in (("semicolon", ";"), ("tab", "\t")) if char in header[0]), "")
+            raise DataFormatError(f"the header has no column {', '.join(map(repr, missing))}; its columns "
+                                  f"are {header}{hint}", source=str(path), line=1)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataFormatError(f"the header names {repeated} more than once", source=str(path), line=1)
+        previous = reader.line_num
+        for values in reader:
+            start, previous = previous + 1, reader.line_num
+            if not values:
+                continue
+            if len(values) != len(header):
+                yield start, None, f"the line has {len(values)} values, the header has {len(header)} columns"
+            else:
+                yield start, dict(zip(header, values)), None
+    except csv.Error as err:
+        raise DataFormatError(f"cannot read the CSV ({err})", source=str(path), line=reader.line_num) from err
 
 
 def load_hf_dataset(source: str | os.PathLike, columns: Columns, *, split: str | None = None,
@@ -249,11 +277,30 @@ def _ids(values: list, where: str, column: str) -> list[str]:
     return list(first)
 
 
+def looks_local(text: str) -> bool:
+    """Whether a source that does not exist was meant as a local path rather than a Hub id ``owner/name``:
+    it ends in a data file's extension (``.jsonl``, ``.csv``, ``.json``, ...), starts with ``.``, ``/`` or ``~``,
+    has more than one ``/``, uses ``\\``, has no ``/`` at all, or its first folder exists here. Used by
+    :func:`load_your_data` and ``vlm-train --recipe custom``, so a mistyped path is reported as missing instead
+    of being looked up on the Hub (``notebooks/06_your_data_your_model.ipynb``, section "Your data")."""
+    if not _HUB_ID.fullmatch(text) or text.count("/") > 1:
+        return True
+    first, _, rest = text.partition("/")
+    data_file = Path(text).suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet",
+                                              ".arrow")
+    return data_file or text.startswith((".", "~")) or Path(first).is_dir() or not rest
+
+
 def _detect(source: str | os.PathLike) -> str:
     """The format of one source: jsonl, csv, conversations (a JSONL whose first row has ``messages``) or hf."""
     path = Path(source)
-    if path.is_dir() or (not path.exists() and path.suffix.lower() not in (".jsonl", ".ndjson", ".csv")):
-        return "hf"  # a save_to_disk folder, or a Hub id (load_hf_dataset checks which)
+    if path.is_dir():
+        return "hf"  # a save_to_disk folder
+    if not path.exists():
+        if looks_local(os.fspath(source)):
+            raise FileNotFoundError(f"no such file or folder: {os.path.abspath(path)} (from {os.fspath(source)!r}); "
+                                    "a Hub dataset id looks like 'owner/name'")
+        return "hf"  # a Hub id (load_hf_dataset reads it)
     kind = _file_format(path)
     if kind == "jsonl" and path.is_file():
         first = next((record for _, record, problem in read_jsonl(path) if not problem), None)
@@ -307,10 +354,12 @@ def _need(columns: Columns | None, source: Any) -> Columns:
 def _load_file(path, columns, *, format: str, on_bad: OnBad, image_root, split: str):
     kind = _detect(path) if format == "auto" else format
     if kind == "conversations":
-        return load_conversations(path, on_bad=on_bad, image_root=image_root, split=split)
+        id_key = columns.id if columns is not None and columns.id else "id"
+        return load_conversations(path, on_bad=on_bad, image_root=image_root, split=split, id_key=id_key)
     if kind not in ("jsonl", "csv"):
         raise ValueError(f"{path}: a split given as a file must be .jsonl or .csv, got format {kind!r}")
-    return load_jsonl_or_csv(path, _need(columns, path), on_bad=on_bad, image_root=image_root, split=split)
+    return load_jsonl_or_csv(path, _need(columns, path), on_bad=on_bad, image_root=image_root, split=split,
+                             format=kind)
 
 
 def split_off_validation(dataset: datasets.Dataset, *, seed: int, fraction: float | None = None,
@@ -351,9 +400,25 @@ def train_validation_test(splits: Mapping[str, datasets.Dataset], *, seed: int, 
     Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data"; ``vlm-train --recipe custom``
     splits the same way.
     """
+    aliases = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
+    named = {}
+    for name, rows in splits.items():
+        canonical = aliases.get(name, name)
+        if canonical not in ("train", "validation", "test"):
+            raise ValueError(f"the data has a split {name!r} this recipe cannot place; its splits are {sorted(splits)} "
+                             "(expected train, validation or val/dev, test)")
+        if canonical in named:
+            same = sorted(other for other in splits if aliases.get(other, other) == canonical)
+            raise ValueError(f"the data has two {canonical} splits: {same}")
+        named[canonical] = rows
+    splits = named
     if "train" not in splits:
         raise ValueError(f"the data has no 'train' split; its splits are {sorted(splits)}")
     train, lines = splits["train"], []
+    needed = 1 + ("test" not in splits) + ("validation" not in splits)
+    if len(train) < needed:
+        raise ValueError(f"the train split has {len(train)} row(s): too few to hold out the missing validation/test "
+                         f"split(s) ({needed} at least; better hundreds)")
     test = splits.get("test")
     if test is None:
         train, test, line = split_off_validation(train, fraction=test_fraction, seed=seed, name="test")

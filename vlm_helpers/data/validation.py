@@ -364,5 +364,7 @@ def clean_dataset(dataset, *, split: str, on_bad: Literal["raise", "skip"] = "ra
     photos and their tags".
     """
     _, report = validate_dataset(dataset, split=split, on_bad=on_bad, return_rows=False, **keys)
+    if report.checked and not report.kept:  # skip mode dropped everything: stop here, not mid-training
+        raise ValueError(f"[split={split!r}] no usable rows: all {report.checked} were skipped\n{report}")
     clean = dataset if report.skipped == 0 else dataset.select(report.kept_indices)
     return clean, report

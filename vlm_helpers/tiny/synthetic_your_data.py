@@ -71,6 +71,16 @@ def _caption_rows(rows: int, seed: int, images: Path) -> list[dict]:
     return records
 
 
+def synthetic_columns(task: str) -> Columns:
+    """The :class:`Columns` of the folder :func:`write_synthetic_image_folder` writes for ``task``.
+
+    Tiny mode of ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    if task == "qa":
+        return Columns(image="file_name", question="question", answer="answers")
+    return Columns(image="file_name", question=None, answer="caption", prompt=AIRCRAFT_PROMPT)
+
+
 def write_synthetic_image_folder(folder: str | os.PathLike, *, rows: int = 24, task: str = "qa",
                                  broken: Sequence[str] = (), write_csv: bool = False,
                                  seed: int = 0) -> SyntheticYourData:
@@ -97,9 +107,8 @@ def write_synthetic_image_folder(folder: str | os.PathLike, *, rows: int = 24, t
     images = folder / "images"
     images.mkdir(parents=True)
     good = _qa_rows(rows, seed, images) if task == "qa" else _caption_rows(rows, seed, images)
-    answer = "answers" if task == "qa" else "caption"
-    columns = (Columns(image="file_name", question="question", answer=answer) if task == "qa" else
-               Columns(image="file_name", question=None, answer=answer, prompt=AIRCRAFT_PROMPT))
+    columns = synthetic_columns(task)
+    answer = columns.answer
 
     # (kind, record) in file order: broken rows after every len(good) / (len(broken) + 1) good ones
     ordered: list[tuple[str | None, dict]] = [(None, record) for record in good]
