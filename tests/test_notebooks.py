@@ -139,7 +139,22 @@ def test_tiny_mode_outputs_are_clean(series, name):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("name", [*SERIES[:4], "06_your_data_your_model.ipynb"])
+MODEL_NOTEBOOKS = [*SERIES[:4], "06_your_data_your_model.ipynb"]
+
+
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_every_model_notebook_ends_its_parameters_cell_with_the_gpu_check(name):
+    import ast
+
+    cells = [cell for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells
+             if cell.cell_type == "code" and "TINY = runtime.is_tiny()" in cell.source]
+    assert len(cells) == 1, "one parameters cell"
+    last = ast.parse(cells[0].source).body[-1]
+    expected = f"runtime.require_gpu_unless_tiny(TINY, notebook={name.removesuffix('.ipynb')!r})"
+    assert ast.unparse(last) == expected
+
+
+@pytest.mark.parametrize("name", ["02_florence2_docvqa.ipynb", "06_your_data_your_model.ipynb"])
 def test_full_mode_without_a_gpu_stops_in_the_parameters_cell(name, tmp_path, tiny_cache):
     from nbclient.exceptions import CellExecutionError
 
