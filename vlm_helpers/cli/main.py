@@ -404,8 +404,8 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
         parser.error(f"--model: {error}")
     captioning = task == "captioning"
     conversations = data_format == "conversations" or (
-        args.data is not None and data_format == "auto" and str(args.data).endswith((".jsonl", ".ndjson"))
-        and _first_row_has_messages(Path(args.data)))
+        args.data is not None and data_format == "auto" and Path(args.data).is_file()
+        and _detected_format(args.data, parser) == "conversations")
     if args.prompt is not None and not captioning:
         parser.error("--prompt is for --task captioning (one instruction for every image); qa rows have questions")
     if args.prompt is not None and args.question_column is not None:
@@ -430,14 +430,14 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
     return data
 
 
-def _first_row_has_messages(path: Path) -> bool:
-    """Whether a JSONL file is conversation-style (its first readable row has ``messages``)."""
-    from vlm_helpers.data.canonical import read_jsonl
+def _detected_format(source: str, parser: argparse.ArgumentParser) -> str:
+    """``--data-format auto`` for a file, as the loader will see it (a file it cannot tell is a usage error)."""
+    from vlm_helpers.data.formats import detect_format
 
-    if not path.is_file():
-        return False
-    first = next((record for _, record, problem in read_jsonl(path) if not problem), None)
-    return isinstance(first, dict) and "messages" in first
+    try:
+        return detect_format(source)
+    except ValueError as error:
+        parser.error(f"--data: {error}")
 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:

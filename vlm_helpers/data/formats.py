@@ -291,8 +291,11 @@ def looks_local(text: str) -> bool:
     return data_file or text.startswith((".", "~")) or Path(first).is_dir() or not rest
 
 
-def _detect(source: str | os.PathLike) -> str:
-    """The format of one source: jsonl, csv, conversations (a JSONL whose first row has ``messages``) or hf."""
+def detect_format(source: str | os.PathLike) -> str:
+    """The format of one source: jsonl, csv, conversations (a JSONL whose first row has ``messages``) or hf.
+
+    What ``format="auto"`` means in :func:`load_your_data` and ``vlm-train --data-format auto``
+    (``notebooks/06_your_data_your_model.ipynb``, section "Your data")."""
     path = Path(source)
     if path.is_dir():
         return "hf"  # a save_to_disk folder
@@ -335,7 +338,7 @@ def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], 
             report.skipped_rows += part.skipped_rows
             report.notes += part.notes
         return datasets.DatasetDict({name: ds for name, (ds, _) in parts.items()}), report
-    kind = _detect(source) if format == "auto" else format
+    kind = detect_format(source) if format == "auto" else format
     if kind == "hf":
         splits = load_hf_dataset(source, _need(columns, source), split=split, config=config)
         sizes = {name: len(ds) for name, ds in splits.items()}
@@ -352,7 +355,7 @@ def _need(columns: Columns | None, source: Any) -> Columns:
 
 
 def _load_file(path, columns, *, format: str, on_bad: OnBad, image_root, split: str):
-    kind = _detect(path) if format == "auto" else format
+    kind = detect_format(path) if format == "auto" else format
     if kind == "conversations":
         id_key = columns.id if columns is not None and columns.id else "id"
         return load_conversations(path, on_bad=on_bad, image_root=image_root, split=split, id_key=id_key)
