@@ -1,4 +1,5 @@
-"""Notebook 06's model choices: LoRA targets that are the tested ones, batches and method per preset,
+"""Notebook 06's model choices: LoRA targets that are the tested ones, batches and method per preset, the
+collator of each kind (chat, Florence-2), a trained head of a tied model kept through reload and merge,
 exact match and the "qa" scorer."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import math
 
 import pytest
 
-from family_models import FAMILIES
+from vlm_helpers.tiny.families import FAMILIES
 
 from vlm_helpers import evaluation, metrics, model_choices, runtime
 
@@ -22,7 +23,7 @@ def test_the_other_families_targets_are_the_ones_tests_other_families_checks():
 
 
 @pytest.mark.parametrize("key", ["idefics2", "llava-phi3"])
-def test_the_tiny_twins_targets_reach_every_text_projection_and_no_vision_module(key, tiny_cache):
+def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_module(key, tiny_cache):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForImageTextToText
@@ -72,3 +73,70 @@ def test_exact_match_and_the_qa_scorer():
     assert evaluation.sample_score("qa", "12.5", ["12.50"]) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="index 1|references\\[1\\]"):
         metrics.exact_match(["a", "b"], [["a"], []])
+
+
+def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_florence2_path, tiny_cache):
+    from vlm_helpers.chat_collator import ChatVLMCollator
+    from vlm_helpers.florence2 import Florence2Collator
+    from vlm_helpers.lora import load_chat_processor
+    from vlm_helpers.tiny import tiny_checkpoint
+    from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
+
+    florence = model_choices.get_model_choice("florence2", tiny=True)
+    processor = load_chat_processor(tiny_florence2_path)
+    row = dict(make_synthetic_docvqa(1, seed=0)[0], id="data.jsonl:7")
+    qa = florence.collator(processor, task="qa", instruction="Answer briefly.", seed=0)
+    captions = florence.collator(processor, task="captioning", instruction="", seed=0)
+    assert isinstance(qa, Florence2Collator) and isinstance(captions, Florence2Collator)
+    assert qa.prompts([row]) == ["<DocVQA>" + row["question"]] and captions.prompts([row]) == [row["question"]]
+    assert florence.prompt_settings("qa", "Answer briefly.") == {"task_prompt": "<DocVQA>"}
+    with pytest.raises(ValueError, match="data.jsonl:7"):  # errors name the canonical id (file and line)
+        qa(dict(row, answers=["<OCR>"]) for row in [row])
+    with pytest.raises(ValueError, match="TASK"):
+        florence.collator(processor, task="vqa", instruction="", seed=0)
+
+    idefics2 = model_choices.get_model_choice("idefics2", tiny=True)
+    chat = idefics2.collator(load_chat_processor(tiny_checkpoint("idefics2", tiny_cache)), task="qa",
+                             instruction="Answer briefly.", seed=0)
+    assert isinstance(chat, ChatVLMCollator) and chat.instruction == "Answer briefly." and chat.id_key == "id"
+    assert idefics2.prompt_settings("qa", "Answer briefly.") == {"instruction": "Answer briefly."}
+
+
+def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(tiny_florence2_path, tmp_path):
+    """Florence-2 ties lm_head to its embeddings. Training the head (modules_to_save, tiny mode) unties it
+    first: no PEFT tie warning, the embeddings stay as they were, and both the reloaded adapter and the
+    merged export hold the trained head (a tied merged model would reload with the untrained one)."""
+    import warnings
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_helpers import lora
+
+    choice = model_choices.MODEL_CHOICES["florence2"]
+    kwargs = dict(dtype="float32", attn_implementation="sdpa", quantize_4bit=False)
+    model, processor = lora.load_chat_vlm(tiny_florence2_path, **kwargs)
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, as the real one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # PEFT's "tie_word_embeddings=True ..." warning fails here
+        model = lora.add_lora(model, target_modules=choice.lora_targets, quantized=False, modules_to_save=["lm_head"])
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:  # stands in for training: every trained tensor moves
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    trained_head = model.get_output_embeddings().weight.detach().clone()
+    assert not torch.equal(trained_head, embeddings)
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    adapter = lora.save_adapter(model, processor, tmp_path / "adapter")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        reloaded, _ = lora.load_adapter(tiny_florence2_path, adapter, **kwargs)
+    assert torch.equal(reloaded.get_output_embeddings().weight, trained_head)
+    assert torch.equal(reloaded.get_input_embeddings().weight, embeddings)
+
+    merged = AutoModelForImageTextToText.from_pretrained(
+        lora.merge_for_export(tiny_florence2_path, adapter, tmp_path / "merged", dtype="float32"))
+    assert torch.equal(merged.get_output_embeddings().weight, trained_head)
+    assert torch.equal(merged.get_input_embeddings().weight, embeddings)

@@ -1,7 +1,7 @@
 """The chat helpers on vision-language families the series does not build itself (issue 12).
 
 Each family is a tiny random model derived from its real checkpoint's vendored configuration and
-chat template, with a tokenizer of the real kind (``tests/family_models.py``), loaded through the
+chat template, with a tokenizer of the real kind (``vlm_helpers/tiny/families.py``), loaded through the
 series' own loaders. For every family: a batch of four rows is supervised on exactly answer +
 end-of-turn; the token ids are transformers' own chat-template tokenization; ``add_lora`` keeps out
 of the vision encoder; two 4-bit LoRA steps change the adapters only; generation stops at the
@@ -18,7 +18,7 @@ import torch
 import transformers
 from PIL import Image
 
-from family_models import FAMILIES, build_family
+from vlm_helpers.tiny.families import FAMILIES, build_family
 from lora_checks import assert_two_steps_train_lora_only
 
 from vlm_helpers.chat_collator import ChatVLMCollator, vision_token_ids
@@ -260,7 +260,7 @@ def _onevision_processor():
     """LLaVA-OneVision's processor with a tiny Qwen2 tokenizer and the template transformers' own
     LLaVA-OneVision processor tests use (the Hub's chat_template.json of llava-onevision-qwen2-0.5b-ov-hf
     is not in the stored pages; its assistant header is the same, see its SOURCES.md)."""
-    from family_models import Family, tiny_tokenizer
+    from vlm_helpers.tiny.families import Family, tiny_tokenizer
 
     from vlm_helpers.lora import image_only_processor_class
     from vlm_helpers.tiny.common import image_processor_class
@@ -294,7 +294,7 @@ def test_a_generation_prompt_that_differs_from_the_assistant_header_is_refused_w
 
 
 def _paligemma_processor(chat_template):
-    from family_models import FAMILIES, Family, tiny_tokenizer
+    from vlm_helpers.tiny.families import FAMILIES, Family, tiny_tokenizer
 
     from vlm_helpers.tiny.common import image_processor_class
 

@@ -11,6 +11,7 @@ Florence-2 trained on a decoder prefix that generation never produces.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -310,3 +311,22 @@ def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(floren
     predictions = evaluation.generate_predictions(model, processor, collator, rows[:1], batch_size=1,
                                                   num_beams=3, max_new_tokens=3)
     assert len(predictions) == 1 and isinstance(predictions[0], str)
+
+
+def test_florence2_lora_of_notebook_06_reaches_every_projection_of_encoder_and_decoder(florence2_dir):
+    """Notebook 06's Florence-2 choice at the real widths: LoRA on all 16 projection kinds of the BART
+    encoder (self-attention, fc1/fc2) and decoder (self- and cross-attention, fc1/fc2), none in DaViT."""
+    from vlm_helpers.model_choices import MODEL_CHOICES
+
+    model, _ = florence2.load_florence2(florence2_dir)
+    choice = MODEL_CHOICES["florence2"]
+    model = lora.add_lora(model, target_modules=choice.lora_targets, r=8, alpha=8, dropout=0.0, quantized=False)
+    names = lora.lora_module_names(model)
+    kinds = {re.sub(r".*layers\.\d+\.", "", name) for name in names}
+    assert kinds == {f"{part}.{p}" for part in ("self_attn", "encoder_attn") for p in ("q_proj", "k_proj", "v_proj",
+                                                                                        "out_proj")} | {"fc1", "fc2"}
+    text = model.base_model.model.config.text_config
+    assert len(names) == text.encoder_layers * 6 + text.decoder_layers * 10
+    assert not [name for name in names if "vision_tower" in name or "projector" in name]
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)  # training it: notebook 06 in tiny mode (test_notebook_06)

@@ -266,6 +266,39 @@ def vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _output_layer_name(model: nn.Module) -> str | None:
+    output = model.get_output_embeddings()
+    return next((name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is output), None)
+
+
+def untie_output_layer(model: nn.Module) -> bool:
+    """Give a tied output layer (``lm_head``) its own copy of the embedding weights; True if it was tied.
+
+    Why: training ``lm_head`` (``modules_to_save``) of a model that ties it to the input embeddings
+    trains a copy of a *shared* weight. PEFT warns that this breaks merging, and it does: a merged
+    model saved with ``tie_word_embeddings`` still set is loaded back with the head re-tied to the
+    untrained embeddings, and the trained head is silently gone. Untying (a copy, and the flag
+    cleared in the model's configurations) makes the head a weight of its own, so the adapter, the
+    reloaded model and :func:`merge_for_export`'s merged model all keep it. Taught in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Training: keep the best checkpoint".
+    """
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or embeddings is None or output.weight is not embeddings.weight:
+        return False
+    output.weight = nn.Parameter(output.weight.detach().clone(), requires_grad=output.weight.requires_grad)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return True
+
+
+def _untie_if_trained(model: nn.Module, adapter_path: str | Path) -> None:
+    """Untie the output layer when the saved adapter trained it (as :func:`add_lora` did for training)."""
+    from peft import PeftConfig
+
+    if _output_layer_name(model) in (PeftConfig.from_pretrained(str(adapter_path)).modules_to_save or ()):
+        untie_output_layer(model)
+
+
 def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, alpha: int = 8,
              dropout: float = 0.1, use_dora: bool = False, quantized: bool, gradient_checkpointing: bool = False,
              modules_to_save: list[str] | None = None, init_lora_weights: bool | str = True):
@@ -276,7 +309,9 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     ``preset.gradient_checkpointing``) recomputes activations in the backward pass, with
     ``use_reentrant=False``: the reentrant variant needs the *inputs* to require grad and
     otherwise silently gives LoRA no gradient. ``modules_to_save`` trains whole modules
-    (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter.
+    (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter. A model whose output
+    layer shares its weight with the input embeddings (Florence-2, Qwen2-VL-2B, SmolVLM) is untied first
+    (:func:`untie_output_layer`), so training the head leaves the embeddings as they were.
     Raises if an adapter or trainable weight would land in the vision encoder.
 
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
@@ -296,6 +331,8 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if modules_to_save and _output_layer_name(model) in modules_to_save:
+        untie_output_layer(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
     model = get_peft_model(model, config)
@@ -386,6 +423,7 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype
                                      quantize_4bit=quantize_4bit, **load_kwargs)
     if quantize_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    _untie_if_trained(model, adapter_path)
     model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
     model.eval()
     if _has_processor(adapter_path):
@@ -410,6 +448,7 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     from transformers import AutoModelForImageTextToText
 
     base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=torch_dtype(dtype))
+    _untie_if_trained(base, adapter_path)  # a trained head must survive the save (see untie_output_layer)
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)

@@ -1,13 +1,21 @@
 """Which model to fine-tune on your data: each supported choice with its LoRA targets, batches and method.
 
-Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets". Every
-choice is a chat vision-language model that :class:`vlm_helpers.chat_collator.ChatVLMCollator`,
-:func:`vlm_helpers.lora.add_lora` and the adapter helpers are tested with (``tests/test_other_families.py``
-and the series' own notebooks 03 and 04). What differs between them is recorded here, once:
+Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets". The
+choices are the series' three models (Florence-2 of notebook 02, Idefics2 of 03, LLaVA-Phi-3 of 04) and
+two newer small chat models that :class:`vlm_helpers.chat_collator.ChatVLMCollator`,
+:func:`vlm_helpers.lora.add_lora` and the adapter helpers are tested with (``tests/test_other_families.py``).
+What differs between them is recorded here, once:
 
+- the ``kind``: ``"chat"`` models (decoder-only, a chat template) are batched by
+  :class:`~vlm_helpers.chat_collator.ChatVLMCollator` with the notebook's ``INSTRUCTION``; Florence-2
+  (``"florence2"``, an encoder-decoder without a chat template) by
+  :class:`~vlm_helpers.florence2.Florence2Collator`, which puts a task prompt before the question
+  (:data:`FLORENCE2_TASK_PROMPTS`: notebook 02's ``<DocVQA>`` for answers, none for captions);
+  :meth:`ModelChoice.collator` makes the right one;
 - the LoRA ``target_modules``: every projection of the language model (attention and MLP), never the
   vision encoder; the pattern depends on what the checkpoint calls its language model (``text_model`` in
-  Idefics2 and SmolVLM, ``language_model`` in LLaVA and Qwen2-VL);
+  Idefics2 and SmolVLM, ``language_model`` in LLaVA, Qwen2-VL and Florence-2, whose BART encoder and
+  decoder name their projections ``out_proj``, ``fc1`` and ``fc2``);
 - the batches per GPU preset (``runtime.BATCHING``, under the choice's ``recipe`` name);
 - LoRA or QLoRA: 4-bit storage of the frozen weights where 16-bit weights would not fit the preset's GPU
   with room for activations (``qlora_on``; Idefics2's tiny twin takes the 4-bit path too, as in notebook 03,
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlm_helpers.florence2 import DOCVQA_TASK_PROMPT, FLORENCE2_MODEL_ID
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
 from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
 from vlm_helpers.runtime import BATCHING
@@ -26,7 +35,20 @@ from vlm_helpers.runtime import BATCHING
 #: Every projection of a language model called ``language_model`` (LLaVA-style, Qwen2-VL, Gemma 3).
 LANGUAGE_MODEL_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
+#: Every projection of Florence-2's BART language model: encoder and decoder self-attention, the decoder's
+#: cross-attention (``encoder_attn``) and both feed-forward layers; the DaViT tower (``vision_tower``) has
+#: ``qkv``/``proj``/``fc1``/``fc2`` too, which ``language_model`` keeps out.
+FLORENCE2_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+
+#: What Florence-2 reads before the question, by task: notebook 02's ``<DocVQA>`` for short answers; for
+#: captions nothing, so the encoder reads your prompt alone (the question column, or ``Columns.prompt``).
+FLORENCE2_TASK_PROMPTS = {"qa": DOCVQA_TASK_PROMPT, "captioning": ""}
+
+#: The longest Florence-2 answer, in tokens with ``<s>`` and ``</s>``: its decoder's 1,024 positions.
+FLORENCE2_MAX_ANSWER_TOKENS = 1024
+
 METHODS = ("lora", "qlora")
+KINDS = ("chat", "florence2")
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,37 @@ class ModelChoice:
     tiny_name: str | None  # the vlm_helpers.tiny builder of its tiny twin; None: full mode only
     image_splitting: bool | None = None  # Idefics2-style splitting: None keeps the processor's setting
     note: str = ""
+    kind: str = "chat"  # "chat" (ChatVLMCollator) or "florence2" (Florence2Collator): see the module docstring
+
+    def collator(self, processor, *, task: str, instruction: str, seed: int):
+        """The collator for canonical rows (``id``, ``image``, ``question``, ``answers``) of ``task``.
+
+        Chat models: :class:`~vlm_helpers.chat_collator.ChatVLMCollator` with ``instruction`` before the
+        question (notebook 03's layout). Florence-2: :class:`~vlm_helpers.florence2.Florence2Collator` with
+        the task prompt of :data:`FLORENCE2_TASK_PROMPTS` instead of an instruction (Florence-2 was
+        pre-trained on task prompts, not on instructions), one of the acceptable answers drawn per row as
+        the chat collator does. Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Before
+        fine-tuning".
+        """
+        if task not in FLORENCE2_TASK_PROMPTS:
+            raise ValueError(f"TASK must be one of {sorted(FLORENCE2_TASK_PROMPTS)}, got {task!r}")
+        if self.kind == "florence2":
+            from vlm_helpers.florence2 import Florence2Collator
+
+            return Florence2Collator(processor, task_prompt=FLORENCE2_TASK_PROMPTS[task], answer_choice="random",
+                                     seed=seed, id_key="id", max_answer_tokens=FLORENCE2_MAX_ANSWER_TOKENS)
+        from vlm_helpers.chat_collator import ChatVLMCollator
+
+        return ChatVLMCollator(processor, instruction=instruction, seed=seed, question_key="question",
+                               answer_key="answers", id_key="id")
+
+    def prompt_settings(self, task: str, instruction: str) -> dict[str, str]:
+        """What the model reads before each question, for the model card: the instruction (chat models) or
+        Florence-2's task prompt. Written in ``notebooks/06_your_data_your_model.ipynb``, section "Share the
+        result"."""
+        if self.kind == "florence2":
+            return {"task_prompt": FLORENCE2_TASK_PROMPTS[task]}
+        return {"instruction": instruction}
 
     def method(self, preset_name: str, forced: str | None = None) -> str:
         """``"qlora"`` or ``"lora"`` for this preset, unless ``forced`` (the notebook's ``METHOD``).
@@ -78,16 +131,20 @@ class ModelChoice:
 
 
 MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
+    ModelChoice("florence2", FLORENCE2_MODEL_ID, 0.23, FLORENCE2_LORA_TARGETS, "florence2-docvqa",
+                qlora_on=(), tiny_name="florence2", kind="florence2",
+                note="notebook 02's model, with LoRA here; an encoder-decoder: a task prompt (<DocVQA> for qa) "
+                     "replaces INSTRUCTION"),
     ModelChoice("idefics2", IDEFICS2_MODEL_ID, 8.4, IDEFICS2_LORA_TARGETS, "idefics2-qlora-docvqa",
                 qlora_on=("t4", "a100", "tiny"), tiny_name="idefics2", image_splitting=False,
                 note="notebook 03's model; image splitting off (64 image tokens per image)"),
     ModelChoice("llava-phi3", LLAVA_PHI3_MODEL_ID, 4.1, LLAVA_PHI3_LORA_TARGETS, "phi3-aircraft",
                 qlora_on=("t4",), tiny_name="llava-phi3", note="notebook 04's model"),
     ModelChoice("qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", 2.2, LANGUAGE_MODEL_LORA_TARGETS, "qwen2-vl-lora",
-                qlora_on=(), tiny_name=None,
+                qlora_on=(), tiny_name="qwen2-vl",
                 note="the vision encoder is model.visual; images of any size become variable token counts"),
     ModelChoice("smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, IDEFICS2_LORA_TARGETS, "smolvlm-lora",
-                qlora_on=(), tiny_name=None,
+                qlora_on=(), tiny_name="smolvlm",
                 note="the language model is text_model, as in Idefics2; images are split into tiles"),
 )}
 

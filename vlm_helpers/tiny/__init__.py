@@ -19,6 +19,8 @@ BUILDERS: dict[str, tuple[str, str]] = {
     "florence2": ("vlm_helpers.tiny.florence2", "build_tiny_florence2"),
     "idefics2": ("vlm_helpers.tiny.idefics2", "build_tiny_idefics2"),
     "llava-phi3": ("vlm_helpers.tiny.llava_phi3", "build_tiny_llava_phi3"),
+    "qwen2-vl": ("vlm_helpers.tiny.families", "build_tiny_qwen2_vl"),
+    "smolvlm": ("vlm_helpers.tiny.families", "build_tiny_smolvlm"),
 }
 
 

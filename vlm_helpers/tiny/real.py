@@ -46,7 +46,7 @@ SIZE_FIELDS = frozenset({
     "image_size",
     # Idefics2's perceiver resampler
     "resampler_n_latents", "resampler_depth", "resampler_n_heads", "resampler_head_dim",
-    # families the chat helpers are tested on (tests/family_models.py): Qwen2-VL's vision depth and
+    # families the chat helpers are tested on (vlm_helpers/tiny/families.py): Qwen2-VL's vision depth and
     # its rotary sections (they split head_dim), Gemma 3's image tokens, Mllama's vision stack and
     # which text layers cross-attend (indices below num_hidden_layers), LLaVA-NeXT's tiling grid
     "depth", "mrope_section", "mm_tokens_per_image", "num_global_layers", "vision_output_dim",

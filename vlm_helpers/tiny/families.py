@@ -1,4 +1,9 @@
-"""Tiny random models of vision-language families the series does not build itself (issue 12).
+"""Tiny twins of the chat families beyond the series' own three: Qwen2-VL, SmolVLM, Gemma 3, Mllama, LLaVA.
+
+Notebook 06's ``qwen2-vl`` and ``smolvlm`` choices run in tiny mode on :func:`build_tiny_qwen2_vl` and
+:func:`build_tiny_smolvlm` (reached through :func:`vlm_helpers.tiny.tiny_checkpoint`, as the series' own
+twins are); ``tests/test_other_families.py`` checks the chat collator and LoRA helpers on every family here.
+Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
 
 Each family is derived from its real checkpoint's vendored configuration
 (``vlm_helpers/tiny/real_configs/<owner>--<name>/``, source and revision in its ``SOURCES.md``):
@@ -25,7 +30,7 @@ from pathlib import Path
 from vlm_helpers.lora import IDEFICS2_LORA_TARGETS
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
-__all__ = ["FAMILIES", "Family", "build_family", "tiny_tokenizer"]
+__all__ = ["FAMILIES", "Family", "build_family", "build_tiny_qwen2_vl", "build_tiny_smolvlm", "tiny_tokenizer"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class Family:
     ``config_source``: ``"config.json"`` (vendored) or ``"<model_type>:<architecture>"``, the
     transformers defaults of that model type, which describe the same checkpoint, when the
     published file is not vendored. A file the repository has but that could not be read comes
-    from the checkpoint's ``reconstructed/`` folder, whose README says how it was made.
+    from the checkpoint's ``reconstructed/`` folder, whose README says how it was made. The families
+    notebook 06 offers are listed in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
 
     name: str
@@ -96,7 +102,10 @@ def _train_bpe(normalizer, pre_tokenizer, texts, *, vocab_size: int, reserved: l
 
 
 def tiny_tokenizer(family: Family, extra_corpus: list[str] = (), vocab_size: int = 600):
-    """A small tokenizer of the family's real kind, with the real added tokens and settings."""
+    """A small tokenizer of the family's real kind, with the real added tokens and settings.
+
+    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
     import transformers
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -148,7 +157,10 @@ def tiny_tokenizer(family: Family, extra_corpus: list[str] = (), vocab_size: int
 # --------------------------------------------------------------------------------------------------
 
 def id_map(family: Family, tokenizer) -> dict[int, int]:
-    """Real token id -> tiny token id, for every token of ``family.tokens``."""
+    """Real token id -> tiny token id, for every token of ``family.tokens``.
+
+    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
     mapping = {}
     for real_id, (content, _) in family.tokens.items():
         tiny = tokenizer.convert_tokens_to_ids(content)
@@ -159,7 +171,10 @@ def id_map(family: Family, tokenizer) -> dict[int, int]:
 
 
 def remap_ids(values, mapping: dict[int, int], where: str):
-    """Replace every token id in a config dict (keys ending in ``token_id``, ``token_index``...)."""
+    """Replace every token id in a config dict (keys ending in ``token_id``, ``token_index``...).
+
+    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
     if isinstance(values, dict):
         out = {}
         for key, value in values.items():
@@ -192,7 +207,10 @@ def _map(value, mapping, where):
 # --------------------------------------------------------------------------------------------------
 
 def build_family(family: Family, save_dir: str | Path, *, seed: int = 0, init_std: float = 0.1) -> Path:
-    """Save a tiny random ``family`` model, its tokenizer and the real processor files to ``save_dir``."""
+    """Save a tiny random ``family`` model, its tokenizer and the real processor files to ``save_dir``.
+
+    The tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
     import torch
 
     from vlm_helpers.tiny.common import reinit_weights
@@ -238,6 +256,7 @@ def open_zero_gates(model, value: float = 1.0) -> list[str]:
     Mllama multiplies each cross-attention and its MLP by ``tanh(gate)``, gates initialised to 0 so
     that pre-training starts from the text model; the real 11B checkpoint has learned non-zero gates.
     Left at 0, no gradient reaches LoRA in those layers and the image is ignored, unlike full mode.
+    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
     import torch
 
@@ -394,3 +413,19 @@ FAMILIES["smolvlm"] = Family(
     # Idefics3 names its language model ``text_model``, as Idefics2 does: the ``language_model`` pattern matches nothing
     lora_targets=IDEFICS2_LORA_TARGETS, end_of_turn="<end_of_utterance>",
     vision_tokens=frozenset({"<fake_token_around_image>", "<global-img>", "<image>", "<row_1_col_1>"}))
+
+
+def build_tiny_qwen2_vl(save_dir: str | Path) -> Path:
+    """Notebook 06's ``qwen2-vl`` in tiny mode: Qwen2-VL-2B-Instruct's configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["qwen2-vl"], save_dir)
+
+
+def build_tiny_smolvlm(save_dir: str | Path) -> Path:
+    """Notebook 06's ``smolvlm`` in tiny mode: SmolVLM-256M-Instruct's configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["smolvlm"], save_dir)
