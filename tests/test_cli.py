@@ -401,8 +401,11 @@ def test_custom_recipe_in_full_mode_needs_data(monkeypatch_module, tmp_path, cap
     assert "--recipe custom needs --data" in err and "usage: vlm-train" in err
 
 
-def test_custom_recipe_trains_on_your_folder_keeps_the_best_and_writes_the_card(monkeypatch_module, tmp_path, capsys):
-    """notebook 06 from the command line: captioning with LLaVA-Phi-3 on an image folder + JSONL."""
+@pytest.mark.parametrize("model", ["llava-phi3", "florence2"])
+def test_custom_recipe_trains_on_your_folder_keeps_the_best_and_writes_the_card(model, monkeypatch_module, tmp_path,
+                                                                                 capsys):
+    """notebook 06 from the command line: captioning on an image folder + JSONL, with a chat model and with
+    Florence-2 (its own collator: the prompt alone before the image, no instruction)."""
     from vlm_helpers import model_card
     from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
     from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
@@ -410,17 +413,24 @@ def test_custom_recipe_trains_on_your_folder_keeps_the_best_and_writes_the_card(
     data = write_synthetic_image_folder(tmp_path / "my data", rows=60, task="captioning")
     out = tmp_path / "custom"
     assert train.main(["--recipe", "custom", "--tiny", "--data", str(data.jsonl), "--task", "captioning",
-                       "--model", "llava-phi3", "--image-column", "file_name", "--answer-column", "caption",
+                       "--model", model, "--image-column", "file_name", "--answer-column", "caption",
                        "--prompt", AIRCRAFT_PROMPT, "--max-steps", "6", "--eval-steps", "2",
                        "--output-dir", str(out), "--results-dir", str(out / "results")]) == 0
     printed = capsys.readouterr().out
-    metrics = json.loads((out / "results" / "captioning__custom-llava-phi3__finetuned.metrics.json").read_text())
+    metrics = json.loads((out / "results" / f"captioning__custom-{model}__finetuned.metrics.json").read_text())
     card = model_card.read_model_card(out / "adapter")
     assert card["metrics_after"]["rouge1"] == pytest.approx(metrics["metrics"]["rouge1"], abs=1e-4)
     assert card["data"]["counts"] == {"train": 48, "validation": 6, "test": 6} and card["data"]["split_seed"] == 42
     assert card["best"]["metric"] == "eval_rouge1" and f"best checkpoint: step {card['best']['step']} of 6" in printed
     assert (out / "best-adapter" / "adapter_config.json").exists()
     assert "no test split given: held out 6 of 60 rows (seed 42)" in printed
+    prompt = {"llava-phi3": {"instruction": ""}, "florence2": {"task_prompt": ""}}[model]
+    assert {k: card["hyperparameters"].get(k) for k in prompt} == prompt
+    from vlm_helpers.model_choices import MODEL_CHOICES
+
+    assert card["front_matter"]["base_model"] == MODEL_CHOICES[model].model_id
+    if model == "florence2":  # LoRA on the BART decoder's cross-attention too: the Florence-2 targets were used
+        assert "model.language_model.decoder.layers.*.encoder_attn.q_proj" in printed
 
 
 def test_custom_recipe_names_a_broken_row_by_file_and_line_before_training(monkeypatch_module, tmp_path):

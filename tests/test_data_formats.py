@@ -351,6 +351,36 @@ def test_clean_dataset_names_the_file_and_line_of_a_corrupt_image(folder):
     assert [row.id for row in checked.skipped_rows] == ["data.jsonl:2"]
 
 
+def test_with_your_own_ids_clean_dataset_still_names_the_file_and_line_after_the_hold_outs(folder, tmp_path):
+    """A user's id column replaces the "file:line" id, and a hold-out renumbers the rows of each split: the
+    rows' origin field keeps the file and line in clean_dataset's messages, for files and for datasets."""
+    from vlm_helpers.data.formats import train_validation_test
+
+    (folder / "images" / "corrupt.png").write_bytes(b"these bytes are not an image")
+    lines = [{"image": "images/a.png", "question": f"Q{i}?", "answer": "a", "key": f"doc-{i}"} for i in range(30)]
+    lines[17] = dict(lines[17], image="images/corrupt.png")
+    path = _lines(folder / "data.jsonl", lines)
+    splits, _ = load_your_data(path, Columns(image="image", question="question", answer="answer", id="key"))
+    assert splits["train"]["origin"][17] == "data.jsonl:18"
+    train, validation, test, _ = train_validation_test(splits, seed=0, validation_fraction=0.2, test_fraction=0.2)
+    split, rows = next((name, rows) for name, rows in (("train", train), ("validation", validation),
+                                                       ("test", test)) if "doc-17" in rows["id"])
+    position = rows["id"].index("doc-17")
+    with pytest.raises(DataValidationError, match=rf"\[split='{split}', row {position}, id=doc-17, from "
+                                                  r"data\.jsonl:18\] image could not be decoded"):
+        clean_dataset(rows, split=split, **CLEAN_KEYS)
+    _, report = clean_dataset(rows, split=split, on_bad="skip", **CLEAN_KEYS)
+    assert f"row {position} (id=doc-17) from data.jsonl:18: image could not be decoded" in str(report)
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"image": [str(folder / "images" / "a.png"), str(folder / "images" / "corrupt.png")],
+                                "question": ["Q?", "Q?"], "answer": ["a", "b"], "key": ["x", "y"]}
+                               ).save_to_disk(str(saved))
+    rows = load_hf_dataset(saved, Columns(image="image", question="question", answer="answer", id="key"))["train"]
+    with pytest.raises(DataValidationError, match=r"row 1, id=y, from train:1\]"):
+        clean_dataset(rows, split="train", **CLEAN_KEYS)
+
+
 # ------------------------------------------------------------------ splitting and the report
 
 def test_split_off_validation_is_seeded_disjoint_and_complete(folder):

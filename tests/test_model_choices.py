@@ -13,21 +13,26 @@ from vlm_helpers.tiny.families import FAMILIES
 from vlm_helpers import evaluation, metrics, model_choices, runtime
 
 
-def test_the_other_families_targets_are_the_ones_tests_other_families_checks():
-    """qwen2-vl and smolvlm have no tiny twin in the package: their LoRA targets are the ones
-    tests/test_other_families.py puts on tiny models shrunk from their real configurations."""
+def test_the_other_families_targets_and_twins_are_the_ones_tests_other_families_checks():
+    """qwen2-vl and smolvlm: their LoRA targets and their tiny twins are those tests/test_other_families.py
+    puts the chat helpers through (vlm_helpers.tiny.families, shrunk from the real configurations)."""
+    from vlm_helpers.tiny import BUILDERS, families
+
     for key in ("qwen2-vl", "smolvlm"):
         choice = model_choices.MODEL_CHOICES[key]
         assert choice.lora_targets == FAMILIES[key].lora_targets
         assert choice.model_id == FAMILIES[key].model_id
+        module, function = BUILDERS[choice.tiny_name]
+        assert module == families.__name__ and function == f"build_tiny_{key.replace('-', '_')}"
 
 
-@pytest.mark.parametrize("key", ["idefics2", "llava-phi3"])
+@pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "smolvlm"])
 def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_module(key, tiny_cache):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
     from transformers import AutoModelForImageTextToText
 
+    from vlm_helpers.lora import vision_encoders
     from vlm_helpers.tiny import tiny_checkpoint
 
     choice = model_choices.get_model_choice(key, tiny=True)
@@ -36,8 +41,9 @@ def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_m
     matched = [name for name, _ in model.named_modules() if name and check_target_module_exists(config, name)]
     layers = model.config.text_config.num_hidden_layers
     text = [name for name in matched if ".layers." in name and ("text_model" in name or "language_model" in name)]
-    assert len(text) == 7 * layers
-    assert not [name for name in matched if "vision" in name]
+    assert len(text) == 7 * layers  # (Idefics2 also adapts its connector, as notebook 03 does)
+    vision = [name for name, _ in vision_encoders(model)]
+    assert vision and not [name for name in matched if any(name.startswith(v + ".") for v in vision)]
 
 
 def test_method_and_batches_follow_the_preset_and_a_forced_method_wins():
@@ -55,12 +61,14 @@ def test_method_and_batches_follow_the_preset_and_a_forced_method_wins():
     assert "QLORA" in phi3.describe("t4") and "batch 1 x accumulation 8" in phi3.describe("t4")
 
 
-def test_unknown_choices_and_choices_without_a_tiny_twin_are_refused_with_the_alternatives():
+def test_unknown_choices_are_refused_with_the_alternatives_and_every_choice_has_a_tiny_twin():
     with pytest.raises(ValueError, match="llava-phi3"):
         model_choices.get_model_choice("llava")
-    with pytest.raises(ValueError, match=r"no tiny twin.*\['idefics2', 'llava-phi3'\]"):
-        model_choices.get_model_choice("qwen2-vl", tiny=True)
+    from vlm_helpers.tiny import BUILDERS
+
     assert model_choices.get_model_choice("qwen2-vl").model_id == "Qwen/Qwen2-VL-2B-Instruct"
+    for key, choice in model_choices.MODEL_CHOICES.items():  # every choice runs in tiny mode
+        assert model_choices.get_model_choice(key, tiny=True).tiny_name in BUILDERS
 
 
 def test_exact_match_and_the_qa_scorer():
@@ -91,7 +99,7 @@ def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_fl
     assert qa.prompts([row]) == ["<DocVQA>" + row["question"]] and captions.prompts([row]) == [row["question"]]
     assert florence.prompt_settings("qa", "Answer briefly.") == {"task_prompt": "<DocVQA>"}
     with pytest.raises(ValueError, match="data.jsonl:7"):  # errors name the canonical id (file and line)
-        qa(dict(row, answers=["<OCR>"]) for row in [row])
+        qa([dict(row, answers=["<OCR>"])])
     with pytest.raises(ValueError, match="TASK"):
         florence.collator(processor, task="vqa", instruction="", seed=0)
 

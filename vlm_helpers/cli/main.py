@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="qa (the default): short answers (ANLS, exact match); captioning: free text (ROUGE, "
                             "tag F1)")
     yours.add_argument("--model", default=None, metavar="CHOICE",
-                       help="idefics2, llava-phi3, qwen2-vl or smolvlm (default: qwen2-vl; tiny: idefics2)")
+                       help="florence2, idefics2, llava-phi3, qwen2-vl or smolvlm (default: qwen2-vl; tiny: idefics2)")
     yours.add_argument("--method", choices=("lora", "qlora"), default=None,
                        help="LoRA or 4-bit QLoRA (default: what the GPU preset needs for the model)")
     yours.add_argument("--instruction", default=None, metavar="TEXT",

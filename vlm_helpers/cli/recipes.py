@@ -469,6 +469,10 @@ class ChatSpec:
     do_image_splitting: bool | None = None  # otherwise this, when not None
     results_model: str | None = None  # the model name of its results (default: the recipe's)
     model_card: bool = False  # score the test rows before training too, and write a model card by the adapter
+    # the collator of the rows; None: ChatVLMCollator(instruction, question/answer/id keys). custom: the model
+    # choice's own (model_choices.ModelChoice.collator: Florence-2's for florence2)
+    make_collator: Callable[[Any], Any] | None = None
+    prompt_settings: tuple[tuple[str, str], ...] = ()  # what the model card records as the prompt (custom)
 
 
 def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
@@ -517,8 +521,9 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                  modules_to_save=list(spec.tiny_modules_to_save) if settings.tiny and
                                  spec.tiny_modules_to_save else None)
     env.log(lora.lora_report(model))
-    collator = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
-                               answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed)
+    collator = (spec.make_collator(processor) if spec.make_collator is not None else
+                ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
+                                answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed))
     args = make_training_arguments(
         output_dir=str(settings.output_dir), batch_size=preset.batch_size, grad_accum=preset.grad_accum,
         dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing, device=env.device, learning_rate=settings.learning_rate, epochs=settings.epochs,
@@ -753,7 +758,7 @@ def _write_your_data_card(adapter: Path, settings: RunSettings, spec: ChatSpec, 
                          "learning_rate": settings.learning_rate, "warmup_steps": settings.warmup_steps,
                          "batch": f"{settings.batch_size} x {settings.grad_accum}",
                          "steps": history[-1]["step"] if history else 0, "eval_every": settings.eval_steps,
-                         "instruction": spec.instruction},
+                         **(dict(spec.prompt_settings) or {"instruction": spec.instruction})},
         metrics_before=before, metrics_after=after, preset=settings.preset,
         hardware=runtime.describe(runtime.detect_hardware(), settings.preset), run_seconds=run_seconds,
         tiny=settings.tiny, best_step=best["step"] if best else None, best_metric=metric,
@@ -775,7 +780,10 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
                     quantize_4bit=choice.method(settings.preset.name, data.method) == "qlora",
                     init_lora_weights=True, instruction=data.instruction, question_key="question",
                     answer_key="answers", id_key="id", task=data.task, tiny_modules_to_save=("lm_head",),
-                    do_image_splitting=choice.image_splitting, results_model=data.results_run()[1], model_card=True)
+                    do_image_splitting=choice.image_splitting, results_model=data.results_run()[1], model_card=True,
+                    make_collator=lambda processor: choice.collator(processor, task=data.task,
+                                                                    instruction=data.instruction, seed=settings.seed),
+                    prompt_settings=tuple(choice.prompt_settings(data.task, data.instruction).items()))
     return _run_chat_recipe(settings, env, spec, _your_data_rows,
                             {"question_key": "question", "answer_key": "answers", "id_key": "id"})
 
@@ -783,7 +791,8 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
 register(Recipe(
     name="custom",
     summary="your data (--data: JSONL/CSV + images, a dataset folder or Hub id, conversations), the model of "
-            "--model, LoRA or QLoRA by preset, the best checkpoint by the task metric; notebook 06",
+            "--model (florence2, idefics2, llava-phi3, qwen2-vl, smolvlm), LoRA or QLoRA by preset, the best "
+            "checkpoint by the task metric; notebook 06",
     datasets=("your-data",),
     full=Defaults(learning_rate=1e-4, epochs=2, warmup_steps=0.05, eval_steps=50),
     tiny=Defaults(learning_rate=1e-2, epochs=1, batch_size=4, grad_accum=1, warmup_steps=0.1, eval_steps=10,

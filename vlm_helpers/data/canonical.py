@@ -11,6 +11,10 @@ turn it into rows of :data:`CANONICAL_FEATURES`:
 * ``image``: a ``datasets.Image`` feature holding the file's path, decoded only when a row is read.
 * ``question`` (str): the question, or the fixed prompt of a captioning task.
 * ``answers`` (list of str): one or more acceptable answers or captions.
+* ``origin`` (str): where the row was read, whatever its id: ``"data.jsonl:4"`` (file name and line) or
+  ``"train:3"`` (split and row of a dataset). ``clean_dataset``'s errors add it when the id is the user's own
+  (``[split='train', row 5, id=a7, from data.jsonl:12]``), since row numbers count within a split after the
+  hold-outs.
 
 Problems found while reading a file raise :class:`DataFormatError` (``on_bad="raise"``) or are
 listed as :class:`BadRow` in a :class:`LoadReport` (``on_bad="skip"``).
@@ -38,6 +42,7 @@ CANONICAL_FEATURES = datasets.Features({
     "image": datasets.Image(),
     "question": datasets.Value("string"),
     "answers": datasets.List(datasets.Value("string")),
+    "origin": datasets.Value("string"),
 })
 
 OnBad = Literal["raise", "skip"]
@@ -215,7 +220,7 @@ class RowCollector:
         self.report.read += 1
         self.first_line[row_id] = line
         for name, value in (("id", row_id), ("image", {"path": image, "bytes": None}), ("question", question),
-                            ("answers", answers)):
+                            ("answers", answers), ("origin", self.default_id(line))):
             self.columns[name].append(value)
 
     def finish(self) -> tuple[datasets.Dataset, LoadReport]:

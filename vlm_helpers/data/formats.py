@@ -1,7 +1,7 @@
 """Load the data people actually have into the series' rows: files with an image folder, or a Hugging Face dataset.
 
 Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data". Every loader returns rows of
-:data:`vlm_helpers.data.canonical.CANONICAL_FEATURES` (``id``, ``image``, ``question``, ``answers``), so the
+:data:`vlm_helpers.data.canonical.CANONICAL_FEATURES` (``id``, ``image``, ``question``, ``answers``, ``origin``), so the
 validation (:func:`vlm_helpers.data.validation.clean_dataset`), the collators and the evaluation of
 notebooks 02-04 work on them unchanged:
 
@@ -259,7 +259,8 @@ def _canonical_dataset(ds: datasets.Dataset, columns: Columns, *, where: str, sp
     rows = ds.select_columns([columns.image])  # the only column left, so renaming it cannot clash
     rows = rows.rename_column(columns.image, "image") if columns.image != "image" else rows
     rows = rows.cast_column("image", datasets.Image())  # paths become images; an Image column stays as stored
-    for name, values in (("id", ids), ("question", questions), ("answers", answers)):
+    origins = [f"{split}:{row}" for row in range(len(ds))]
+    for name, values in (("id", ids), ("question", questions), ("answers", answers), ("origin", origins)):
         rows = rows.add_column(name, values, feature=CANONICAL_FEATURES[name])
     return rows.select_columns(list(CANONICAL_FEATURES))
 

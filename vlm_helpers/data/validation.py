@@ -56,6 +56,9 @@ class DataValidationError(ValueError):
         index: position of the row in the iterable that was validated.
         question_id: the row's id (``questionId`` by default), or ``None``.
         problem: what is wrong, without the location prefix.
+        origin: where the row came from, when its ``origin`` field says (notebook 06's loaders write
+            ``"data.jsonl:12"``, file name and line, or ``"train:3"``, split and row of a dataset): the
+            row number above counts within the split, after any hold-out, and a user's own id hides the line.
 
     Raised by ``ON_BAD_ROWS = "raise"`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data:
     questions about scanned documents"; the message format is shown in the README, section "When things go
@@ -63,14 +66,17 @@ class DataValidationError(ValueError):
     """
 
     def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None,
-                 id_key: str | None = "questionId") -> None:
+                 id_key: str | None = "questionId", origin: str | None = None) -> None:
         self.split = split
         self.index = index
         self.question_id = question_id
         self.problem = problem
+        self.origin = origin
         where = f"split={split!r}, row {index}"
         if question_id is not None:
             where += f", {id_key or 'id'}={question_id}"
+        if origin is not None and origin != question_id:
+            where += f", from {origin}"
         super().__init__(f"[{where}] {problem}")
 
 
@@ -142,6 +148,7 @@ class SkippedRow(NamedTuple):
     index: int
     id: Any
     reason: str
+    origin: str | None = None  # "data.jsonl:12": the file and line (or split and row) it was read from
 
 
 @dataclass
@@ -167,7 +174,8 @@ class ValidationReport:
         lines = [f"{self.split}: checked {self.checked}, kept {self.kept}, skipped {self.skipped}"]
         for row in self.skipped_rows:
             name = f" ({self.id_key}={row.id})" if row.id is not None else ""
-            lines.append(f"  row {row.index}{name}: {row.reason}")
+            origin = f" from {row.origin}" if row.origin is not None and row.origin != row.id else ""
+            lines.append(f"  row {row.index}{name}{origin}: {row.reason}")
         return "\n".join(lines)
 
 
@@ -207,7 +215,9 @@ def validate_row(
     Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     question_id = row.get(id_key) if id_key else None
-    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id, id_key=id_key)
+    origin = row.get("origin") if isinstance(row.get("origin"), str) else None  # notebook 06's "file:line"
+    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id, id_key=id_key,
+                              origin=origin)
 
     raw_image = row.get(image_key)
     if raw_image is None:
@@ -333,7 +343,7 @@ def validate_dataset(
         except DataValidationError as err:
             if on_bad == "raise":
                 raise
-            report.skipped_rows.append(SkippedRow(index, err.question_id, err.problem))
+            report.skipped_rows.append(SkippedRow(index, err.question_id, err.problem, err.origin))
             continue
         report.kept += 1
         report.kept_indices.append(index)
