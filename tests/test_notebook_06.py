@@ -13,7 +13,7 @@ import re
 import nbformat
 import pytest
 
-from test_notebooks import NOTEBOOKS, output_problems, outputs_text, run_notebook
+from test_notebooks import NOTEBOOKS, output_problems, outputs_text, run_notebook, run_stages
 
 from vlm_helpers import model_card
 
@@ -43,13 +43,25 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def executed(request, tmp_path_factory, tiny_cache):
-    parameters = VARIANTS[request.param]
-    results_dir = tmp_path_factory.mktemp("results")
-    notebook = (run_notebook(NAME, results_dir, tiny_cache, timeout=300) if not parameters
+@pytest.fixture(scope="module")
+def executed_variants(tmp_path_factory, tiny_cache):
+    """Both variants side by side (each kernel uses one thread), each into its own results folder."""
+    results_dirs = {variant: tmp_path_factory.mktemp("results") for variant in VARIANTS}
+
+    def run(variant):
+        parameters, results_dir = VARIANTS[variant], results_dirs[variant]
+        return (run_notebook(NAME, results_dir, tiny_cache, timeout=300) if not parameters
                 else run_with(parameters, results_dir, tiny_cache))
-    return request.param, notebook
+
+    return run_stages([sorted(VARIANTS)], run)
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def executed(request, executed_variants):
+    notebooks, errors = executed_variants
+    if request.param in errors:
+        raise errors[request.param]
+    return request.param, notebooks[request.param]
 
 
 def test_notebook_06_trains_and_the_card_holds_after_above_before(executed):

@@ -23,22 +23,38 @@ TINY_LABEL = "TINY mode: tiny random model, synthetic data"
 
 def run_notebook(name: str, results_dir: Path, cache_dir: Path, timeout: int = 600,
                  tiny: bool = True) -> nbformat.NotebookNode:
-    """Execute ``notebooks/<name>`` (in tiny mode unless ``tiny=False``) with its own results and cache folders."""
-    env = {"VLM_TINY": "1" if tiny else "0", "VLM_RESULTS_DIR": str(results_dir), "VLM_CACHE": str(cache_dir),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    previous = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-        return notebook
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    """Execute ``notebooks/<name>`` (in tiny mode unless ``tiny=False``) with its own results and cache folders.
+
+    The settings go to the kernel's own environment, not to this process's, so two notebooks can run at
+    once from two threads (:func:`run_stages`).
+    """
+    env = dict(os.environ, VLM_TINY="1" if tiny else "0", VLM_RESULTS_DIR=str(results_dir),
+               VLM_CACHE=str(cache_dir), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+    return notebook
+
+
+def run_stages(stages: list[list[str]], run, *, workers: int = 2) -> tuple[dict, dict]:
+    """Run ``run(name)`` for every name, stage after stage; the names of one stage run side by side.
+
+    A tiny-mode kernel uses one thread (``runtime.setup``), so on CI's two cores two notebooks at once take
+    about the time of the longer one. Returns ``(outputs by name, errors by name)``: a failure is kept, not
+    raised, so later tests say which notebook broke.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    executed, errors = {}, {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for stage in stages:
+            futures = {name: pool.submit(run, name) for name in stage}
+            for name, future in futures.items():
+                try:
+                    executed[name] = future.result()
+                except Exception as error:
+                    errors[name] = error
+    return executed, errors
 
 
 def outputs_text(notebook) -> str:
@@ -64,16 +80,16 @@ def test_the_series_has_six_notebooks():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [*SERIES, "06_your_data_your_model.ipynb"]
 
 
+#: The order the series needs: 01's baselines first (02-04 replace them with their own), 05 last (it compares
+#: 02-04's runs); 02, 03 and 04 write different runs, so they run side by side (03, the longest, first).
+SERIES_STAGES = [[SERIES[0]], [SERIES[2], SERIES[1], SERIES[3]], [SERIES[4]]]
+
+
 @pytest.fixture(scope="module")
 def series(tmp_path_factory, tiny_cache):
-    """Run 01 -> 05 in order into one results folder; keep each notebook's outputs or error."""
+    """Run 01 -> 05 into one results folder (SERIES_STAGES); keep each notebook's outputs or error."""
     results_dir = tmp_path_factory.mktemp("results")
-    executed, errors = {}, {}
-    for name in SERIES:
-        try:
-            executed[name] = run_notebook(name, results_dir, tiny_cache)
-        except Exception as error:  # keep going: later tests say which notebook broke
-            errors[name] = error
+    executed, errors = run_stages(SERIES_STAGES, lambda name: run_notebook(name, results_dir, tiny_cache))
     return results_dir, executed, errors
 
 
