@@ -110,22 +110,29 @@ def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_fl
     assert idefics2.prompt_settings("qa", "Answer briefly.") == {"instruction": "Answer briefly."}
 
 
-def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(tiny_florence2_path, tmp_path):
-    """Florence-2 ties lm_head to its embeddings. Training the head (modules_to_save, tiny mode) unties it
-    first: no PEFT tie warning, the embeddings stay as they were, and both the reloaded adapter and the
-    merged export hold the trained head (a tied merged model would reload with the untrained one)."""
+@pytest.mark.parametrize("key", ["florence2", "qwen2-vl"])
+def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(key, tiny_cache, tmp_path):
+    """Florence-2 and Qwen2-VL-2B tie lm_head to their embeddings. Training the head (modules_to_save, tiny mode)
+    unties it first: no PEFT tie warning, the embeddings stay as they were, and the reloaded adapter and the
+    merged export compute the same logits with the trained head (a tied merged model would reload with the
+    untrained one; Florence-2's other tie, encoder and decoder embeddings to ``shared``, must survive)."""
     import warnings
 
     import torch
     from transformers import AutoModelForImageTextToText
 
     from vlm_helpers import lora
+    from vlm_helpers.tiny import tiny_checkpoint
+    from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
-    choice = model_choices.MODEL_CHOICES["florence2"]
+    choice = model_choices.MODEL_CHOICES[key]
+    base = tiny_checkpoint(choice.tiny_name, tiny_cache)
     kwargs = dict(dtype="float32", attn_implementation="sdpa", quantize_4bit=False)
-    model, processor = lora.load_chat_vlm(tiny_florence2_path, **kwargs)
+    model, processor = lora.load_chat_vlm(base, **kwargs)
     embeddings = model.get_input_embeddings().weight.detach().clone()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, as the real one
+    assert not lora.untie_output_layer(AutoModelForImageTextToText.from_pretrained(
+        tiny_checkpoint("llava-phi3", tiny_cache)))  # an untied model is left alone
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # PEFT's "tie_word_embeddings=True ..." warning fails here
         model = lora.add_lora(model, target_modules=choice.lora_targets, quantized=False, modules_to_save=["lm_head"])
@@ -140,11 +147,31 @@ def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(tiny_florence2
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        reloaded, _ = lora.load_adapter(tiny_florence2_path, adapter, **kwargs)
+        reloaded, _ = lora.load_adapter(base, adapter, **kwargs)
     assert torch.equal(reloaded.get_output_embeddings().weight, trained_head)
     assert torch.equal(reloaded.get_input_embeddings().weight, embeddings)
 
     merged = AutoModelForImageTextToText.from_pretrained(
-        lora.merge_for_export(tiny_florence2_path, adapter, tmp_path / "merged", dtype="float32"))
+        lora.merge_for_export(base, adapter, tmp_path / "merged", dtype="float32"))
     assert torch.equal(merged.get_output_embeddings().weight, trained_head)
     assert torch.equal(merged.get_input_embeddings().weight, embeddings)
+    row = dict(make_synthetic_docvqa(1, seed=0)[0], id="r0")
+    batch = choice.collator(processor, task="qa", instruction="Answer briefly.", seed=0)([row])
+    with torch.no_grad():
+        expected, got = reloaded(**batch).logits, merged.eval()(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_trained_head_of_a_16_bit_model_trains_in_fp32(tiny_florence2_path):
+    """modules_to_save copies keep the load dtype; on a T4 a fp16 trainable weight stops the grad scaler
+    ("Attempting to unscale FP16 gradients"), so add_lora makes every trainable weight fp32."""
+    import torch
+
+    from vlm_helpers import lora
+
+    model, _ = lora.load_chat_vlm(tiny_florence2_path, dtype="float16", attn_implementation="sdpa", quantize_4bit=False)
+    model = lora.add_lora(model, target_modules=model_choices.FLORENCE2_LORA_TARGETS, quantized=False,
+                          modules_to_save=["lm_head"])
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert any("modules_to_save" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float16}

@@ -78,6 +78,9 @@ def test_notebook_06_trains_and_the_card_holds_after_above_before(executed):
     assert card["best"] is not None and card["best"]["metric"] == f"val_{headline}"
     assert f"best checkpoint: step {card['best']['step']} of" in text
     assert card["data"]["split_seed"] == 42 and card["data"]["counts"]["test"] == 40
+    # the model's own collator: Florence-2 reads a task prompt (none for captions), chat models an instruction
+    prompt = {"task_prompt": ""} if "florence2" in variant else {"instruction": "Answer briefly."}
+    assert {key: card["hyperparameters"].get(key) for key in prompt} == prompt, card["hyperparameters"]
 
 
 def test_notebook_06_reports_each_broken_row_by_file_and_line_and_runs_clean(executed):

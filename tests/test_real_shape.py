@@ -314,8 +314,8 @@ def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(floren
 
 
 def test_florence2_lora_of_notebook_06_reaches_every_projection_of_encoder_and_decoder(florence2_dir):
-    """Notebook 06's Florence-2 choice at the real widths: LoRA on all 16 projection kinds of the BART
-    encoder (self-attention, fc1/fc2) and decoder (self- and cross-attention, fc1/fc2), none in DaViT."""
+    """Notebook 06's Florence-2 choice at the real widths: LoRA on every projection of the BART encoder
+    (self-attention, fc1/fc2: 6 a layer) and decoder (self- and cross-attention, fc1/fc2: 10 a layer), none in DaViT."""
     from vlm_helpers.model_choices import MODEL_CHOICES
 
     model, _ = florence2.load_florence2(florence2_dir)

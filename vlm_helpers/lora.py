@@ -28,6 +28,7 @@ __all__ = [
     "quantization_report",
     "IDEFICS2_MODEL_ID",
     "add_lora",
+    "untie_output_layer",
     "bnb_4bit_config",
     "default_image_splitting",
     "disable_bnb_cpu_repacking",
@@ -277,8 +278,8 @@ def untie_output_layer(model: nn.Module) -> bool:
     Why: training ``lm_head`` (``modules_to_save``) of a model that ties it to the input embeddings
     trains a copy of a *shared* weight. PEFT warns that this breaks merging, and it does: a merged
     model saved with ``tie_word_embeddings`` still set is loaded back with the head re-tied to the
-    untrained embeddings, and the trained head is silently gone. Untying (a copy, and the flag
-    cleared in the model's configurations) makes the head a weight of its own, so the adapter, the
+    untrained embeddings, and the trained head is silently gone. Untying (a copy, and the model's
+    top-level ``tie_word_embeddings`` cleared) makes the head a weight of its own, so the adapter, the
     reloaded model and :func:`merge_for_export`'s merged model all keep it. Taught in
     ``notebooks/06_your_data_your_model.ipynb``, section "Training: keep the best checkpoint".
     """
@@ -286,8 +287,9 @@ def untie_output_layer(model: nn.Module) -> bool:
     if output is None or embeddings is None or output.weight is not embeddings.weight:
         return False
     output.weight = nn.Parameter(output.weight.detach().clone(), requires_grad=output.weight.requires_grad)
-    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        config.tie_word_embeddings = False
+    # the top-level flag ties the head; a composite model's text config may use its own flag for other ties
+    # (Florence-2's BART: encoder and decoder embeddings to ``shared``), which must stay as they are
+    model.config.tie_word_embeddings = False
     return True
 
 
@@ -310,8 +312,10 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     ``use_reentrant=False``: the reentrant variant needs the *inputs* to require grad and
     otherwise silently gives LoRA no gradient. ``modules_to_save`` trains whole modules
     (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter. A model whose output
-    layer shares its weight with the input embeddings (Florence-2, Qwen2-VL-2B, SmolVLM) is untied first
-    (:func:`untie_output_layer`), so training the head leaves the embeddings as they were.
+    layer shares its weight with the input embeddings (Florence-2, Qwen2-VL-2B) is untied first
+    (:func:`untie_output_layer`), so training the head leaves the embeddings as they were. Trainable
+    weights left in 16 bits (a ``modules_to_save`` copy of a fp16/bf16 model) are made fp32, as PEFT makes
+    its adapters: fp16 gradients cannot be unscaled on a T4, and bf16 rounds small updates away.
     Raises if an adapter or trainable weight would land in the vision encoder.
 
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
@@ -336,6 +340,9 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
     model = get_peft_model(model, config)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.float()
     for name, encoder in encoders:  # the same module objects, now inside the PEFT wrapper
         trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if trainable:

@@ -19,8 +19,8 @@ What differs between them is recorded here, once:
 - the batches per GPU preset (``runtime.BATCHING``, under the choice's ``recipe`` name);
 - LoRA or QLoRA: 4-bit storage of the frozen weights where 16-bit weights would not fit the preset's GPU
   with room for activations (``qlora_on``; Idefics2's tiny twin takes the 4-bit path too, as in notebook 03,
-  so tiny mode runs QLoRA with it and LoRA with LLaVA-Phi-3); ``METHOD`` in the notebook overrides it;
-- whether a tiny twin exists for tiny mode (``tiny_name``: a :mod:`vlm_helpers.tiny` builder).
+  so tiny mode runs QLoRA with it and LoRA with the others); ``METHOD`` in the notebook overrides it;
+- the tiny twin of tiny mode (``tiny_name``: a :mod:`vlm_helpers.tiny` builder); every choice has one.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ class ModelChoice:
     image_splitting: bool | None = None  # Idefics2-style splitting: None keeps the processor's setting
     note: str = ""
     kind: str = "chat"  # "chat" (ChatVLMCollator) or "florence2" (Florence2Collator): see the module docstring
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     def collator(self, processor, *, task: str, instruction: str, seed: int):
         """The collator for canonical rows (``id``, ``image``, ``question``, ``answers``) of ``task``.

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     yours.add_argument("--method", choices=("lora", "qlora"), default=None,
                        help="LoRA or 4-bit QLoRA (default: what the GPU preset needs for the model)")
     yours.add_argument("--instruction", default=None, metavar="TEXT",
-                       help='text before every question (default: "Answer briefly." for qa, none for captioning)')
+                       help='text before every question (default: "Answer briefly." for qa, none for captioning); '
+                            'chat models only: florence2 reads its task prompt (<DocVQA> for qa) instead')
     yours.add_argument("--split-seed", type=int, default=None, metavar="SEED",
                        help="seed of the validation/test hold-outs when the data has no such splits (default: 42)")
     yours.add_argument("--validation-fraction", type=_fraction, default=None, metavar="F",

@@ -445,7 +445,8 @@ register(Recipe(
 
 @dataclass(frozen=True)
 class ChatSpec:
-    """What differs between the chat-VLM recipes (Idefics2, LLaVA-Phi-3); the rest is shared.
+    """What differs between the HF Trainer recipes (Idefics2, LLaVA-Phi-3, and ``custom``'s model choice, which
+    brings its own collator: Florence-2's for ``florence2``); the rest is shared.
 
     The recipes are tabled in the README, section "Scaling out: from one GPU to several machines".
     """
@@ -477,7 +478,8 @@ class ChatSpec:
 
 def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                      load_rows: Callable[[RunSettings], tuple[Any, Any]], validation_keys: dict) -> dict:
-    """Load + LoRA (:mod:`vlm_helpers.lora`), :class:`~vlm_helpers.chat_collator.ChatVLMCollator`,
+    """Load + LoRA (:mod:`vlm_helpers.lora`), :class:`~vlm_helpers.chat_collator.ChatVLMCollator` (or the spec's
+    ``make_collator``),
     :func:`~vlm_helpers.hf_trainer.train_with_trainer`, then evaluation on rank 0 and the adapter.
 
     The HF Trainer does the distributed part itself under torchrun / accelerate launch
