@@ -79,7 +79,11 @@ def test_jupyter_starts_after_the_set_up(tmp_path):
                 break
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a server slow to shut down on a busy machine is not what is tested
+            server.kill()
+            server.wait(timeout=30)
     assert any(re.search(r"http://127\.0\.0\.1:\d+/lab", line) for line in lines), "".join(lines[-20:])
 
 
