@@ -35,7 +35,7 @@ def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_m
     from vlm_helpers.lora import vision_encoders
     from vlm_helpers.tiny import tiny_checkpoint
 
-    choice = model_choices.get_model_choice(key, tiny=True)
+    choice = model_choices.get_model_choice(key)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint(choice.tiny_name, tiny_cache))
     config = LoraConfig(target_modules=choice.lora_targets)
     matched = [name for name, _ in model.named_modules() if name and check_target_module_exists(config, name)]
@@ -68,7 +68,7 @@ def test_unknown_choices_are_refused_with_the_alternatives_and_every_choice_has_
 
     assert model_choices.get_model_choice("qwen2-vl").model_id == "Qwen/Qwen2-VL-2B-Instruct"
     for key, choice in model_choices.MODEL_CHOICES.items():  # every choice runs in tiny mode
-        assert model_choices.get_model_choice(key, tiny=True).tiny_name in BUILDERS
+        assert model_choices.get_model_choice(key).tiny_name in BUILDERS
 
 
 def test_exact_match_and_the_qa_scorer():
@@ -90,7 +90,7 @@ def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_fl
     from vlm_helpers.tiny import tiny_checkpoint
     from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
-    florence = model_choices.get_model_choice("florence2", tiny=True)
+    florence = model_choices.get_model_choice("florence2")
     processor = load_chat_processor(tiny_florence2_path)
     row = dict(make_synthetic_docvqa(1, seed=0)[0], id="data.jsonl:7")
     qa = florence.collator(processor, task="qa", instruction="Answer briefly.", seed=0)
@@ -103,7 +103,7 @@ def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_fl
     with pytest.raises(ValueError, match="TASK"):
         florence.collator(processor, task="vqa", instruction="", seed=0)
 
-    idefics2 = model_choices.get_model_choice("idefics2", tiny=True)
+    idefics2 = model_choices.get_model_choice("idefics2")
     chat = idefics2.collator(load_chat_processor(tiny_checkpoint("idefics2", tiny_cache)), task="qa",
                              instruction="Answer briefly.", seed=0)
     assert isinstance(chat, ChatVLMCollator) and chat.instruction == "Answer briefly." and chat.id_key == "id"

@@ -64,7 +64,7 @@ class ModelChoice:
     lora_targets: str  # PEFT target_modules (a regular expression over module names)
     recipe: str  # the runtime.BATCHING entry with its batches per preset
     qlora_on: tuple[str, ...]  # presets whose GPU needs 4-bit storage of the frozen weights
-    tiny_name: str | None  # the vlm_helpers.tiny builder of its tiny twin; None: full mode only
+    tiny_name: str  # the vlm_helpers.tiny builder of its tiny twin (tiny mode)
     image_splitting: bool | None = None  # Idefics2-style splitting: None keeps the processor's setting
     note: str = ""
     kind: str = "chat"  # "chat" (ChatVLMCollator) or "florence2" (Florence2Collator): see the module docstring
@@ -153,16 +153,11 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
 )}
 
 
-def get_model_choice(key: str, *, tiny: bool = False) -> ModelChoice:
-    """The :class:`ModelChoice` for the notebook's ``MODEL``; in tiny mode only choices with a tiny twin.
+def get_model_choice(key: str) -> ModelChoice:
+    """The :class:`ModelChoice` for the notebook's ``MODEL``; an unknown key is refused with the choices.
 
     Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
     if key not in MODEL_CHOICES:
         raise ValueError(f"MODEL = {key!r} is not a supported choice; choose one of {sorted(MODEL_CHOICES)}")
-    choice = MODEL_CHOICES[key]
-    if tiny and choice.tiny_name is None:
-        with_twin = sorted(k for k, c in MODEL_CHOICES.items() if c.tiny_name)
-        raise ValueError(f"MODEL = {key!r} has no tiny twin for tiny mode; in tiny mode choose one of {with_twin} "
-                         f"(full mode on a GPU runs {choice.model_id})")
-    return choice
+    return MODEL_CHOICES[key]

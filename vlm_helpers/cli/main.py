@@ -400,7 +400,7 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
     data_format = args.data_format or "auto"
     model = args.model or ("idefics2" if tiny else "qwen2-vl")
     try:
-        get_model_choice(model, tiny=tiny)
+        get_model_choice(model)
     except ValueError as error:
         parser.error(f"--model: {error}")
     captioning = task == "captioning"

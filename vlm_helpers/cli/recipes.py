@@ -776,7 +776,7 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
     from vlm_helpers.model_choices import get_model_choice
 
     data = settings.your_data
-    choice = get_model_choice(data.model, tiny=settings.tiny)
+    choice = get_model_choice(data.model)
     spec = ChatSpec(model_id=choice.model_id, tiny_name=choice.tiny_name, lora_targets=choice.lora_targets,
                     lora_r=16, lora_alpha=32, lora_dropout=0.05,
                     quantize_4bit=choice.method(settings.preset.name, data.method) == "qlora",
