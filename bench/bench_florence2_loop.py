@@ -32,10 +32,11 @@ def build_model(size: str, device: str):
     from vlm_helpers.tiny.florence2 import florence2_base_config
 
     tiny_path = tiny_checkpoint("florence2")
-    model, processor = florence2.load_florence2(tiny_path, device=device)
+    # both loops keep fp32 weights (the blog's trains in fp32; ours autocasts); the checkpoint says float16
+    model, processor = florence2.load_florence2(tiny_path, device=device, dtype=torch.float32)
     if size == "base":  # same processor pipeline, full-size random weights, 768 px images
         torch.manual_seed(0)
-        model = Florence2ForConditionalGeneration(florence2_base_config()).to(device)
+        model = Florence2ForConditionalGeneration(florence2_base_config()).to(device, torch.float32)
         processor.image_processor.size = {"height": 768, "width": 768}
         processor.image_processor.crop_size = {"height": 768, "width": 768}
         processor.num_image_tokens = 577

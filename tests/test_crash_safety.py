@@ -199,7 +199,7 @@ def _poison(model, *, at_calls: set[int], where: str):
 
 
 def _loop_run(path, rows, out, *, dtype="float32", at_calls, where, max_skipped=10, max_steps=4):
-    model, processor = florence2.load_florence2(path)
+    model, processor = florence2.load_florence2(path, dtype=torch.float32)
     freezing.freeze(*florence2.florence2_vision_modules(model))
     _poison(model, at_calls=at_calls, where=where)
     config = loop.TrainConfig(output_dir=str(out), learning_rate=1e-3, max_steps=max_steps, batch_size=4,
@@ -300,7 +300,7 @@ def test_reserved_tokens_are_refused_before_training_and_by_the_collator(tiny_ca
     from vlm_helpers.tiny import tiny_checkpoint
 
     path = tiny_checkpoint(family, tiny_cache)
-    processor = florence2.load_florence2(path)[1] if family == "florence2" else load_chat_processor(path)
+    processor = florence2.load_florence2(path, dtype=torch.float32)[1] if family == "florence2" else load_chat_processor(path)
     assert question_token in reserved_text(processor).kinds and answer_token in reserved_text(processor).kinds
     good = {"questionId": 1, "question": "What is the total?", "answers": ["12"], "image": _image()}
     bad_question = dict(good, questionId=2, question=f"What does {question_token} show?")
@@ -325,7 +325,7 @@ def test_reserved_tokens_are_refused_before_training_and_by_the_collator(tiny_ca
 
 
 def test_florence2_collator_refuses_an_answer_too_long_instead_of_cutting_it(tiny_florence2_path):
-    _, processor = florence2.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     row = {"questionId": 7, "question": "What is written?", "answers": ["word " * 80], "image": _image()}
     with pytest.raises(ValueError, match=r"questionId=7.*max_answer_tokens=64"):
         florence2.Florence2Collator(processor)([row])
@@ -339,7 +339,7 @@ def test_fresh_loop_run_refuses_a_folder_holding_a_final_model(tiny_florence2_pa
     (out / "final").mkdir(parents=True)
     (out / "final" / "model.safetensors").write_bytes(b"the user's fine-tuned model")
     (out / "history.json").write_text("[]")
-    model, processor = florence2.load_florence2(tiny_florence2_path)
+    model, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     config = loop.TrainConfig(output_dir=str(out), max_steps=1, batch_size=4, progress=False)
     with pytest.raises(FileExistsError, match=r"holds final from an earlier run; nothing was changed"):
         loop.train(model, rows, florence2.Florence2Collator(processor), config)
@@ -386,7 +386,7 @@ def test_cli_refuses_to_replace_a_notebooks_fine_tuned_results_before_training(t
 
 
 def test_florence2_collator_draws_only_among_answers_that_fit(tiny_florence2_path):
-    _, processor = florence2.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     row = {"questionId": 9, "question": "What is the total?", "answers": ["12", "word " * 80], "image": _image()}
     for seed in range(6):  # a random draw of the long alternative would stop a run at this batch
         batch = florence2.Florence2Collator(processor, answer_choice="random", seed=seed)([row])
@@ -422,7 +422,7 @@ def test_resume_names_a_corrupt_checkpoint_and_accepts_the_state_file(tiny_flore
     _loop_run(tiny_florence2_path, rows, tmp_path, at_calls=set(), where="grad", max_steps=2)
     state_file = tmp_path / "checkpoint-2" / checkpoints.CHECKPOINT_FILE
     state_file.write_bytes(state_file.read_bytes()[:1000])  # a disk that filled up
-    model, processor = florence2.load_florence2(tiny_florence2_path)
+    model, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     freezing.freeze(*florence2.florence2_vision_modules(model))  # as the run that wrote the checkpoints
     config = loop.TrainConfig(output_dir=str(tmp_path), max_steps=3, batch_size=4, progress=False)
     collator = florence2.Florence2Collator(processor)

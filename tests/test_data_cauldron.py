@@ -134,7 +134,7 @@ def test_flattened_rows_pass_validation_and_batch_for_florence2(synthetic, tiny_
     flat = flatten_cauldron(synthetic)
     _, report = validate_dataset(flat, split="train", return_rows=False)
     assert report.kept == flat.num_rows and report.skipped == 0
-    _, processor = florence2.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path, dtype="float32")
     batch = florence2.Florence2Collator(processor, answer_choice="random")([flat[i] for i in range(4)])
     assert batch["labels"].shape[0] == 4 and batch["pixel_values"].shape[0] == 4
 

@@ -16,7 +16,7 @@ def rows():
 
 @pytest.fixture()
 def model_and_processor(tiny_florence2_path):
-    return florence2.load_florence2(tiny_florence2_path)
+    return florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
 
 
 def test_blog_freezing_freezes_nothing_and_requires_grad_does(model_and_processor):
@@ -100,7 +100,7 @@ def test_collator_refuses_a_row_without_answers(model_and_processor, rows):
 
 def _run(path, rows, output_dir, *, max_steps, resume=None, batch_size=4, grad_accum=1, checkpoint_every=2,
          dtype="float32"):
-    model, processor = florence2.load_florence2(path)
+    model, processor = florence2.load_florence2(path, dtype=torch.float32)
     freezing.freeze(*florence2.florence2_vision_modules(model))
     config = loop.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps,
                                   batch_size=batch_size, grad_accum=grad_accum, warmup_steps=2,
@@ -164,7 +164,7 @@ def test_collator_runs_in_dataloader_worker_processes(model_and_processor, rows)
 
 
 def test_frozen_vision_tower_stays_in_eval_mode_during_training(tiny_florence2_path, rows, tmp_path):
-    model, processor = florence2.load_florence2(tiny_florence2_path)
+    model, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     vision = florence2.florence2_vision_modules(model)[0]
     freezing.freeze(vision)
     model.train()

@@ -96,3 +96,15 @@ def test_notebook_06_reports_each_broken_row_by_file_and_line_and_runs_clean(exe
     assert "same answers after reloading" in text
     problems = output_problems(notebook)
     assert not problems, "\n".join(problems)
+
+
+def test_notebook_06_says_its_image_budget_and_what_a_page_costs(executed):
+    """The loading cell prints the preset's image budget and what a 1700x2200 page costs under it (tiny twins
+    keep their own settings: Idefics2's is its image splitting, Florence-2 takes fixed-size images)."""
+    variant, notebook = executed
+    line = re.search(r"image budget on preset tiny: (.+); a 1700x2200 page costs ([\d,]+) image tokens",
+                     outputs_text(notebook))
+    assert line, "notebook 06's loading cell does not say its image budget"
+    assert line.group(1) == {"qa-idefics2-qlora": "do_image_splitting=False",
+                             "captioning-florence2-lora": "none (the processor's own settings)"}[variant]
+    assert int(line.group(2).replace(",", "")) > 0

@@ -78,7 +78,7 @@ def docvqa_rows():
 
 
 def test_notebook_collate_equals_florence2_collator(nb02, tiny_florence2_path, docvqa_rows):
-    _, processor = florence2.load_florence2(tiny_florence2_path)
+    _, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
     package = florence2.Florence2Collator(processor, answer_choice="first")
     lengths = set()
     for start in (0, 4, 8):
@@ -132,12 +132,12 @@ def test_notebook_training_step_is_one_step_of_the_package_loop(nb02, no_dropout
     config = loop.TrainConfig(output_dir=str(tmp_path / "loop"), learning_rate=1e-3, max_steps=1, batch_size=2,
                               grad_accum=2, warmup_steps=0, max_grad_norm=1.0, seed=3, progress=False)
     torch.manual_seed(0)
-    model, processor = florence2.load_florence2(path)
+    model, processor = florence2.load_florence2(path, dtype=torch.float32)
     collator = florence2.Florence2Collator(processor, answer_choice="first")
     state = loop.train(model, docvqa_rows, collator, config)
 
     torch.manual_seed(0)
-    ours, _ = florence2.load_florence2(path)
+    ours, _ = florence2.load_florence2(path, dtype=torch.float32)
     ours.train()
     order = loop.epoch_indices(len(docvqa_rows), seed=config.seed, epoch=0, batch_size=2)[:2]
     window = [collator([docvqa_rows[i] for i in batch]) for batch in order]

@@ -11,6 +11,7 @@ Florence-2 trained on a decoder prefix that generation never produces.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -279,7 +280,10 @@ def florence2_dir(tmp_path_factory):
 
 
 def test_florence2_base_at_full_size_collates_768_px_trains_and_generates(florence2_dir):
-    model, processor = florence2.load_florence2(florence2_dir)
+    # stored in fp16 like the published checkpoint ("dtype": "float16"); trained in fp32, as notebook 02 loads it
+    assert json.loads((florence2_dir / "config.json").read_text())["dtype"] == "float16"
+    model, processor = florence2.load_florence2(florence2_dir, dtype=torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model.config.text_config.d_model == 768 and model.config.text_config.encoder_layers == 6
     assert list(model.config.vision_config.depths) == [1, 1, 9, 1]
     assert 0.22e9 < sum(p.numel() for p in model.parameters()) < 0.24e9  # Florence-2-base: 0.23 B
@@ -318,7 +322,7 @@ def test_florence2_lora_of_notebook_06_reaches_every_projection_of_encoder_and_d
     (self-attention, fc1/fc2: 6 a layer) and decoder (self- and cross-attention, fc1/fc2: 10 a layer), none in DaViT."""
     from vlm_helpers.model_choices import MODEL_CHOICES
 
-    model, _ = florence2.load_florence2(florence2_dir)
+    model, _ = florence2.load_florence2(florence2_dir, dtype=torch.float32)
     choice = MODEL_CHOICES["florence2"]
     model = lora.add_lora(model, target_modules=choice.lora_targets, r=8, alpha=8, dropout=0.0, quantized=False)
     names = lora.lora_module_names(model)

@@ -2,7 +2,8 @@
 
 For each tiny checkpoint of tiny mode (Florence-2, Idefics2, LLaVA-Phi-3) this compares what was
 saved with the vendored configuration of the real repository (``vlm_helpers/tiny/real_configs``;
-reconstructed files where the published ones could not be read, see the READMEs there) and fails on
+reconstructed files where the published ones could not be read, see the READMEs there: for Florence-2
+the generation and processor files, its config.json being the published one) and fails on
 any difference that is not a size: model classes and the ``model_type`` of every sub-configuration,
 every other configuration value (class defaults included), the module names the series' LoRA
 targets match, the processor files' fields, the generation config's token fields, which
@@ -175,6 +176,27 @@ def test_florence2_tokens_are_bart_s_and_florence_s(tiny_dirs):
     assert config["image_token_id"] == ids[-1]
     # all 1,025 are special: skip_special_tokens removes task and location tokens from answers
     assert tokenizer.decode(tokenizer("12 <loc_5><ocr>")["input_ids"], skip_special_tokens=True) == "12 "
+
+
+def test_florence2_config_is_the_published_file_and_the_tiny_one_keeps_its_dtype(tiny_dirs):
+    """Florence-2-base-ft's config.json is vendored (no reconstruction): the tiny checkpoint is saved in its
+    ``"dtype": "float16"`` (BOOKKEEPING above skips dtype for the other families, whose older files say
+    ``torch_dtype``), and the two fields the published file names twice are shrunk with their twins:
+    ``num_hidden_layers`` (BART's alias of ``encoder_layers``: left at 6, the tiny encoder would get 6 layers)
+    and ``dim_embed`` (microsoft's name of ``embed_dim``)."""
+    model_id = REAL_CHECKPOINTS["florence2"]
+    published = real_json(model_id, "config.json")  # no reconstructed=True needed
+    assert "config.json" not in real_repo_files(model_id)["not_vendored"]
+    assert (published["image_token_id"], published["text_config"]["vocab_size"]) == (51289, 51328)
+    assert (published["dtype"], published["transformers_version"]) == ("float16", "4.56.1")
+    saved = json.loads((tiny_dirs["florence2"] / "config.json").read_text())
+    assert saved["dtype"] == published["dtype"]
+    assert saved["vision_config"]["dim_embed"] == saved["vision_config"]["embed_dim"]
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dirs["florence2"], dtype=torch.float32)
+    text = model.config.text_config
+    assert len(model.model.language_model.encoder.layers) == text.encoder_layers == text.num_hidden_layers == 1
 
 
 def test_a_missing_published_file_is_never_silently_replaced():

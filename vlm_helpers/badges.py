@@ -24,7 +24,10 @@ START, END = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
 
 @dataclass(frozen=True)
 class NotebookInfo:
-    """What the README says about one notebook. Full-mode times are estimates (see README).
+    """What the README says about one notebook. The GPU memory figures are simulated and the full-mode times
+    estimated from counted FLOPs, both by ``bench/gpu_memory.py`` (no GPU has run the notebooks; README,
+    section "GPU memory and run time, simulated"); rerun it and update these lines when a notebook's
+    settings change.
 
     One row of the table in the README, section "The notebooks".
     """
@@ -36,20 +39,32 @@ class NotebookInfo:
     teaches: str
 
 
+#: How the figures of the GPU and run-time columns were obtained, said in every cell that holds one.
+SIMULATED = "simulated by `bench/gpu_memory.py`"
+ESTIMATED = "estimated from FLOPs by `bench/gpu_memory.py`"
+
 NOTEBOOKS = (
-    NotebookInfo("01_baseline_inference.ipynb", "Baseline inference", "T4 preset (16 GB)", "~20 min (est.)",
+    NotebookInfo("01_baseline_inference.ipynb", "Baseline inference", f"T4 preset: peak 5.7 GiB ({SIMULATED})",
+                 f"2 min on T4 or A100 ({ESTIMATED}; downloading and loading the three models not counted)",
                  "the three models zero-shot, Florence-2's built-in tasks, ANLS/ROUGE/tag F1 before training"),
-    NotebookInfo("02_florence2_docvqa.ipynb", "Florence-2 on DocVQA", "T4 preset; A100 preset for batch 6",
-                 "~1-2 h on T4 (est.)",
+    NotebookInfo("02_florence2_docvqa.ipynb", "Florence-2 on DocVQA",
+                 f"T4 preset: peak 3.9 GiB; A100 preset for batch 6: 7.8 GiB ({SIMULATED})",
+                 f"23 min on T4, 5 min on A100 ({ESTIMATED})",
                  "full fine-tune with a frozen vision encoder, label masking, ANLS, an explicit loop with exact resume"),
-    NotebookInfo("03_idefics2_qlora_docvqa.ipynb", "Idefics2-8b QLoRA on DocVQA", "T4 preset (4-bit); A100 preset",
-                 "~2-3 h on T4 (est.)", "4-bit QLoRA, a chat-VLM collator that masks prompt, image and pad tokens"),
-    NotebookInfo("04_phi3_aircraft_captioning.ipynb", "Phi-3 VLM aircraft captioning", "T4 preset (4-bit); A100 preset",
-                 "~1 h on T4 (est.)", "LoRA on a Phi-3 decoder, batched chat collation, ROUGE and tag F1 on generated captions"),
-    NotebookInfo("05_before_after_comparison.ipynb", "Before/after comparison", "none (CPU)", "< 1 min",
+    NotebookInfo("03_idefics2_qlora_docvqa.ipynb", "Idefics2-8b QLoRA on DocVQA",
+                 f"T4 preset (4-bit): peak 6.0 GiB; A100 preset: 23.2 GiB ({SIMULATED})",
+                 f"24 min on T4, 32 min on A100, which splits each page into 5 images ({ESTIMATED})",
+                 "4-bit QLoRA, a chat-VLM collator that masks prompt, image and pad tokens"),
+    NotebookInfo("04_phi3_aircraft_captioning.ipynb", "Phi-3 VLM aircraft captioning",
+                 f"T4 preset (4-bit): peak 3.6 GiB; A100 preset: 11.6 GiB ({SIMULATED})",
+                 f"11 min on T4, 2 min on A100 ({ESTIMATED})",
+                 "LoRA on a Phi-3 decoder, batched chat collation, ROUGE and tag F1 on generated captions"),
+    NotebookInfo("05_before_after_comparison.ipynb", "Before/after comparison", "none (CPU)", "< 1 min (no model)",
                  "the table, bar chart, loss curves and an honest gallery of improved/unchanged/regressed examples"),
-    NotebookInfo("06_your_data_your_model.ipynb", "Your data, your model", "T4 preset (LoRA or 4-bit QLoRA by model); A100 preset",
-                 "depends on your data (est.)",
+    NotebookInfo("06_your_data_your_model.ipynb", "Your data, your model",
+                 f"T4 preset (LoRA or 4-bit QLoRA by model): peak 7.4 GiB at most; A100 preset: 22.9 GiB ({SIMULATED})",
+                 f"per 1,000 training rows and epoch on T4: from under 1 min (Florence-2) to 20 min (Qwen2-VL), plus "
+                 f"evaluation ({ESTIMATED})",
                  "your images (JSONL/CSV, HF dataset, conversations), validated by file and line; the best checkpoint "
                  "by generated answers; a model card"),
 )

@@ -252,8 +252,11 @@ class ChatVLMCollator:
         image_key, id_key: columns with the image and the row id (the id seeds the answer pick
             and names the row in error messages).
         answer_choice: ``"random"`` (reproducible per row id and ``seed``) or ``"first"``.
-        max_length: the longest training sequence, in tokens; a row that does not fit raises with
-            its id (nothing is cut silently: a cut answer never learns to stop).
+        max_length: the longest training sequence, in tokens (prompt, image tokens, answer and end of
+            turn); a row that does not fit raises with its id (nothing is cut silently: a cut answer never
+            learns to stop). Of several acceptable answers, only those that fit are drawn from.
+            :meth:`length_problem` applies the same rule before training
+            (``clean_dataset(..., collator=collator)``). None (the default): no limit, nothing is refused.
         end_of_turn: the token that ends the assistant turn; detected from the template if None
             (:func:`answer_layout`: the template's own end-of-turn token, else eos appended).
 
@@ -347,8 +350,56 @@ class ChatVLMCollator:
         return self.processor(text=texts, images=images,
                               add_special_tokens=special_tokens_flag(self.tokenizer, texts), **kwargs)
 
+    def conversation_lengths(self, row: dict, answers: Sequence[str], images: list | None = None) -> list[int]:
+        """Tokens of the whole training conversation of ``row`` with each of ``answers``: what ``max_length``
+        limits. The same rendering (:meth:`full_text`) and processor call (image tokens expanded) as a
+        training batch, without padding."""
+        images = self._images([row])[0] if images is None else images
+        texts = [self.full_text(row, answer) for answer in answers]
+        return [len(ids) for ids in self._process(texts, [images] * len(texts), padding=False)["input_ids"]]
+
+    def _fits(self, length: int) -> bool:
+        return self.max_length is None or length <= self.max_length
+
+    def _too_long(self, lengths: Sequence[int], prompt: int) -> str:
+        """The problem of a row none of whose conversations fits, with their lengths and the limit."""
+        if len(lengths) == 1:
+            said = (f"the conversation takes {lengths[0]} tokens ({prompt} for the prompt, images included, "
+                    f"{lengths[0] - prompt} for the answer and what follows it)")
+        else:
+            said = (f"none of its {len(lengths)} answers fits: the conversations take "
+                    f"{', '.join(map(str, lengths))} tokens ({prompt} of them for the prompt, images included)")
+        return (f"{said}, more than max_length={self.max_length}; raise max_length, shrink the image or drop "
+                "the row (nothing is cut silently)")
+
+    def _answers(self, row: dict) -> list:
+        answers = row.get(self.answer_key)
+        return [] if answers is None else [answers] if isinstance(answers, str) else list(answers)
+
+    def length_problem(self, row: dict) -> str | None:
+        """Why ``row`` cannot be batched for its length, or None when one of its conversations fits.
+
+        The collator's own rule, for validation before training: each answer's whole conversation is
+        tokenized as a batch would tokenize it (:meth:`conversation_lengths`) and compared with
+        ``max_length``; a row with several answers is bad only when none fits (the collator draws among
+        those that fit). No ``max_length``: nothing is refused and nothing is computed. Used by
+        :func:`vlm_helpers.data.validation.clean_dataset` with ``collator=``, as in
+        ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see".
+        """
+        answers = self._answers(row)
+        if self.max_length is None or not answers:
+            return None
+        images = self._images([row])[0]
+        lengths = self.conversation_lengths(row, answers, images)
+        if any(self._fits(length) for length in lengths):
+            return None
+        return self._too_long(lengths, len(self.prompt_ids([row], [images])[0]))
+
     def target(self, row: dict, position: int) -> str:
-        """The answer to learn for one row; a clear error names the row when there is none."""
+        """The answer to learn for one row; a clear error names the row when there is none.
+
+        With ``max_length``, a row with several answers draws among those whose conversation fits.
+        """
         key = row.get(self.id_key, position)
         where = f"row {position} of the batch ({self.id_key}={key!r})"
         if self.answer_key not in row:
@@ -361,6 +412,17 @@ class ChatVLMCollator:
             return answers
         if answers is None or len(answers) == 0:
             raise ValueError(f"{where} has an empty {self.answer_key!r} list: drop it or fix the data")
+        if self.max_length is not None and len(answers) > 1 and all(isinstance(a, str) and a.strip()
+                                                                     for a in answers):
+            # several acceptable answers: draw among those that fit, so a long alternative cannot stop a
+            # run at the batch where the seeded draw happens to pick it
+            for answer in answers:
+                check_plain_text(answer, self.reserved, where=where, what="answer")
+            images = self._images([row])[0]
+            lengths = self.conversation_lengths(row, answers, images)
+            answers = [a for a, length in zip(answers, lengths) if self._fits(length)]
+            if not answers:
+                raise ValueError(f"{where}: {self._too_long(lengths, len(self.prompt_ids([row], [images])[0]))}")
         try:
             answer = pick_answer(answers, choice=self.answer_choice, seed=self.seed, key=key)
         except ValueError as error:
@@ -419,10 +481,8 @@ class ChatVLMCollator:
             if self.end_of_turn_id not in answer_ids:  # e.g. an answer that ends in text the template changes
                 raise ValueError(f"{where}: no {self.end_of_turn!r} after the answer; pass end_of_turn= explicitly")
             stop = len(prompt) + answer_ids.index(self.end_of_turn_id) + 1  # keep the end-of-turn token
-            if self.max_length is not None and length > self.max_length:
-                raise ValueError(f"{where}: the conversation takes {length} tokens ({len(prompt)} for the prompt, "
-                                 f"images included), more than max_length={self.max_length}; raise max_length, "
-                                 "shrink the image or drop the row (nothing is cut silently)")
+            if not self._fits(length):
+                raise ValueError(f"{where}: {self._too_long([length], len(prompt))}")
             labels[i, len(prompt):stop] = input_ids[i, len(prompt):stop]
         for token_id in self.vision_ids:
             labels[input_ids == token_id] = IGNORE_INDEX

@@ -26,6 +26,8 @@ from torch import nn
 
 from vlm_helpers.data.images import to_rgb
 from vlm_helpers.data.validation import reserved_text
+from vlm_helpers.lora import torch_dtype
+from vlm_helpers.runtime import attention_by_part
 from vlm_helpers.supervision import check_plain_text, pad_labels, pick_answer
 
 FLORENCE2_MODEL_ID = "florence-community/Florence-2-base-ft"
@@ -38,22 +40,28 @@ DOCVQA_TASK_PROMPT = "<DocVQA>"
 FLORENCE2_TASKS = ("<OCR>", "<CAPTION>", "<MORE_DETAILED_CAPTION>", "<REGION_TO_DESCRIPTION>")
 
 
-def load_florence2(checkpoint: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+def load_florence2(checkpoint: str | Path, *, dtype: torch.dtype | str, device: str = "cpu",
                    attn_implementation: str = "sdpa"):
     """Load a Florence-2 model and processor with the native transformers classes.
 
-    For training keep ``dtype=torch.float32`` and let autocast run the maths in fp16/bf16:
-    the blog's learning rate of 1e-6 is below bf16's resolution for weights near 1, so
-    bf16 weights would silently not move. For inference only, load in the preset dtype.
-    Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and
-    freezing the vision encoder"; for inference in ``notebooks/01_baseline_inference.ipynb``, section
+    ``dtype`` is required: transformers 5 loads a checkpoint in the dtype its ``config.json`` names when
+    none is given, and Florence-2-base-ft's says ``float16``. For training pass ``torch.float32`` and let
+    autocast run the maths in fp16/bf16: the blog's learning rate of 1e-6 is below bf16's resolution for
+    weights near 1, so bf16 weights would silently not move. For inference only, load in the preset dtype.
+
+    ``attn_implementation="flash_attention_2"`` goes to the BART language model only; the DaViT vision
+    tower keeps ``sdpa`` (:func:`vlm_helpers.runtime.attention_by_part`): its channel attention hands the
+    kernel the number of image tokens as head dimension (36,864 at 768 px), and FlashAttention-2 takes at
+    most 256. Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    model, and freezing the vision encoder"; for inference in ``notebooks/01_baseline_inference.ipynb``, section
     "Florence-2: the built-in tasks".
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(checkpoint)
+    attention = attention_by_part(AutoConfig.from_pretrained(checkpoint), attn_implementation)
     model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, dtype=dtype, attn_implementation=attn_implementation
+        checkpoint, dtype=torch_dtype(dtype), attn_implementation=attention
     ).to(device)
     return model, processor
 
@@ -73,7 +81,9 @@ class Florence2Collator:
     A question or answer holding one of the model's reserved strings (a task token such as
     ``<OCR>``, ``<s>``, ``<loc_5>``) and an answer longer than ``max_answer_tokens`` raise a
     ``ValueError`` naming the row: nothing is cut silently. Of several acceptable answers, only
-    those that fit are drawn from; a row raises only when none fits.
+    those that fit are drawn from; a row raises only when none fits. :meth:`length_problem` applies
+    that rule to one row before training (``clean_dataset(..., collator=collator)``), so an over-long
+    answer is refused or skipped before the first step instead of stopping the run at its batch.
 
     Rows need ``question``, ``image`` and ``answers`` (a list of strings). The model builds
     its decoder inputs from ``labels`` by shifting them right behind ``decoder_start_token_id``
@@ -94,7 +104,7 @@ class Florence2Collator:
                  answer_choice: str = "first", seed: int = 0, id_key: str = "questionId"):
         self.processor = processor
         self.task_prompt = task_prompt
-        self.max_answer_tokens = max_answer_tokens
+        self.max_answer_tokens = max_answer_tokens  # the limit, <s> and </s> included
         self.answer_choice = answer_choice
         self.seed = seed
         self.id_key = id_key
@@ -114,34 +124,71 @@ class Florence2Collator:
         images = [to_rgb(row["image"]) for row in rows]
         return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
 
+    def answer_ids(self, answer: str) -> list[int]:
+        """The decoder's target for one answer, uncut: ``<s>``, the answer's tokens, ``</s>``.
+
+        The one tokenization of an answer: :meth:`target_ids` trains on it and ``max_answer_tokens``
+        limits its length (:meth:`length_problem`, used by ``clean_dataset(..., collator=...)``).
+        """
+        tokenizer = self.processor.tokenizer
+        return [tokenizer.bos_token_id] + tokenizer(answer, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id]
+
     def _fits(self, answer: str) -> bool:
-        ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return len(ids) + 2 <= self.max_answer_tokens
+        return len(self.answer_ids(answer)) <= self.max_answer_tokens
+
+    def _too_long(self, lengths: Sequence[int]) -> str:
+        """The problem of a row none of whose answers fits, with each answer's length and the limit."""
+        if len(lengths) == 1:
+            said = f"the answer takes {lengths[0]} tokens"
+        else:
+            said = f"none of its {len(lengths)} answers fits: they take {', '.join(map(str, lengths))} tokens"
+        return (f"{said} with <s> and </s>, more than max_answer_tokens={self.max_answer_tokens}; raise "
+                "max_answer_tokens or drop the row (nothing is cut silently)")
+
+    def _answers(self, row: dict) -> list:
+        """The answers a row's target is drawn from (a single string is one answer)."""
+        answers = row.get("answers")
+        return [] if answers is None else [answers] if isinstance(answers, str) else list(answers)
+
+    def length_problem(self, row: dict) -> str | None:
+        """Why ``row`` cannot be batched for its length, or None when one of its answers fits.
+
+        The collator's own rule, for validation before training: each answer is priced by
+        :meth:`answer_ids` against ``max_answer_tokens``; a row with several answers is bad only when
+        none fits (the collator draws among those that fit). Used by
+        :func:`vlm_helpers.data.validation.clean_dataset` with ``collator=``, as in
+        ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
+        """
+        lengths = [len(self.answer_ids(answer)) for answer in self._answers(row)]
+        if not lengths or any(length <= self.max_answer_tokens for length in lengths):
+            return None
+        return self._too_long(lengths)
 
     def target_ids(self, answer: str, *, where: str = "this row") -> list[int]:
-        """Token ids the decoder must produce: ``<s>``, the answer and ``</s>``.
+        """Token ids the decoder must produce: ``<s>``, the answer and ``</s>`` (:meth:`answer_ids`).
 
         An answer that does not fit in ``max_answer_tokens`` raises (naming ``where``) instead of
         being cut: a cut answer teaches the model to stop mid-word.
         """
         check_plain_text(answer, self.reserved, where=where, what="answer")
-        tokenizer = self.processor.tokenizer
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if len(ids) + 2 > self.max_answer_tokens:
-            raise ValueError(f"{where}: the answer has {len(ids)} tokens, more than max_answer_tokens="
-                             f"{self.max_answer_tokens} minus <s> and </s>; raise max_answer_tokens or drop the row")
-        return [tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
+        ids = self.answer_ids(answer)
+        if len(ids) > self.max_answer_tokens:
+            raise ValueError(f"{where}: {self._too_long([len(ids)])}")
+        return ids
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = self.generation_inputs(rows)
         targets = []
         for i, row in enumerate(rows):
             where = self._where(row, i)
-            answers = row["answers"]
-            if isinstance(answers, (list, tuple)) and len(answers) > 1:
+            answers = self._answers(row)
+            if len(answers) > 1:
                 # several acceptable answers: draw among those that fit, so a long alternative cannot
                 # stop a run at the batch where the seeded draw happens to pick it
                 fitting = [a for a in answers if isinstance(a, str) and self._fits(a)]
+                if not fitting and all(isinstance(a, str) for a in answers):
+                    raise ValueError(f"{where}: {self.length_problem(row)}")
                 answers = fitting or answers[:1]
             answer = pick_answer(answers, choice=self.answer_choice, seed=self.seed, key=row.get(self.id_key, i))
             targets.append(self.target_ids(answer, where=where))

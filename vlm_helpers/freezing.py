@@ -69,6 +69,44 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     return ParameterCount(trainable, total)
 
 
+def forward_without_autograd(module: nn.Module) -> nn.Module:
+    """Run every forward of the frozen ``module`` with autograd off, so its output requires no gradient.
+
+    Frozen weights are not enough to spare the backward pass. With LoRA and gradient checkpointing, PEFT
+    calls transformers' ``enable_input_require_grads()``, which hooks the input embeddings of *every*
+    sub-model, the vision tower's patch embeddings included, and marks their output as requiring a
+    gradient. Everything the tower computes from it then requires one too: autograd keeps the tower's
+    activations for the backward pass and back-propagates through all of its layers, for weights that never
+    change (on a real page that is most of the step's activation memory and a large part of its time). Only the
+    text embeddings' output needs a gradient (for checkpointing). This adds two hooks to ``module``: grad mode
+    is switched off when its forward starts and restored when it ends (also on an exception), so no graph is
+    recorded inside it whatever marks its inputs. Raises if ``module`` has a trainable parameter: such a
+    module needs its backward. Returns ``module``. Applied to the vision encoder by
+    :func:`vlm_helpers.lora.add_lora`; taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA
+    adapters".
+    """
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ValueError(f"{type(module).__name__} has trainable parameters ({trainable[:3]}...): its forward needs "
+                         "autograd")
+    if getattr(module, "_vlm_forward_without_autograd", False):
+        return module
+    previous: list[bool] = []
+
+    def switch_off(mod, args):
+        previous.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def restore(mod, args, output):
+        if previous:  # empty only if an earlier hook failed before switch_off ran
+            torch.set_grad_enabled(previous.pop())
+
+    module.register_forward_pre_hook(switch_off)
+    module.register_forward_hook(restore, always_call=True)
+    module._vlm_forward_without_autograd = True
+    return module
+
+
 def frozen_to_eval(model: nn.Module) -> list[str]:
     """Put every fully frozen submodule in eval mode; return their names (top-most only).
 

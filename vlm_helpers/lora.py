@@ -23,6 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlm_helpers.freezing import count_parameters, forward_without_autograd
+from vlm_helpers.runtime import attention_by_part
+
 __all__ = [
     "IDEFICS2_LORA_TARGETS",
     "quantization_report",
@@ -157,20 +160,60 @@ def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
     return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
 
 
+#: The keys an image budget (:func:`load_chat_processor`'s ``image_budget``) may hold, by processor kind:
+#: a pixel count per image (Qwen2-VL: ``max_pixels``/``min_pixels``, each 28x28 block one image token), or
+#: the longest side the page is resized to and whether it is split into tiles (Idefics2, Idefics3/SmolVLM).
+_IMAGE_BUDGET_KEYS = {"pixels": ("max_pixels", "min_pixels"), "edge": ("longest_edge", "do_image_splitting")}
+
+
+def _apply_image_budget(processor, model_type: str, budget: dict) -> None:
+    """Set the image processor's settings that bound image tokens (see :func:`load_chat_processor`)."""
+    image_processor = processor.image_processor
+    if set(budget) <= set(_IMAGE_BUDGET_KEYS["pixels"]) and hasattr(image_processor, "merge_size"):
+        size = dict(image_processor.size)  # Qwen2-VL: shortest_edge/longest_edge are pixel counts per image
+        size = {"shortest_edge": budget.get("min_pixels", size["shortest_edge"]),
+                "longest_edge": budget.get("max_pixels", size["longest_edge"])}
+        image_processor.size = size
+    elif set(budget) <= set(_IMAGE_BUDGET_KEYS["edge"]) and hasattr(image_processor, "max_image_size"):
+        if "longest_edge" in budget:  # Idefics3 (SmolVLM): the page is resized to this, then cut in tiles
+            image_processor.size = {"longest_edge": budget["longest_edge"]}
+        if "do_image_splitting" in budget:
+            image_processor.do_image_splitting = budget["do_image_splitting"]
+    else:
+        raise ValueError(f"image budget {budget} does not apply to {model_type!r} "
+                         f"({type(image_processor).__name__}); fixed-size models (Florence-2, LLaVA) take none")
+
+
 def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | None = None,
-                        image_longest_edge: int | None = None):
-    """The processor of a chat VLM, with Idefics2's image settings applied (see :func:`load_chat_vlm`).
+                        image_longest_edge: int | None = None, image_budget: dict | None = None):
+    """The processor of a chat VLM, with its image settings applied (see :func:`load_chat_vlm`).
 
     ``do_image_splitting=None`` keeps the checkpoint's setting; both settings are Idefics2 only.
+    ``image_budget`` holds the processor settings that bound how many image tokens a page costs, by name:
+    ``{"max_pixels": 1280 * 28 * 28}`` for Qwen2-VL (an image is resized to at most that many pixels, one
+    token per 28x28 block; the published configuration allows 12,845,056, so a 1700x2200 page costs 4,819
+    tokens), ``{"longest_edge": 980, "do_image_splitting": False}`` for Idefics2 and Idefics3 (SmolVLM).
+    Empty or ``None``: the checkpoint's own settings. A budget the processor has no such setting for
+    (Florence-2 and LLaVA take fixed-size images) is refused. The settings are kept on the processor, so
+    :func:`save_adapter` saves them and :func:`load_adapter` brings them back.
     LLaVA processors get :func:`vlm_helpers.llava_phi3.prepare_llava_processor` (fields from the
     model's config), so they insert as many image tokens as the vision tower yields features.
     The image settings are taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4
-    bits"; the LLaVA fields in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
+    bits"; the budget in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets";
+    the LLaVA fields in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(checkpoint)
     model_type = config.model_type
+    budget = dict(image_budget or {})
+    known = {key for keys in _IMAGE_BUDGET_KEYS.values() for key in keys}
+    if set(budget) - known:
+        raise ValueError(f"unknown image budget setting(s) {sorted(set(budget) - known)}; known: {sorted(known)}")
+    if model_type == "idefics2":  # the budget's values, unless given as arguments
+        do_image_splitting = budget.get("do_image_splitting") if do_image_splitting is None else do_image_splitting
+        image_longest_edge = budget.get("longest_edge") if image_longest_edge is None else image_longest_edge
+        budget = {key: value for key, value in budget.items() if key not in _IMAGE_BUDGET_KEYS["edge"]}
     processor_kwargs: dict = {}
     if model_type == "idefics2":
         if do_image_splitting is not None:
@@ -185,6 +228,8 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     elif do_image_splitting or image_longest_edge is not None:
         raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
     processor = processor_from_pretrained(checkpoint, model_type, **processor_kwargs)
+    if budget:
+        _apply_image_budget(processor, model_type, budget)
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
         from vlm_helpers.llava_phi3 import prepare_llava_processor
 
@@ -194,13 +239,14 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
 
 def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_implementation: str, quantize_4bit: bool,
                   device: str = "cpu", device_map=None, do_image_splitting: bool | None = None,
-                  image_longest_edge: int | None = None):
+                  image_longest_edge: int | None = None, image_budget: dict | None = None):
     """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
 
     Args:
         checkpoint: Hub id (``IDEFICS2_MODEL_ID``) or a local folder (tiny mode, saved adapters).
         dtype: the compute dtype (the preset's: bf16 from compute capability 8.0, fp16 below, fp32 on CPU).
-        attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"`` (the preset's).
+        attn_implementation: ``"sdpa"``, ``"flash_attention_2"`` or ``"eager"`` (the preset's); FlashAttention-2 goes to
+            the language model only, the vision tower keeps ``sdpa`` (:func:`vlm_helpers.runtime.attention_by_part`).
         quantize_4bit: load the weights in 4-bit NF4 (QLoRA); otherwise in ``dtype``.
         device: ``"cuda"`` puts the weights on GPU 0 (unless ``device_map`` says otherwise).
         device_map: where the weights go; default GPU 0 when ``device="cuda"``, CPU otherwise.
@@ -208,24 +254,29 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
             :func:`default_image_splitting` of their preset).
         image_longest_edge: Idefics2 only; resize images so the longest side is at most this
             (8B default 980 px; 490 cuts the vision encoder's work by 4 on a T4).
+        image_budget: the processor settings that bound a page's image tokens (see
+            :func:`load_chat_processor`), e.g. ``{"max_pixels": 1280 * 28 * 28}`` for Qwen2-VL; notebook 06
+            passes its model choice's budget for the preset (``ModelChoice.image_budget``).
 
     LLaVA checkpoints get :func:`vlm_helpers.llava_phi3.prepare_llava_processor`, so the processor
     inserts exactly as many image tokens as the vision tower yields features.
 
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits", and used again in
-    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model", and
+    ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets" (with a budget).
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     processor = load_chat_processor(checkpoint, do_image_splitting=do_image_splitting,
-                                    image_longest_edge=image_longest_edge)
+                                    image_longest_edge=image_longest_edge, image_budget=image_budget)
 
     if device_map is None:
         device_map = {"": 0} if device == "cuda" else None
     model = AutoModelForImageTextToText.from_pretrained(
         checkpoint,
         dtype=torch_dtype(dtype),
-        attn_implementation=attn_implementation,
+        # FlashAttention-2 for the language model only, sdpa for the vision tower (runtime.attention_by_part)
+        attn_implementation=attention_by_part(AutoConfig.from_pretrained(checkpoint), attn_implementation),
         quantization_config=bnb_4bit_config(dtype) if quantize_4bit else None,
         device_map=device_map,
     )
@@ -264,6 +315,16 @@ def vision_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
         raise ValueError(f"Found no vision encoder in {type(model).__name__} (no sub-model built from its "
                          f"vision_config, no module named {' / '.join(_VISION_ENCODER_NAMES)}): is it a "
                          "vision-language model? Without it, nothing guards the encoder against LoRA.")
+    return found
+
+
+def _configs(config) -> list:
+    """``config`` and its sub-configurations (``text_config``, ``vision_config``, ...), at any depth."""
+    found = [config]
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            found += _configs(sub)
     return found
 
 
@@ -310,13 +371,16 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     keeps norms and the non-quantized layers in fp32). ``gradient_checkpointing`` (from
     ``preset.gradient_checkpointing``) recomputes activations in the backward pass, with
     ``use_reentrant=False``: the reentrant variant needs the *inputs* to require grad and
-    otherwise silently gives LoRA no gradient. ``modules_to_save`` trains whole modules
+    otherwise silently gives LoRA no gradient; the configuration's ``use_cache`` is switched off for
+    training (a checkpointed forward cannot fill a cache; ``generate`` still uses one). ``modules_to_save`` trains whole modules
     (e.g. ``["lm_head"]``) next to the adapters and saves them with the adapter. A model whose output
     layer shares its weight with the input embeddings (Florence-2, Qwen2-VL-2B) is untied first
     (:func:`untie_output_layer`), so training the head leaves the embeddings as they were. Trainable
     weights left in 16 bits (a ``modules_to_save`` copy of a fp16/bf16 model) are made fp32, as PEFT makes
     its adapters: fp16 gradients cannot be unscaled on a T4, and bf16 rounds small updates away.
-    Raises if an adapter or trainable weight would land in the vision encoder.
+    Raises if an adapter or trainable weight would land in the vision encoder; the frozen encoder then runs
+    without autograd (:func:`vlm_helpers.freezing.forward_without_autograd`), so no backward pass goes
+    through it, with or without gradient checkpointing.
 
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
     ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
@@ -335,6 +399,12 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # a training forward cannot fill a cache it recomputes: say so in the configuration, or every model
+        # prints "use_cache=True is incompatible with gradient checkpointing" on its first step (generation
+        # keeps its cache: generate() takes use_cache from the generation config)
+        for config in _configs(model.config):
+            if getattr(config, "use_cache", None):
+                config.use_cache = False
     if modules_to_save and _output_layer_name(model) in modules_to_save:
         untie_output_layer(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
@@ -347,6 +417,9 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
         trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(f"LoRA reached the vision encoder {name} ({trainable[:3]}...): narrow target_modules")
+        # frozen, and now also outside autograd: PEFT marked its patch embeddings' output as requiring a
+        # gradient (enable_input_require_grads), which would back-propagate through the whole tower
+        forward_without_autograd(encoder)
     return model
 
 
@@ -383,8 +456,6 @@ def lora_report(model: nn.Module) -> str:
     Printed in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
     ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
     """
-    from vlm_helpers.freezing import count_parameters
-
     patterns = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in lora_module_names(model))
     lines = [f"LoRA on {sum(patterns.values())} modules:"]
     lines += [f"  {count:3d} x {pattern}" for pattern, count in sorted(patterns.items())]

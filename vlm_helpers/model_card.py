@@ -185,10 +185,13 @@ def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Ma
               "Load the base model as it was trained (in 4 bits if it was trained in 4 bits: the adapter learned "
               "corrections to those weights), then the adapter and its processor:", "",
               "```python",
+              "import torch",
               "from peft import PeftModel",
               "from transformers import AutoModelForImageTextToText, AutoProcessor",
               "",
-              f'base = AutoModelForImageTextToText.from_pretrained("{base_model}")',
+              "# name the dtype: without it transformers takes the one in the checkpoint's config.json",
+              f'base = AutoModelForImageTextToText.from_pretrained("{base_model}", dtype=torch.bfloat16)'
+              "  # float16 on a T4",
               'model = PeftModel.from_pretrained(base, "<this repository or folder>")',
               'processor = AutoProcessor.from_pretrained("<this repository or folder>")',
               "```", ""]

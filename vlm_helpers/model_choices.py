@@ -20,12 +20,23 @@ What differs between them is recorded here, once:
 - LoRA or QLoRA: 4-bit storage of the frozen weights where 16-bit weights would not fit the preset's GPU
   with room for activations (``qlora_on``; Idefics2's tiny twin takes the 4-bit path too, as in notebook 03,
   so tiny mode runs QLoRA with it and LoRA with the others); ``METHOD`` in the notebook overrides it;
+- the image budget per preset (``image_budgets``): the processor settings that bound how many image tokens a
+  page costs, applied by :func:`vlm_helpers.lora.load_chat_processor`. Qwen2-VL's published configuration lets a
+  1700x2200 scanned page become 4,819 image tokens (19,276 vision patches): a training step at the T4 batch
+  then needs 13.1 GiB, at the edge of the card, and six times the FLOPs, and a 12-megapixel phone photo three
+  times the tokens (simulated by ``bench/gpu_memory.py``). Under the T4 preset its ``max_pixels`` is Qwen's own
+  suggestion, 1280 x 28 x 28 (a page costs 1,240 tokens; 6.6 GiB), under the A100 preset twice that. Idefics2
+  and SmolVLM take a resize size and image splitting; Florence-2 (768 px, 577 tokens) and LLaVA-Phi-3 (336 px,
+  576 tokens) take fixed-size images and need none. Tiny twins keep their own small settings. The peaks per
+  preset: the README, section "GPU memory and run time, simulated". :func:`image_tokens` prices a page with
+  the real processor;
 - the tiny twin of tiny mode (``tiny_name``: a :mod:`vlm_helpers.tiny` builder); every choice has one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from vlm_helpers.florence2 import DOCVQA_TASK_PROMPT, FLORENCE2_MODEL_ID
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
@@ -47,6 +58,25 @@ FLORENCE2_TASK_PROMPTS = {"qa": DOCVQA_TASK_PROMPT, "captioning": ""}
 #: The longest Florence-2 answer, in tokens with ``<s>`` and ``</s>``: its decoder's 1,024 positions.
 FLORENCE2_MAX_ANSWER_TOKENS = 1024
 
+#: A scanned page at 200 dpi (US letter), the size notebook 06 prices in image tokens.
+PAGE_SIZE = (1700, 2200)
+
+#: Qwen2-VL's ``max_pixels`` under the T4 preset: Qwen's model card suggests 1280 x 28 x 28, at most 1,280 image
+#: tokens per image (each 28x28 block of pixels is one token after the 2x2 merge of 14-px patches). A 1700x2200
+#: page costs 1,240; a training step at the T4 batch peaks at 6.6 GiB (simulated by ``bench/gpu_memory.py``;
+#: 13.1 GiB and 6x the FLOPs without the budget, at 4,819 tokens; most of it the logits of the long sequence).
+QWEN2_VL_T4_MAX_PIXELS = 1280 * 28 * 28
+
+#: ... and under the A100 preset (batch 4): twice the pixels, 2,508 tokens a page, 22.9 GiB simulated. The next
+#: step, 3840 x 28 x 28, peaks at 32.0 GiB (too much for the 32 GB cards of the preset), and the published
+#: 12,845,056 at 39.5 GiB: an A100 40 GB runs out of memory.
+QWEN2_VL_A100_MAX_PIXELS = 2560 * 28 * 28
+
+#: SmolVLM: a page is resized to this longest side, then cut into 512-px tiles (4 x 4 + the whole page, 64 tokens
+#: each: 1,088 tokens); its training step peaks at 3.6 GiB on the T4 preset (simulated), so the budget keeps the
+#: (reconstructed) published size and only makes the bound explicit.
+SMOLVLM_LONGEST_EDGE = 2048
+
 METHODS = ("lora", "qlora")
 KINDS = ("chat", "florence2")
 
@@ -65,7 +95,9 @@ class ModelChoice:
     recipe: str  # the runtime.BATCHING entry with its batches per preset
     qlora_on: tuple[str, ...]  # presets whose GPU needs 4-bit storage of the frozen weights
     tiny_name: str  # the vlm_helpers.tiny builder of its tiny twin (tiny mode)
-    image_splitting: bool | None = None  # Idefics2-style splitting: None keeps the processor's setting
+    # preset -> processor settings bounding the image tokens (lora.load_chat_processor's image_budget); a preset
+    # not listed (and every fixed-size model) keeps the checkpoint's own settings
+    image_budgets: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     note: str = ""
     kind: str = "chat"  # "chat" (ChatVLMCollator) or "florence2" (Florence2Collator): see the module docstring
 
@@ -114,6 +146,14 @@ class ModelChoice:
             return forced
         return "qlora" if preset_name in self.qlora_on else "lora"
 
+    def image_budget(self, preset_name: str) -> dict[str, Any]:
+        """The processor settings that bound a page's image tokens on this preset (empty: the checkpoint's own).
+
+        Passed as ``image_budget`` to :func:`vlm_helpers.lora.load_chat_vlm`. Taught in
+        ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+        """
+        return dict(self.image_budgets.get(preset_name, {}))
+
     def batches(self, preset_name: str) -> tuple[int, int]:
         """(per-device batch, accumulation steps) for a preset ("t4", "a100", "cpu", "tiny").
 
@@ -140,17 +180,55 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
                 note="notebook 02's model, with LoRA here; an encoder-decoder: a task prompt (<DocVQA> for qa) "
                      "replaces INSTRUCTION"),
     ModelChoice("idefics2", IDEFICS2_MODEL_ID, 8.4, IDEFICS2_LORA_TARGETS, "idefics2-qlora-docvqa",
-                qlora_on=("t4", "a100", "tiny"), tiny_name="idefics2", image_splitting=False,
+                qlora_on=("t4", "a100", "tiny"), tiny_name="idefics2",
+                image_budgets={"t4": {"do_image_splitting": False}, "cpu": {"do_image_splitting": False},
+                               "a100": {"do_image_splitting": False}, "tiny": {"do_image_splitting": False}},
                 note="notebook 03's model; image splitting off (64 image tokens per image)"),
     ModelChoice("llava-phi3", LLAVA_PHI3_MODEL_ID, 4.1, LLAVA_PHI3_LORA_TARGETS, "phi3-aircraft",
                 qlora_on=("t4",), tiny_name="llava-phi3", note="notebook 04's model"),
     ModelChoice("qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", 2.2, LANGUAGE_MODEL_LORA_TARGETS, "qwen2-vl-lora",
                 qlora_on=(), tiny_name="qwen2-vl",
-                note="the vision encoder is model.visual; images of any size become variable token counts"),
+                image_budgets={"t4": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}, "cpu": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS},
+                               "a100": {"max_pixels": QWEN2_VL_A100_MAX_PIXELS}},
+                note="the vision encoder is model.visual; images of any size become variable token counts, "
+                     "bounded by max_pixels"),
     ModelChoice("smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, IDEFICS2_LORA_TARGETS, "smolvlm-lora",
                 qlora_on=(), tiny_name="smolvlm",
+                image_budgets={preset: {"longest_edge": SMOLVLM_LONGEST_EDGE, "do_image_splitting": True}
+                               for preset in ("t4", "a100", "cpu")},
                 note="the language model is text_model, as in Idefics2; images are split into tiles"),
 )}
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """A budget as one readable phrase, e.g. ``max_pixels=1,003,520``; ``none`` when it is empty.
+
+    Printed in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    if not budget:
+        return "none (the processor's own settings)"
+    return ", ".join(f"{key}={value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{key}={value}"
+                     for key, value in sorted(budget.items()))
+
+
+def image_tokens(processor, size: tuple[int, int] = PAGE_SIZE) -> int:
+    """How many image tokens the processor inserts for one image of ``size`` (width, height) pixels.
+
+    Runs the real processor on a blank image of that size, with the model's own prompt (its chat template, or
+    Florence-2's bare prompt, before which the processor puts the image), and counts the positions of its image
+    token: what the language model reads for the image, whatever the processor's resizing, tiling and merging
+    rules. Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    from PIL import Image
+
+    image = Image.new("RGB", size, "white")
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    else:  # Florence-2: no chat template; the processor puts the image tokens before the prompt itself
+        prompt = ""
+    ids = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
+    return int((ids == processor.image_token_id).sum())
 
 
 def get_model_choice(key: str) -> ModelChoice:

@@ -137,14 +137,44 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
                   batch_size=batch_size, grad_accum=grad_accum, gradient_checkpointing=checkpointing, tiny=tiny)
 
 
+def attention_by_part(config, attn_implementation: str) -> str | dict[str, str]:
+    """The ``attn_implementation`` to pass to ``from_pretrained`` for a model with this ``config``:
+    FlashAttention-2 for the language model only, ``sdpa`` for every vision tower.
+
+    transformers hands a single ``attn_implementation`` to every part of a vision-language model. The
+    FlashAttention-2 kernel accepts a head dimension of at most 256 and fp16/bf16 inputs, and vision towers
+    do not all fit that: Florence-2's DaViT *channel* attention passes the number of image tokens as the
+    head dimension (36,864 at 768 px), so the first forward on an A100 with flash-attn installed fails.
+    Vision towers attend over unpadded patches, where ``sdpa`` already runs a fused kernel, so keeping them
+    on ``sdpa`` costs nothing and works for every family; the language model, with padded text, is where
+    FlashAttention-2 saves memory. So a request for ``"flash_attention_2"`` becomes one value per
+    sub-configuration (``{"text_config": "flash_attention_2", "vision_config": "sdpa"}``, per-part
+    attention as ``from_pretrained`` accepts it in transformers 5); any other request, or a model without
+    sub-configurations, is returned unchanged. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section
+    "The machine and the preset".
+    """
+    parts = list(getattr(config, "sub_configs", None) or {})
+    if attn_implementation != "flash_attention_2" or not parts:
+        return attn_implementation
+    by_part = {part: ("sdpa" if "vision" in part else attn_implementation) for part in parts}
+    by_part[""] = attn_implementation  # the top-level model (its own masks follow the language model's)
+    return by_part
+
+
 def needs_gradient_checkpointing(recipe: str, preset_name: str, device: str) -> bool:
     """Recompute activations in the backward pass (less memory, ~30% more time)? The one rule for
-    every preset: on a GPU, always on a T4 and on an A100 for every recipe but Florence-2 (a 0.23B
-    model, whose activations fit); never on a CPU or in tiny mode, where memory is not the limit.
-    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and the preset"."""
+    every preset: on a GPU, for every recipe but Florence-2; never on a CPU or in tiny mode, where memory
+    is not the limit. Florence-2 (0.23 B) needs it on no GPU: its vision tower is frozen, so autograd keeps
+    none of its activations, and transformers could not checkpoint it anyway (its DaViT blocks are no
+    checkpointing layers); what the BART language model keeps for the backward pass at 577 image tokens is
+    at most about 1.3 GiB at the T4 preset's batch of 2 (measured on a CPU under fp16 autocast with
+    ``torch.autograd.graph.saved_tensors_hooks``: 1,324 MiB, 145 MiB with checkpointing), next to 2.4 GiB of
+    fp32 weights, gradients and AdamW state: a quarter of a T4, so checkpointing would cost time for memory
+    nobody needs. Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and the
+    preset", and ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset"."""
     if device != "cuda" or preset_name in ("tiny", "cpu"):
         return False
-    return preset_name == "t4" or recipe != "florence2-docvqa"
+    return recipe != "florence2-docvqa"
 
 
 def override(preset: Preset, **changes) -> Preset:

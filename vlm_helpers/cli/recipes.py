@@ -273,7 +273,8 @@ def _docvqa_style_train_rows(settings: RunSettings):
 
 def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **columns):
     """Validate every row before training (:func:`~vlm_helpers.data.validation.clean_dataset`),
-    against the model's processor too (``columns`` holds ``processor=`` and the column names).
+    against the model's processor too (``columns`` holds ``processor=`` and the column names) and, for the
+    training split, against the run's collator (``collator=``: answers too long for it).
 
     Stops at the first bad row (naming it), or with ``--skip-bad-rows`` drops bad rows
     and lists them. Returns the dataset restricted to the good rows; images stay
@@ -323,17 +324,20 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         eval_rows = docvqa_dataset("validation", tiny=settings.tiny, max_samples=settings.max_eval_samples,
                                    seed=settings.seed)
         checkpoint = runtime.resolve_checkpoint(florence2.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
-        model, processor = florence2.load_florence2(checkpoint, device=env.device,
+        # fp32 master weights, as notebook 02 (the 1e-6 learning rate is below bf16/fp16 resolution); autocast
+        # computes in the preset's dtype. Florence-2-base-ft's config says float16: without dtype= that would win
+        model, processor = florence2.load_florence2(checkpoint, device=env.device, dtype="float32",
                                                  attn_implementation=preset.attn_implementation)
-    # checked against the processor too: text holding its special or task tokens is refused here
-    train_rows = _validated(train_rows, "train", settings, env, processor=processor)
+    collator = florence2.Florence2Collator(processor, answer_choice="random", seed=settings.seed)
+    # checked against the processor too: text holding its special or task tokens is refused here, and
+    # training answers too long for the collator (max_answer_tokens) before the first step
+    train_rows = _validated(train_rows, "train", settings, env, processor=processor, collator=collator)
     eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor)
 
     before = freezing.count_parameters(model)
     freezing.freeze(*florence2.florence2_vision_modules(model))
     env.log(f"model {checkpoint}: before freezing {before}; after freezing the vision tower "
             f"{freezing.count_parameters(model)}")
-    collator = florence2.Florence2Collator(processor, answer_choice="random", seed=settings.seed)
     generation_collator = florence2.Florence2Collator(processor)
     # DDP replicates the model; FSDP2 (--fsdp / accelerate's FSDP config) shards these blocks and the rest
     train_model = env.wrap(model, shard=("BartEncoderLayer", "BartDecoderLayer", "Florence2VisionBlock"),
@@ -468,6 +472,8 @@ class ChatSpec:
     image_longest_edge: tuple[tuple[str, int], ...] = ()  # (preset name, pixels): Idefics2's image size
     image_splitting_by_preset: bool = False  # Idefics2: lora.default_image_splitting(preset name) decides
     do_image_splitting: bool | None = None  # otherwise this, when not None
+    # preset name -> the processor settings bounding a page's image tokens (custom: ModelChoice.image_budget)
+    image_budget: Callable[[str], dict] | None = None
     results_model: str | None = None  # the model name of its results (default: the recipe's)
     model_card: bool = False  # score the test rows before training too, and write a model card by the adapter
     # the collator of the rows; None: ChatVLMCollator(instruction, question/answer/id keys). custom: the model
@@ -509,10 +515,17 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
             load_kwargs["do_image_splitting"] = spec.do_image_splitting
         if dict(spec.image_longest_edge).get(preset.name):
             load_kwargs["image_longest_edge"] = dict(spec.image_longest_edge)[preset.name]
+        if spec.image_budget is not None:  # e.g. Qwen2-VL's max_pixels on a T4 (notebook 06's loading cell)
+            load_kwargs["image_budget"] = spec.image_budget(preset.name)
         model, processor = lora.load_chat_vlm(
             checkpoint, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=quantize,
             device_map={"": env.local_rank} if env.device == "cuda" else None, **load_kwargs)
-    train_rows = _validated(train_rows, "train", settings, env, processor=processor, **validation_keys)
+    collator = (spec.make_collator(processor) if spec.make_collator is not None else
+                ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
+                                answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed))
+    # training answers too long for the collator are refused (or skipped) here, not at their batch
+    train_rows = _validated(train_rows, "train", settings, env, processor=processor, collator=collator,
+                            **validation_keys)
     eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor, **validation_keys)
     if test_rows is not None:
         test_rows = _validated(test_rows, "test", settings, env, processor=processor, **validation_keys)
@@ -523,9 +536,6 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                  modules_to_save=list(spec.tiny_modules_to_save) if settings.tiny and
                                  spec.tiny_modules_to_save else None)
     env.log(lora.lora_report(model))
-    collator = (spec.make_collator(processor) if spec.make_collator is not None else
-                ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
-                                answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed))
     args = make_training_arguments(
         output_dir=str(settings.output_dir), batch_size=preset.batch_size, grad_accum=preset.grad_accum,
         dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing, device=env.device, learning_rate=settings.learning_rate, epochs=settings.epochs,
@@ -782,7 +792,7 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
                     quantize_4bit=choice.method(settings.preset.name, data.method) == "qlora",
                     init_lora_weights=True, instruction=data.instruction, question_key="question",
                     answer_key="answers", id_key="id", task=data.task, tiny_modules_to_save=("lm_head",),
-                    do_image_splitting=choice.image_splitting, results_model=data.results_run()[1], model_card=True,
+                    image_budget=choice.image_budget, results_model=data.results_run()[1], model_card=True,
                     make_collator=lambda processor: choice.collator(processor, task=data.task,
                                                                     instruction=data.instruction, seed=settings.seed),
                     prompt_settings=tuple(choice.prompt_settings(data.task, data.instruction).items()))

@@ -25,6 +25,17 @@ and added control tokens (``<image>``, ``<end_of_utterance>``, ``<|end|>``, ``<s
 containing ``<image>`` otherwise makes the processor raise mid-training (naming no row), and an
 answer containing the end-of-turn token is learned only up to it. :func:`reserved_text` lists
 them; the collators use the same check at batch time (:func:`find_reserved`).
+
+Answers too long for the collator. Pass the training ``collator`` and every answer is priced as that
+collator will price it (its own tokenization and limit, through its ``length_problem(row)`` method):
+Florence-2's ``<s>`` + answer + ``</s>`` against ``max_answer_tokens``, the chat collator's whole
+conversation against ``max_length``. A row with several acceptable answers is bad only when none fits
+(the collators draw among those that fit). Otherwise such a row stops the run hours in, at its batch::
+
+    DataValidationError: [split='train', row 7, questionId=57349] the answer takes 80 tokens with <s> and
+    </s>, more than max_answer_tokens=64; raise max_answer_tokens or drop the row ...
+
+Pass it for the split the collator trains on: evaluation generates, so a long reference answer is fine there.
 """
 
 from __future__ import annotations
@@ -214,10 +225,7 @@ def validate_row(
 
     Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
-    question_id = row.get(id_key) if id_key else None
-    origin = row.get("origin") if isinstance(row.get("origin"), str) else None  # notebook 06's "file:line"
-    error = functools.partial(DataValidationError, split=split, index=index, question_id=question_id, id_key=id_key,
-                              origin=origin)
+    error = functools.partial(DataValidationError, split=split, index=index, id_key=id_key, **_whose(row, id_key))
 
     raw_image = row.get(image_key)
     if raw_image is None:
@@ -260,6 +268,13 @@ def validate_row(
     return cleaned
 
 
+def _whose(row: dict, id_key: str | None) -> dict:
+    """The row's id and origin (notebook 06's ``"file:line"``), as :class:`DataValidationError` quotes them."""
+    origin = row.get("origin")
+    return {"question_id": row.get(id_key) if id_key else None,
+            "origin": origin if isinstance(origin, str) else None}
+
+
 def _answer_problem(answers: Any, key: str, may_be_str: bool) -> str | None:
     """Describe what is wrong with an answers value, or return None if it is fine."""
     if answers is None:
@@ -295,6 +310,7 @@ def validate_dataset(
     answers_may_be_str: bool = False,
     return_rows: bool = True,
     processor: Any = None,
+    collator: Any = None,
 ) -> tuple[list[dict], ValidationReport]:
     """Validate every row with :func:`validate_row`; return cleaned rows and a report.
 
@@ -310,6 +326,12 @@ def validate_dataset(
             passed to :func:`validate_row`.
         processor: the model's processor or tokenizer: questions and answers containing its
             special tokens or task markers (:func:`reserved_text`) are refused.
+        collator: the collator that will batch these rows for training
+            (:class:`~vlm_helpers.florence2.Florence2Collator`,
+            :class:`~vlm_helpers.chat_collator.ChatVLMCollator`, or any object with a
+            ``length_problem(row) -> str | None`` method): a row whose answers are all too long for it
+            is refused (or skipped, with the lengths and the limit in the report). Its ``processor``
+            is used for the reserved-text check when ``processor`` is not given.
         return_rows: with ``False`` the returned list stays empty, so decoded
             images are not held in memory; use ``dataset.select(report.kept_indices)``
             on large real datasets.
@@ -324,6 +346,11 @@ def validate_dataset(
         raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
 
     report = ValidationReport(split=split, id_key=id_key)
+    if collator is not None and not callable(getattr(collator, "length_problem", None)):
+        raise TypeError(f"collator={type(collator).__name__} has no length_problem(row) method: pass the "
+                        "training collator (Florence2Collator, ChatVLMCollator)")
+    if processor is None and collator is not None:
+        processor = getattr(collator, "processor", None)
     reserved = reserved_text(processor) if processor is not None else None
     cleaned_rows: list[dict] = []
     for index, row in enumerate(_with_undecoded_images(rows, image_key)):
@@ -340,6 +367,15 @@ def validate_dataset(
                 answers_may_be_str=answers_may_be_str,
                 reserved=reserved,
             )
+            if collator is not None and answer_key is not None:
+                # priced as the collator will see the row: as returned here, or as clean_dataset hands it on
+                seen = cleaned if return_rows else {**row, image_key: cleaned[image_key]}
+                try:
+                    problem = collator.length_problem(seen)
+                except ValueError as failure:  # e.g. a chat template that renders this answer oddly
+                    problem = f"the collator cannot batch this row: {failure}"
+                if problem:
+                    raise DataValidationError(problem, split=split, index=index, id_key=id_key, **_whose(row, id_key))
         except DataValidationError as err:
             if on_bad == "raise":
                 raise
@@ -366,8 +402,9 @@ def clean_dataset(dataset, *, split: str, on_bad: Literal["raise", "skip"] = "ra
 
     ``clean`` is ``dataset.select(report.kept_indices)``: same rows minus the bad ones, still
     lazily decoded, so this works on real DocVQA without holding thousands of pages in memory.
-    ``keys`` are passed to :func:`validate_dataset` (e.g. ``answer_key="caption"``, or
-    ``processor=processor`` to refuse text containing the model's special tokens).
+    ``keys`` are passed to :func:`validate_dataset` (e.g. ``answer_key="caption"``,
+    ``processor=processor`` to refuse text containing the model's special tokens, or, for the
+    training split, ``collator=collator`` to refuse answers too long for it before the first step).
 
     Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents";
     with a caption column in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data: FGVC-Aircraft

@@ -54,7 +54,8 @@ def save_shrunk_checkpoint(save_dir, model_id: str, sizes: dict, tokenizer, *, s
     ``sizes`` holds the size fields to change in ``config.json`` (key ``"config"``) and in the
     processor files (keys ``"preprocessor_config.json"``, ``"processor_config.json"``). The model
     is drawn with ``seed`` (the caller's RNG is untouched); with ``init_std`` the weights of
-    ``reinit(model)`` are redrawn (:func:`reinit_weights`). ``token_ids`` sets config fields that
+    ``reinit(model)`` are redrawn (:func:`reinit_weights`); the weights are saved in the ``dtype`` the real
+    ``config.json`` names, if it names one, as the real checkpoint stores them. ``token_ids`` sets config fields that
     are ids of ``tokenizer`` (a smaller tokenizer than the real one). Then ``tokenizer`` and the
     repository's other configuration files are written (:func:`~vlm_helpers.tiny.real.write_repository_files`);
     ``reconstructed`` lets them come from ``reconstructed/``. Returns ``save_dir`` as a ``Path``.
@@ -75,6 +76,8 @@ def save_shrunk_checkpoint(save_dir, model_id: str, sizes: dict, tokenizer, *, s
         model = model_class(config_dict)(build_config(config_dict))
         if init_std is not None:
             reinit_weights(reinit(model), init_std)
+    if config_dict.get("dtype"):  # stored in the dtype the real config.json names (Florence-2-base-ft: float16)
+        model.to(getattr(torch, config_dict["dtype"]))
     model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     files = {name: dict(values) for name, values in sizes.items() if name != "config"}

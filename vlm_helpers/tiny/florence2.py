@@ -3,14 +3,18 @@
 Tiny mode of ``notebooks/02_florence2_docvqa.ipynb`` saves this model to a local folder and loads
 it back with :func:`vlm_helpers.florence2.load_florence2`, the same loader that loads
 ``florence-community/Florence-2-base-ft`` on Colab. It starts from the configuration in
-``real_configs/florence-community--Florence-2-base-ft/`` (reconstructions: no published file of
-that repository could be read offline; ``reconstructed/README.md`` says how each was made) and
-changes sizes only (:func:`vlm_helpers.tiny.real.shrink`):
+``real_configs/florence-community--Florence-2-base-ft/`` (the published ``config.json``; the
+generation, preprocessor and processor files are reconstructions, ``reconstructed/README.md`` says how
+each was made) and changes sizes only (:func:`vlm_helpers.tiny.real.shrink`):
 
 - vision: DaViT with one block per stage, widths 8/16/32/64 (real: 1/1/9/1 blocks, 128-1024), so
   a ``S`` px image gives ``(S/32)**2 + 1`` image tokens (128 px -> 17; real 768 px -> 577);
 - text: BART with one encoder and one decoder layer, ``d_model = 64`` (real: 6 + 6, 768);
-  dropout 0.1 and drop-path 0.1 as in the real model;
+  dropout 0.1 and drop-path 0.1 as in the real model. The published text config also names
+  ``num_hidden_layers`` (6), which BART reads as ``encoder_layers``: it is shrunk with it;
+- weights stored in fp16, because the published config says ``"dtype": "float16"``: a load that passes
+  no ``dtype`` gets fp16 weights from the tiny checkpoint exactly as from the real one (transformers 5
+  defaults to ``dtype="auto"``), so a missing ``dtype=`` shows up in tiny mode too;
 - generation config: the real one (``forced_bos_token_id`` 0, ``num_beams`` 3,
   ``no_repeat_ngram_size`` 3, ``early_stopping``), so tiny and full mode decode alike;
 - tokenizer: byte-level BPE trained offline on :func:`~vlm_helpers.tiny.corpus.default_corpus`,
@@ -44,14 +48,18 @@ FLORENCE2_ADDED_TOKENS = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" f
                              "<region_to_desciption>", "</region_to_desciption>", "<proposal>", "</proposal>",
                              "<poly>", "</poly>", "<and>"])
 
-#: Sizes of the tiny model, applied to the reconstructed real config.json and preprocessor_config.json
+#: Sizes of the tiny model, applied to the published config.json and the reconstructed preprocessor_config.json
 #: (the text vocabulary is set to the tiny tokenizer's length, rounded up to 64, by build_tiny_florence2).
+#: ``num_hidden_layers`` is BART's alias of ``encoder_layers`` and ``dim_embed`` microsoft's name of
+#: ``embed_dim``: the published file has both, so both are shrunk.
 TINY_FLORENCE2_SIZES = {
     "config": {
-        "text_config": {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-                        "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
-        "vision_config": {"embed_dim": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
-                          "num_groups": [1, 1, 2, 2], "window_size": 2, "projection_dim": 64},
+        "text_config": {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "num_hidden_layers": 1,
+                        "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 128,
+                        "decoder_ffn_dim": 128},
+        "vision_config": {"embed_dim": [8, 16, 32, 64], "dim_embed": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
+                          "num_heads": [1, 1, 2, 2], "num_groups": [1, 1, 2, 2], "window_size": 2,
+                          "projection_dim": 64},
     },
     "preprocessor_config.json": {"size": {"height": 128, "width": 128}, "crop_size": {"height": 128, "width": 128},
                                  "image_seq_length": 17},
@@ -114,7 +122,8 @@ def build_florence2(save_dir: str | Path, sizes: dict, tokenizer, *, seed: int =
     """Shrink Florence-2-base-ft's configuration by ``sizes``; save a random model with ``tokenizer``.
 
     ``image_token_id`` becomes the tokenizer's id of ``<image>`` (token ids follow the tokenizer);
-    everything else is the (reconstructed) published configuration. ``init_std`` redraws the
+    everything else is the published configuration (``dtype`` float16 included: the weights are saved in
+    fp16) and the reconstructed processor and generation files. ``init_std`` redraws the
     language model's weights only; ``None`` keeps transformers' initialisation. Returns ``save_dir``.
     Behind :func:`build_tiny_florence2`, the model tiny mode loads in ``notebooks/02_florence2_docvqa.ipynb``,
     section "The model, and freezing the vision encoder".
@@ -129,8 +138,9 @@ def florence2_base_config():
     """The configuration of Florence-2-base (0.23 B parameters), for random-init benchmarks.
 
     DaViT widths 128-1024 with depths 1/1/9/1 and a 6+6-layer BART of width 768, as in
-    ``florence-community/Florence-2-base-ft`` (reconstructed configuration, see module docstring);
-    images of 768 px give 577 image tokens. The ``--size base`` benchmark of the README, section "Measured
+    ``florence-community/Florence-2-base-ft``'s published configuration (whose ``dtype`` is float16: the
+    config object carries it, a model built from it directly is fp32 until cast); images of 768 px give
+    577 image tokens. The ``--size base`` benchmark of the README, section "Measured
     here, and what is not".
     """
-    return build_config(real_json(MODEL_ID, "config.json", reconstructed=True))
+    return build_config(real_json(MODEL_ID, "config.json"))

@@ -40,8 +40,8 @@ SIZE_FIELDS = frozenset({
     # BART (Florence-2's language model)
     "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
     "encoder_ffn_dim", "decoder_ffn_dim",
-    # DaViT (Florence-2's vision tower)
-    "embed_dim", "depths", "num_heads", "num_groups", "window_size",
+    # DaViT (Florence-2's vision tower; ``dim_embed`` is microsoft's name for ``embed_dim``, kept in the published file)
+    "embed_dim", "dim_embed", "depths", "num_heads", "num_groups", "window_size",
     # images
     "image_size",
     # Idefics2's perceiver resampler
