@@ -216,9 +216,11 @@ def _micro_batches(dataset, collator, config: TrainConfig, state: TrainState, ra
                                 rank=rank, world_size=world_size)
         if not batches:
             raise ValueError(f"Dataset of {len(dataset)} rows is smaller than one global batch")
+        # pinned (page-locked) batches on a GPU: only from them is the loop's .to(device, non_blocking=True)
+        # an asynchronous copy; from ordinary memory it waits
         loader = DataLoader(dataset, batch_sampler=batches[start:], collate_fn=collator,
                             num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
-                            persistent_workers=False)
+                            persistent_workers=False, pin_memory=config.device == "cuda")
         for offset, batch in enumerate(loader, start=start + 1):
             yield epoch, offset, batch
         epoch, start = epoch + 1, 0

@@ -90,7 +90,8 @@ class DataReport:
             lines.append(f"answers, tokens: {self.answer_tokens}")
         if self.image_tokens is not None:
             lines.append(f"row {self.first_row}: the prompt is {self.prompt_tokens} tokens, {self.image_tokens} "
-                         "of them for the image (+ the answer's tokens when training)")
+                         "of them for the image (its image tokens and the markers around them; + the answer's "
+                         "tokens when training)")
         return "\n".join(lines)
 
 
