@@ -4,6 +4,7 @@ counted FLOPs. No GPU is used: every figure this prints is a simulation or an es
     python bench/gpu_memory.py                          # every notebook, presets t4 and a100 (markdown table)
     python bench/gpu_memory.py --notebook 06 --preset t4 --case qwen2-vl
     python bench/gpu_memory.py --notebook 06 --case qwen2-vl --no-image-budget  # what a page cost before the budget
+    python bench/gpu_memory.py --notebook 06 --preset a100 --case qwen2-vl --max-pixels 3010560  # another budget
     python bench/gpu_memory.py --check-tracker          # the tracker on real tensors vs fake tensors, same peak
 
 What is simulated, and how:
@@ -472,7 +473,7 @@ def _florence2_collator(processor, settings):
     return Florence2Collator(processor)
 
 
-def build_cases(image_budget: bool = True) -> list[Case]:
+def build_cases(image_budget: bool = True, max_pixels: int | None = None) -> list[Case]:
     """Every notebook's models with the settings its cells give them (read from the package and the
     notebooks' parameters cells, not copied)."""
     from vlm_helpers import llava_phi3, lora, model_choices
@@ -534,6 +535,8 @@ def build_cases(image_budget: bool = True) -> list[Case]:
     for key, choice in model_choices.MODEL_CHOICES.items():
         def settings(preset, choice=choice):
             budget = choice.image_budget(preset) if image_budget else {}
+            if max_pixels is not None and "max_pixels" in budget:  # --max-pixels: try another pixel budget
+                budget = {**budget, "max_pixels": max_pixels}
             return dict(method=choice.method(preset), batch_from_choice=True,
                         lora=dict(target_modules=choice.lora_targets, r=p06["LORA_R"], alpha=p06["LORA_ALPHA"],
                                   dropout=p06["LORA_DROPOUT"]),
@@ -894,10 +897,10 @@ def summary_table(summary: dict) -> str:
 
 
 def run(notebooks: list[str] | None, presets: list[str], cases: list[str] | None, *, image_budget: bool = True,
-        cache_dir: Path | None = None, log=print) -> tuple[list[Result], dict]:
+        max_pixels: int | None = None, cache_dir: Path | None = None, log=print) -> tuple[list[Result], dict]:
     """Simulate the chosen cases under each preset; return the results and the time estimates."""
     results, estimates = [], {}
-    for case in build_cases(image_budget):
+    for case in build_cases(image_budget, max_pixels):
         if (notebooks and case.notebook not in notebooks) or (cases and case.name not in cases):
             continue
         for preset_name in presets:
@@ -947,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", action="append", choices=sorted(GPUS), help="default: t4 and a100")
     parser.add_argument("--case", action="append", help="a model name within the notebook(s), e.g. qwen2-vl")
     parser.add_argument("--no-image-budget", action="store_true", help="notebook 06 without its image budgets")
+    parser.add_argument("--max-pixels", type=int, help="notebook 06: this max_pixels instead of a budget's own "
+                                                       "(choices whose budget has one: Qwen2-VL)")
     parser.add_argument("--check-tracker", action="store_true", help="only compare the tracker on real and fake tensors")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -960,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if real == fake else 1
     started = time.perf_counter()
     results, estimates = run(args.notebook, args.preset or ["t4", "a100"], args.case,
-                             image_budget=not args.no_image_budget, log=lambda line: print(line, file=sys.stderr))
+                             image_budget=not args.no_image_budget, max_pixels=args.max_pixels, log=lambda line: print(line, file=sys.stderr))
     print(f"GPU memory and run time per notebook and preset: peaks simulated by bench/gpu_memory.py (fake tensors, "
           f"no GPU; allocated memory, CUDA context not included; A100 = the 40 GB card); run times estimated from "
           f"counted FLOPs at {UTILISATION:.0%} of the GPU's peak (decoding: the larger of one read of the weights "

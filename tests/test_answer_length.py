@@ -233,3 +233,24 @@ def test_vlm_train_refuses_a_long_training_answer_before_the_first_step(tiny_cac
         train.main(["--tiny", "--max-eval-samples", "2", "--batch-size", "4", "--max-steps", "2",
                     "--output-dir", str(out), "--results-dir", str(tmp_path / "results")])
     assert not list(out.glob("checkpoint-*")) and not (out / "history.json").exists()
+
+
+def test_a_question_too_long_for_florence2s_encoder_is_refused_in_every_split(florence_processor, tiny_florence2_path):
+    """Florence-2's encoder has 1,024 positions for the page's image tokens, <s>, the prompt and </s>. A longer
+    question made the forward fail with an IndexError naming no row (in training, and in the evaluation that
+    generates answers for validation and test rows). Priced before training, also where answers are not."""
+    collator = florence2.Florence2Collator(florence_processor)
+    rows = _rows()[:3]
+    rows[1]["question"] = "Which of these words " + "word " * 1100 + "is last?"
+    assert collator.prompt_length(rows[1]) > 1024 >= collator.prompt_length(rows[0])
+    with pytest.raises(DataValidationError, match=r"row 1, questionId=101\] the question takes the encoder to \d+ "
+                                                  r"positions .* more than its 1024"):
+        clean_dataset(_dataset(rows), split="test", on_bad="raise", collator=collator, price_answers=False)
+    kept, report = clean_dataset(_dataset(_rows()[:3] + [rows[1]]), split="validation", on_bad="skip",
+                                 collator=collator, price_answers=False)
+    assert len(kept) == 3 and report.skipped == 1
+    with pytest.raises(ValueError, match=r"questionId=101\): the question takes the encoder"):
+        collator.generation_inputs(rows)  # and at batch time, naming the row
+    model = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)[0]
+    with pytest.raises(IndexError):  # what the model does with it: no row named
+        model(**florence_processor(text=[rows[1]["question"]], images=[_image()], return_tensors="pt"))

@@ -184,7 +184,7 @@ def test_frozen_vision_tower_stays_in_eval_mode_during_training(tiny_florence2_p
     assert modes and all(m == (True, False) for m in modes)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0"])
 def test_the_loop_pins_batches_on_a_gpu_only(monkeypatch, device):
     """On a GPU the loop's ``.to(device, non_blocking=True)`` copies asynchronously only from pinned memory; on a
     CPU pinning is refused. The DataLoader the loop builds is asked to pin exactly when the device is CUDA."""
@@ -202,4 +202,4 @@ def test_the_loop_pins_batches_on_a_gpu_only(monkeypatch, device):
     config = loop.TrainConfig(output_dir="unused", batch_size=2, device=device)
     with pytest.raises(Built):
         next(loop._micro_batches(list(range(4)), lambda rows: rows, config, loop.TrainState(), rank=0, world_size=1))
-    assert seen["pin_memory"] is (device == "cuda")
+    assert seen["pin_memory"] is device.startswith("cuda")

@@ -81,3 +81,18 @@ def test_forward_without_autograd_restores_grad_mode_after_an_error():
 def test_forward_without_autograd_refuses_a_module_that_trains():
     with pytest.raises(ValueError, match="trainable"):
         forward_without_autograd(torch.nn.Linear(4, 4))
+
+
+def test_a_layer_unfrozen_later_is_refused_until_autograd_is_given_back():
+    """Stage-2 training unfreezes part of the tower: silently getting no gradient would be the worst outcome."""
+    from vlm_helpers.freezing import forward_with_autograd
+
+    tower = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).requires_grad_(False)
+    forward_without_autograd(tower)
+    tower[1].requires_grad_(True)
+    with pytest.raises(ValueError, match="forward_with_autograd"):
+        tower(torch.zeros(2, 4))
+    assert torch.is_grad_enabled()
+    forward_with_autograd(tower)
+    tower(torch.ones(2, 4)).sum().backward()
+    assert tower[1].weight.grad is not None and tower[0].weight.grad is None

@@ -118,17 +118,33 @@ def test_quiet_libraries_drops_known_messages_and_in_tiny_mode_the_bars(mode, tm
     assert ("Map:" in err) == (mode == "bars"), err
 
 
-@pytest.mark.parametrize("model_id", ["florence-community/Florence-2-base-ft", "HuggingFaceM4/idefics2-8b",
-                                      "Qwen/Qwen2-VL-2B-Instruct", "xtuner/llava-phi-3-mini-hf",
-                                      "google/gemma-3-4b-it"])
+@pytest.mark.parametrize("model_id", ["HuggingFaceM4/idefics2-8b", "Qwen/Qwen2-VL-2B-Instruct",
+                                      "xtuner/llava-phi-3-mini-hf", "google/gemma-3-4b-it",
+                                      "llava-hf/llava-v1.6-mistral-7b-hf"])
 def test_flash_attention_goes_to_the_language_model_only(model_id):
-    """Issue 24: one ``flash_attention_2`` for the whole model crashed Florence-2's DaViT on an A100."""
+    """Issue 24: one ``flash_attention_2`` for the whole model crashed Florence-2's DaViT on an A100. The language
+    models that get it have a head dimension the kernel takes (at most 256), at their real sizes."""
     from vlm_helpers.tiny.real import build_config, real_json
 
     config = build_config(real_json(model_id, "config.json"))
     parts = runtime.attention_by_part(config, "flash_attention_2")
     assert parts["vision_config"] == "sdpa" and parts["text_config"] == "flash_attention_2"
     assert set(parts) == set(config.sub_configs) | {""}
-    assert all(value == "flash_attention_2" for key, value in parts.items() if "vision" not in key)
+    for key, value in parts.items():
+        if value == "flash_attention_2" and key:
+            part = getattr(config, key)
+            head_dim = (getattr(part, "head_dim", None) or getattr(part, "resampler_head_dim", None)
+                        or part.hidden_size // part.num_attention_heads)  # Idefics2's perceiver: resampler_*
+            assert head_dim <= 256, (key, head_dim)
     assert runtime.attention_by_part(config, "sdpa") == "sdpa"
     assert runtime.attention_by_part(config, "eager") == "eager"
+
+
+@pytest.mark.parametrize("model_id", ["florence-community/Florence-2-base-ft", "florence-community/Florence-2-large-ft"])
+def test_florence2_never_gets_flash_attention(model_id):
+    """Its vision tower breaks the kernel's head-dimension rule and its BART decoder's cross-attention is unpadded
+    with the encoder's mask by transformers' FlashAttention path (tests/gpu_sim/test_kernel_contracts.py)."""
+    from vlm_helpers.tiny.real import build_config, real_json
+
+    config = build_config(real_json(model_id, "config.json"))
+    assert runtime.attention_by_part(config, "flash_attention_2") == "sdpa"

@@ -376,21 +376,28 @@ class ChatVLMCollator:
         answers = row.get(self.answer_key)
         return [] if answers is None else [answers] if isinstance(answers, str) else list(answers)
 
-    def length_problem(self, row: dict) -> str | None:
+    def length_problem(self, row: dict, *, answers: bool = True) -> str | None:
         """Why ``row`` cannot be batched for its length, or None when one of its conversations fits.
 
         The collator's own rule, for validation before training: each answer's whole conversation is
         tokenized as a batch would tokenize it (:meth:`conversation_lengths`) and compared with
         ``max_length``; a row with several answers is bad only when none fits (the collator draws among
-        those that fit). No ``max_length``: nothing is refused and nothing is computed. Used by
+        those that fit). With ``answers=False`` (a split that is only answered by generation) the prompt alone
+        is priced. No ``max_length``: nothing is refused and nothing is computed. Used by
         :func:`vlm_helpers.data.validation.clean_dataset` with ``collator=``, as in
-        ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see".
+        ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
         """
-        answers = self._answers(row)
-        if self.max_length is None or not answers:
+        if self.max_length is None:
             return None
         images = self._images([row])[0]
-        lengths = self.conversation_lengths(row, answers, images)
+        if not answers:
+            length = len(self.prompt_ids([row], [images])[0])
+            return None if length <= self.max_length else (
+                f"the prompt takes {length} tokens with its image tokens, more than max_length={self.max_length}")
+        candidates = self._answers(row)
+        if not candidates:
+            return None
+        lengths = self.conversation_lengths(row, candidates, images)
         if any(self._fits(length) for length in lengths):
             return None
         return self._too_long(lengths, len(self.prompt_ids([row], [images])[0]))

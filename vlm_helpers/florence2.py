@@ -39,6 +39,10 @@ DOCVQA_TASK_PROMPT = "<DocVQA>"
 #: Florence-2 task tokens the notebook demonstrates (the processor expands them into prompts).
 FLORENCE2_TASKS = ("<OCR>", "<CAPTION>", "<MORE_DETAILED_CAPTION>", "<REGION_TO_DESCRIPTION>")
 
+#: Positions of Florence-2's BART encoder (base and large): the page's image tokens, ``<s>``, the prompt and
+#: ``</s>`` must fit in them, or the position embedding fails with an IndexError that names no row.
+FLORENCE2_MAX_PROMPT_TOKENS = 1024
+
 
 def load_florence2(checkpoint: str | Path, *, dtype: torch.dtype | str, device: str = "cpu",
                    attn_implementation: str = "sdpa"):
@@ -49,10 +53,11 @@ def load_florence2(checkpoint: str | Path, *, dtype: torch.dtype | str, device: 
     autocast run the maths in fp16/bf16: the blog's learning rate of 1e-6 is below bf16's resolution for
     weights near 1, so bf16 weights would silently not move. For inference only, load in the preset dtype.
 
-    ``attn_implementation="flash_attention_2"`` goes to the BART language model only; the DaViT vision
-    tower keeps ``sdpa`` (:func:`vlm_helpers.runtime.attention_by_part`): its channel attention hands the
-    kernel the number of image tokens as head dimension (36,864 at 768 px), and FlashAttention-2 takes at
-    most 256. Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    ``attn_implementation="flash_attention_2"`` (the A100 preset with flash-attn installed) becomes ``sdpa``
+    (:func:`vlm_helpers.runtime.attention_by_part`): the DaViT vision tower's channel attention hands the kernel
+    the number of image tokens as head dimension (36,864 at 768 px, where FlashAttention-2 takes at most 256),
+    and transformers' FlashAttention path gets the BART decoder's cross-attention wrong on padded questions.
+    Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
     model, and freezing the vision encoder"; for inference in ``notebooks/01_baseline_inference.ipynb``, section
     "Florence-2: the built-in tasks".
     """
@@ -80,7 +85,8 @@ class Florence2Collator:
 
     A question or answer holding one of the model's reserved strings (a task token such as
     ``<OCR>``, ``<s>``, ``<loc_5>``) and an answer longer than ``max_answer_tokens`` raise a
-    ``ValueError`` naming the row: nothing is cut silently. Of several acceptable answers, only
+    ``ValueError`` naming the row, as does a question that takes the encoder past its 1,024 positions
+    (``max_prompt_tokens``, the page's image tokens included): nothing is cut silently. Of several acceptable answers, only
     those that fit are drawn from; a row raises only when none fits. :meth:`length_problem` applies
     that rule to one row before training (``clean_dataset(..., collator=collator)``), so an over-long
     answer is refused or skipped before the first step instead of stopping the run at its batch.
@@ -101,10 +107,13 @@ class Florence2Collator:
     """
 
     def __init__(self, processor, *, task_prompt: str = DOCVQA_TASK_PROMPT, max_answer_tokens: int = 64,
-                 answer_choice: str = "first", seed: int = 0, id_key: str = "questionId"):
+                 answer_choice: str = "first", seed: int = 0, id_key: str = "questionId",
+                 max_prompt_tokens: int = FLORENCE2_MAX_PROMPT_TOKENS):
         self.processor = processor
         self.task_prompt = task_prompt
         self.max_answer_tokens = max_answer_tokens  # the limit, <s> and </s> included
+        self.max_prompt_tokens = max_prompt_tokens  # the encoder's: image tokens, <s>, prompt, </s>
+        self._prompt_overhead: int | None = None
         self.answer_choice = answer_choice
         self.seed = seed
         self.id_key = id_key
@@ -119,10 +128,34 @@ class Florence2Collator:
             check_plain_text(row["question"], self.reserved, where=self._where(row, position), what="question")
         return [self.task_prompt + row["question"] for row in rows]
 
+    def prompt_length(self, row: dict) -> int:
+        """How many encoder positions ``row`` takes: the page's image tokens, ``<s>``, the task prompt and the
+        question, ``</s>`` (measured once with the processor on a blank image, then by the tokenizer)."""
+        if self._prompt_overhead is None:
+            from PIL import Image
+
+            blank = self.processor(text=[""], images=[Image.new("RGB", (8, 8))])["input_ids"][0]
+            self._prompt_overhead = len(blank)
+        text = self.task_prompt + row["question"]
+        return self._prompt_overhead + len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prompt_problem(self, row: dict) -> str | None:
+        length = self.prompt_length(row)
+        if length <= self.max_prompt_tokens:
+            return None
+        return (f"the question takes the encoder to {length} positions with the page's image tokens, more than "
+                f"its {self.max_prompt_tokens}; shorten the question or drop the row")
+
     def generation_inputs(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Inputs for ``model.generate``: prompt and pixels, no labels."""
+        """Inputs for ``model.generate``: prompt and pixels, no labels. A question too long for the encoder
+        raises naming the row."""
+        prompts = self.prompts(rows)
+        for position, row in enumerate(rows):
+            problem = self._prompt_problem(row)
+            if problem:
+                raise ValueError(f"{self._where(row, position)}: {problem}")
         images = [to_rgb(row["image"]) for row in rows]
-        return dict(self.processor(text=self.prompts(rows), images=images, return_tensors="pt", padding=True))
+        return dict(self.processor(text=prompts, images=images, return_tensors="pt", padding=True))
 
     def answer_ids(self, answer: str) -> list[int]:
         """The decoder's target for one answer, uncut: ``<s>``, the answer's tokens, ``</s>``.
@@ -151,15 +184,19 @@ class Florence2Collator:
         answers = row.get("answers")
         return [] if answers is None else [answers] if isinstance(answers, str) else list(answers)
 
-    def length_problem(self, row: dict) -> str | None:
-        """Why ``row`` cannot be batched for its length, or None when one of its answers fits.
+    def length_problem(self, row: dict, *, answers: bool = True) -> str | None:
+        """Why ``row`` cannot be batched for its length, or None when it fits.
 
-        The collator's own rule, for validation before training: each answer is priced by
-        :meth:`answer_ids` against ``max_answer_tokens``; a row with several answers is bad only when
-        none fits (the collator draws among those that fit). Used by
+        The collator's own rules, for validation before training: the question with the page's image tokens
+        against the encoder's ``max_prompt_tokens`` (:meth:`prompt_length`), and, with ``answers=True`` (a
+        training split), each answer priced by :meth:`answer_ids` against ``max_answer_tokens``; a row with
+        several answers is bad only when none fits (the collator draws among those that fit). Used by
         :func:`vlm_helpers.data.validation.clean_dataset` with ``collator=``, as in
         ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
         """
+        problem = self._prompt_problem(row) if row.get("question") is not None else None
+        if problem or not answers:
+            return problem
         lengths = [len(self.answer_ids(answer)) for answer in self._answers(row)]
         if not lengths or any(length <= self.max_answer_tokens for length in lengths):
             return None

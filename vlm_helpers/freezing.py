@@ -7,6 +7,7 @@ and a frozen tower also belongs in eval mode (``notebooks/02_florence2_docvqa.ip
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -79,31 +80,49 @@ def forward_without_autograd(module: nn.Module) -> nn.Module:
     activations for the backward pass and back-propagates through all of its layers, for weights that never
     change (on a real page that is most of the step's activation memory and a large part of its time). Only the
     text embeddings' output needs a gradient (for checkpointing). This adds two hooks to ``module``: grad mode
-    is switched off when its forward starts and restored when it ends (also on an exception), so no graph is
-    recorded inside it whatever marks its inputs. Raises if ``module`` has a trainable parameter: such a
-    module needs its backward. Returns ``module``. Applied to the vision encoder by
+    is switched off when its forward starts and restored when it ends (also on an exception; per thread, so
+    ``nn.DataParallel`` replicas do not share the state), so no graph is recorded inside it whatever marks its
+    inputs. Raises if ``module`` has a trainable parameter, now or at any later forward (a layer unfrozen
+    afterwards would otherwise get no gradient, silently): such a module needs its backward, and
+    :func:`forward_with_autograd` removes the hooks. Returns ``module``. Applied to the vision encoder by
     :func:`vlm_helpers.lora.add_lora`; taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA
     adapters".
     """
-    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
-    if trainable:
-        raise ValueError(f"{type(module).__name__} has trainable parameters ({trainable[:3]}...): its forward needs "
-                         "autograd")
-    if getattr(module, "_vlm_forward_without_autograd", False):
+    def trainable() -> list[str]:
+        return [name for name, p in module.named_parameters() if p.requires_grad]
+
+    if trainable():
+        raise ValueError(f"{type(module).__name__} has trainable parameters ({trainable()[:3]}...): its forward "
+                         "needs autograd")
+    if getattr(module, "_vlm_autograd_hooks", None):
         return module
-    previous: list[bool] = []
+    state = threading.local()
 
     def switch_off(mod, args):
-        previous.append(torch.is_grad_enabled())
+        if trainable():
+            raise ValueError(f"{type(mod).__name__} runs without autograd (freezing.forward_without_autograd) but "
+                             f"{trainable()[:3]} now train: call freezing.forward_with_autograd(module) first")
+        state.__dict__.setdefault("previous", []).append(torch.is_grad_enabled())
         torch.set_grad_enabled(False)
 
     def restore(mod, args, output):
-        if previous:  # empty only if an earlier hook failed before switch_off ran
+        previous = getattr(state, "previous", None)
+        if previous:  # empty only if switch_off did not run (it raised, or an earlier hook did)
             torch.set_grad_enabled(previous.pop())
 
-    module.register_forward_pre_hook(switch_off)
-    module.register_forward_hook(restore, always_call=True)
-    module._vlm_forward_without_autograd = True
+    module._vlm_autograd_hooks = (module.register_forward_pre_hook(switch_off),
+                                  module.register_forward_hook(restore, always_call=True))
+    return module
+
+
+def forward_with_autograd(module: nn.Module) -> nn.Module:
+    """Undo :func:`forward_without_autograd`: the module's forward records its graph again (to train it).
+
+    Returns ``module``. See ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters".
+    """
+    for handle in getattr(module, "_vlm_autograd_hooks", None) or ():
+        handle.remove()
+    module._vlm_autograd_hooks = None
     return module
 
 

@@ -220,7 +220,7 @@ def _micro_batches(dataset, collator, config: TrainConfig, state: TrainState, ra
         # an asynchronous copy; from ordinary memory it waits
         loader = DataLoader(dataset, batch_sampler=batches[start:], collate_fn=collator,
                             num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
-                            persistent_workers=False, pin_memory=config.device == "cuda")
+                            persistent_workers=False, pin_memory=torch.device(config.device).type == "cuda")
         for offset, batch in enumerate(loader, start=start + 1):
             yield epoch, offset, batch
         epoch, start = epoch + 1, 0

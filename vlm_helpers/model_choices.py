@@ -27,7 +27,9 @@ What differs between them is recorded here, once:
   times the tokens (simulated by ``bench/gpu_memory.py``). Under the T4 preset its ``max_pixels`` is Qwen's own
   suggestion, 1280 x 28 x 28 (a page costs 1,240 tokens; 6.6 GiB), under the A100 preset twice that. Idefics2
   and SmolVLM take a resize size and image splitting; Florence-2 (768 px, 577 tokens) and LLaVA-Phi-3 (336 px,
-  576 tokens) take fixed-size images and need none. Tiny twins keep their own small settings. The peaks per
+  576 tokens) take fixed-size images and need none. Tiny twins keep their own small settings, except Qwen2-VL's,
+  which keeps the published processor configuration and so takes the T4 budget in tiny mode too (on a user's
+  photos, without it, one training step of the twin on a CPU takes a minute instead of a second). The peaks per
   preset: the README, section "GPU memory and run time, simulated". :func:`image_tokens` prices a page with
   the real processor;
 - the tiny twin of tiny mode (``tiny_name``: a :mod:`vlm_helpers.tiny` builder); every choice has one.
@@ -69,7 +71,8 @@ QWEN2_VL_T4_MAX_PIXELS = 1280 * 28 * 28
 
 #: ... and under the A100 preset (batch 4): twice the pixels, 2,508 tokens a page, 22.9 GiB simulated. The next
 #: step, 3840 x 28 x 28, peaks at 32.0 GiB (too much for the 32 GB cards of the preset), and the published
-#: 12,845,056 at 39.5 GiB: an A100 40 GB runs out of memory.
+#: 12,845,056 at 39.5 GiB: an A100 40 GB runs out of memory (``python bench/gpu_memory.py --notebook 06 --preset a100
+#: --case qwen2-vl`` with ``--max-pixels 3010560``, or with ``--no-image-budget``).
 QWEN2_VL_A100_MAX_PIXELS = 2560 * 28 * 28
 
 #: SmolVLM: a page is resized to this longest side, then cut into 512-px tiles (4 x 4 + the whole page, 64 tokens
@@ -189,7 +192,10 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
     ModelChoice("qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", 2.2, LANGUAGE_MODEL_LORA_TARGETS, "qwen2-vl-lora",
                 qlora_on=(), tiny_name="qwen2-vl",
                 image_budgets={"t4": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}, "cpu": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS},
-                               "a100": {"max_pixels": QWEN2_VL_A100_MAX_PIXELS}},
+                               "a100": {"max_pixels": QWEN2_VL_A100_MAX_PIXELS},
+                               # the twin keeps the published processor settings, so tiny mode on your photos
+                               # needs the T4 budget too: a 4032x3024 photo is 15,552 tokens without it
+                               "tiny": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}},
                 note="the vision encoder is model.visual; images of any size become variable token counts, "
                      "bounded by max_pixels"),
     ModelChoice("smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, IDEFICS2_LORA_TARGETS, "smolvlm-lora",

@@ -139,22 +139,32 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
 
 def attention_by_part(config, attn_implementation: str) -> str | dict[str, str]:
     """The ``attn_implementation`` to pass to ``from_pretrained`` for a model with this ``config``:
-    FlashAttention-2 for the language model only, ``sdpa`` for every vision tower.
+    FlashAttention-2 for a decoder-only language model only, ``sdpa`` everywhere else.
 
-    transformers hands a single ``attn_implementation`` to every part of a vision-language model. The
-    FlashAttention-2 kernel accepts a head dimension of at most 256 and fp16/bf16 inputs, and vision towers
-    do not all fit that: Florence-2's DaViT *channel* attention passes the number of image tokens as the
-    head dimension (36,864 at 768 px), so the first forward on an A100 with flash-attn installed fails.
-    Vision towers attend over unpadded patches, where ``sdpa`` already runs a fused kernel, so keeping them
-    on ``sdpa`` costs nothing and works for every family; the language model, with padded text, is where
-    FlashAttention-2 saves memory. So a request for ``"flash_attention_2"`` becomes one value per
-    sub-configuration (``{"text_config": "flash_attention_2", "vision_config": "sdpa"}``, per-part
-    attention as ``from_pretrained`` accepts it in transformers 5); any other request, or a model without
-    sub-configurations, is returned unchanged. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section
-    "The machine and the preset".
+    transformers hands a single ``attn_implementation`` to every part of a vision-language model, and
+    FlashAttention-2 does not suit every part:
+
+    - vision towers: the kernel accepts a head dimension of at most 256, and Florence-2's DaViT *channel*
+      attention passes the number of image positions as the head dimension (36,864 at 768 px), so the first
+      forward on an A100 with flash-attn installed fails. Vision towers stay on ``sdpa``, which runs a fused
+      kernel on their patches (and takes the patch mask of Idefics2 and SmolVLM);
+    - encoder-decoder language models (Florence-2's BART): transformers' FlashAttention path unpads the
+      decoder's cross-attention queries with the *encoder's* padding mask, so with padded questions answer
+      tokens lose the page and the question, silently (huggingface/transformers#35032; reproduced by
+      ``tests/gpu_sim/test_kernel_contracts.py``). Such models stay on ``sdpa`` altogether.
+
+    So for a decoder-only model a request for ``"flash_attention_2"`` becomes one value per sub-configuration
+    (``{"text_config": "flash_attention_2", "vision_config": "sdpa"}``, per-part attention as
+    ``from_pretrained`` accepts it in transformers 5); an encoder-decoder gets ``"sdpa"``; any other request,
+    or a model without sub-configurations, is returned unchanged. Taught in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
     """
+    if attn_implementation != "flash_attention_2":
+        return attn_implementation
+    if getattr(config, "is_encoder_decoder", False):
+        return "sdpa"
     parts = list(getattr(config, "sub_configs", None) or {})
-    if attn_implementation != "flash_attention_2" or not parts:
+    if not parts:
         return attn_implementation
     by_part = {part: ("sdpa" if "vision" in part else attn_implementation) for part in parts}
     by_part[""] = attn_implementation  # the top-level model (its own masks follow the language model's)
@@ -162,16 +172,16 @@ def attention_by_part(config, attn_implementation: str) -> str | dict[str, str]:
 
 
 def needs_gradient_checkpointing(recipe: str, preset_name: str, device: str) -> bool:
-    """Recompute activations in the backward pass (less memory, ~30% more time)? The one rule for
+    """Recompute activations in the backward pass (less memory, roughly 20-30% more time)? The one rule for
     every preset: on a GPU, for every recipe but Florence-2; never on a CPU or in tiny mode, where memory
     is not the limit. Florence-2 (0.23 B) needs it on no GPU: its vision tower is frozen, so autograd keeps
     none of its activations, and transformers could not checkpoint it anyway (its DaViT blocks are no
-    checkpointing layers); what the BART language model keeps for the backward pass at 577 image tokens is
-    at most about 1.3 GiB at the T4 preset's batch of 2 (measured on a CPU under fp16 autocast with
-    ``torch.autograd.graph.saved_tensors_hooks``: 1,324 MiB, 145 MiB with checkpointing), next to 2.4 GiB of
-    fp32 weights, gradients and AdamW state: a quarter of a T4, so checkpointing would cost time for memory
-    nobody needs. Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and the
-    preset", and ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset"."""
+    checkpointing layers); at the T4 preset's batch of 2 pages (577 image tokens each) the training step's
+    activations come to about 1.4 GiB, next to 2.5 GiB of fp32 weights, gradients and AdamW state, a peak of
+    3.9 GiB (simulated: ``python bench/gpu_memory.py --notebook 02 --preset t4``): a quarter of a T4, so
+    checkpointing would cost time for memory nobody needs. Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``,
+    section "The machine and the preset", and ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and
+    the preset"."""
     if device != "cuda" or preset_name in ("tiny", "cpu"):
         return False
     return recipe != "florence2-docvqa"

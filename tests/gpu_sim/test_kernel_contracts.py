@@ -1,13 +1,17 @@
 """Simulated-GPU tier, kernel contracts: each recipe's A100 preset with FlashAttention-2 (SIMULATED).
 
 The A100 preset asks for ``attn_implementation="flash_attention_2"`` when flash-attn is installed. No GPU
-and no flash-attn can be had here, so :mod:`flash_attention` (beside this file) stands in for the kernel:
-transformers takes its FlashAttention-2 path (masks, casts, per-part attention), and the stand-in raises
-where the real kernel refuses its input (head dimension > 256, fp32, a 4-D mask, padding outside the
-varlen path). Every recipe then loads through the series' own loaders, takes a training step in bf16
-autocast (the A100's precision, run by the CPU) and generates, on its tiny twin and, for Florence-2, at real
-shape (768 px pages through the real-width DaViT). Before issue 24, Florence-2 failed its first forward
-here, as it does on an A100: DaViT's channel attention passes 36,864 image tokens as the head dimension.
+and no flash-attn can be had here, so :mod:`flash_attention` (beside this file) stands in for the two
+flash-attn kernels only: transformers' own FlashAttention path runs (masks, casts, unpadding into the varlen
+kernel), and the kernels raise where the real ones refuse their input (head dimension > 256, fp32, a padded
+batch in the dense kernel). Every recipe then loads through the series' own loaders, takes a training step in
+bf16 autocast (the A100's precision, run by the CPU) and generates.
+
+What this found (issue 24): Florence-2 on FlashAttention-2 fails its first forward on an A100 (DaViT's channel
+attention passes 36,864 image positions as the head dimension), and with FlashAttention-2 on its BART language
+model alone, transformers unpads the decoder's cross-attention queries with the encoder's padding mask, so
+answers on padded questions are trained without the page (huggingface/transformers#35032). Florence-2 therefore
+stays on sdpa (``runtime.attention_by_part``); chat models get FlashAttention-2 in their language model only.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flash_attention import (FlashAttentionRuleBroken, calls, padded_batch, simulated_flash_attention,
-                             standin_flash_attention)
+from flash_attention import (FlashAttentionRuleBroken, calls, flash_attn_func, flash_attn_varlen_func, padded_batch,
+                             simulated_flash_attention)
 from vlm_helpers import evaluation, florence2, freezing, lora, model_choices, runtime
 from vlm_helpers.loop import TrainConfig, train
 from vlm_helpers.tiny import tiny_checkpoint
@@ -55,23 +59,42 @@ def rows(n: int = 4, size: tuple[int, int] = (320, 400)) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the stand-in itself
 
-def test_the_stand_in_refuses_what_flash_attention_2_refuses():
-    module = torch.nn.Linear(8, 8).to(torch.bfloat16)
-    module.is_causal = False
-    q = torch.zeros(1, 2, 5, 300, dtype=torch.bfloat16)
+def test_the_kernels_refuse_what_flash_attention_2_refuses():
+    q = torch.zeros(1, 5, 2, 300, dtype=torch.bfloat16)  # [batch, length, heads, head dim]
     with pytest.raises(FlashAttentionRuleBroken, match="head dimension at most 256"):
-        standin_flash_attention(module, q, q, q, None)
-    q = torch.zeros(1, 2, 5, 64)
+        flash_attn_func(q, q, q)
+    q = torch.zeros(1, 5, 2, 64)
     with pytest.raises(FlashAttentionRuleBroken, match="fp16 and bf16"):
-        standin_flash_attention(torch.nn.Linear(8, 8), q, q, q, None)  # fp32 weights, no autocast
+        flash_attn_func(q, q, q)
     q = q.to(torch.bfloat16)
-    with pytest.raises(FlashAttentionRuleBroken, match="4-D"):
-        standin_flash_attention(module, q, q, q, torch.zeros(1, 1, 5, 5))
+    with pytest.raises(FlashAttentionRuleBroken, match="multiple"):
+        flash_attn_func(q, q[:, :, :1].expand(1, 5, 3, 64), q)
     with padded_batch(torch.tensor([[1, 1, 1, 0, 0]])), pytest.raises(FlashAttentionRuleBroken, match="padded"):
-        standin_flash_attention(module, q, q, q, None)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs under autocast are cast, as transformers does
-        out, _ = standin_flash_attention(torch.nn.Linear(8, 8), q.float(), q.float(), q.float(), None)
-    assert out.shape == (1, 5, 2, 64) and out.dtype == torch.bfloat16
+        flash_attn_func(q, q, q)
+
+
+def test_the_kernels_compute_exact_attention():
+    """Dense and varlen kernels against a hand-written softmax attention: causal aligned bottom-right (a query
+    block shorter than its keys), grouped queries, two packed sequences."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 5, 2, 8), torch.randn(2, 5, 2, 8)
+
+    def reference(q, k, v, causal):  # one sequence: [len, heads, dim]
+        k, v = k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / q.shape[-1] ** 0.5
+        if causal:
+            offset = k.shape[0] - q.shape[0]
+            scores = scores.masked_fill(torch.ones(q.shape[0], k.shape[0]).tril(offset) == 0, float("-inf"))
+        return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+    for causal in (False, True):
+        dense = flash_attn_func(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=causal).float()
+        expected = torch.stack([reference(q[b], k[b], v[b], causal) for b in range(2)])
+        assert torch.allclose(dense, expected, atol=0.05)
+        packed = flash_attn_varlen_func(q.reshape(6, 4, 8).bfloat16(), k.reshape(10, 2, 8).bfloat16(),
+                                        v.reshape(10, 2, 8).bfloat16(), torch.tensor([0, 3, 6]),
+                                        torch.tensor([0, 5, 10]), 3, 5, causal=causal).float()
+        assert torch.allclose(packed, expected.reshape(6, 4, 8), atol=0.05)
 
 
 def test_the_stand_in_computes_what_sdpa_computes_on_a_padded_causal_batch(tiny_cache):
@@ -88,7 +111,7 @@ def test_the_stand_in_computes_what_sdpa_computes_on_a_padded_causal_batch(tiny_
                                             quantize_4bit=False)
         with torch.no_grad(), padded_batch(batch["attention_mask"]):
             logits = flash_model(**batch).logits.float()
-        assert any(call["varlen"] for call in calls())
+        assert any(call.get("kernel") == "varlen" for call in calls())  # the padded rows are unpadded
     real = batch["attention_mask"].bool()
     assert torch.allclose(logits[real], reference[real], atol=0.1, rtol=0.05)
 
@@ -98,38 +121,56 @@ def test_simulation_is_put_back():
 
     before = AttentionInterface._global_mapping["flash_attention_2"]
     with simulated_flash_attention():
-        assert AttentionInterface._global_mapping["flash_attention_2"] is standin_flash_attention
+        assert AttentionInterface._global_mapping["flash_attention_2"] is not before  # the recording wrapper
     assert AttentionInterface._global_mapping["flash_attention_2"] is before
 
 
 # ------------------------------------------------------------------------------------ Florence-2
 
-def florence2_a100_step(path, pages: list[dict], tmp_path) -> list[dict]:
-    """Notebook 02's path under the A100 preset: load (fp32 master weights), freeze the tower, a loop step
-    in bf16 autocast, then generation; returns the stand-in's calls."""
+def test_florence2_a100_preset_keeps_sdpa_trains_and_generates(tiny_florence2_path, tmp_path):
+    """Notebook 02's path under the A100 preset with flash-attn installed: load (fp32 master weights), freeze the
+    tower, a loop step in bf16 autocast, then generation. Nothing reaches FlashAttention-2."""
     preset = a100_preset("florence2-docvqa")
-    model, processor = florence2.load_florence2(path, dtype=torch.float32, device=preset.device,
-                                                attn_implementation=preset.attn_implementation)
-    assert model.config.vision_config._attn_implementation == "sdpa"
-    assert model.config.text_config._attn_implementation == "flash_attention_2"
-    freezing.freeze(*florence2.florence2_vision_modules(model))
-    collator = florence2.Florence2Collator(processor)
-    config = TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-4, max_steps=1, batch_size=len(pages),
-                         dtype=preset.dtype, device=preset.device, progress=False)
-    state = train(model, pages, collator, config)
-    assert math.isfinite(state.history[-1]["loss"]) and not state.skipped_steps
-    predictions = evaluation.generate_predictions(model, processor, collator, pages[:2], batch_size=2,
-                                                  max_new_tokens=3, dtype=preset.dtype)
-    assert len(predictions) == 2
-    return list(calls())
-
-
-def test_florence2_a100_preset_under_flash_attention_tiny(tiny_florence2_path, tmp_path):
+    pages = rows(4)
     with simulated_flash_attention():
-        seen = florence2_a100_step(tiny_florence2_path, rows(4), tmp_path)
-    modules = {call["module"] for call in seen}
-    assert modules == {"BartAttention"}, modules  # the language model only: DaViT stays on sdpa
-    assert any(call["varlen"] for call in seen)  # padded questions go through the varlen path
+        model, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32, device=preset.device,
+                                                    attn_implementation=preset.attn_implementation)
+        assert model.config.text_config._attn_implementation == "sdpa"
+        assert model.config.vision_config._attn_implementation == "sdpa"
+        freezing.freeze(*florence2.florence2_vision_modules(model))
+        collator = florence2.Florence2Collator(processor)
+        config = TrainConfig(output_dir=str(tmp_path / "run"), learning_rate=1e-4, max_steps=1,
+                             batch_size=len(pages), dtype=preset.dtype, device=preset.device, progress=False)
+        with padded_batch(collator(pages)["attention_mask"]):
+            state = train(model, pages, collator, config)
+        predictions = evaluation.generate_predictions(model, processor, collator, pages[:2], batch_size=2,
+                                                      max_new_tokens=3, dtype=preset.dtype)
+        assert calls() == []
+    assert math.isfinite(state.history[-1]["loss"]) and not state.skipped_steps
+    assert len(predictions) == 2
+
+
+def test_bart_on_flash_attention_loses_the_encoder_on_padded_questions(tiny_florence2_path):
+    """Why Florence-2's language model is not given FlashAttention-2 either: through transformers' FlashAttention
+    path, the decoder's cross-attention queries are unpadded with the encoder's padding mask (its last columns),
+    so the answer tokens of a padded question come back as zeros (huggingface/transformers#35032). The same
+    batch under sdpa and under FlashAttention-2 on BART: the unpadded row agrees, a padded row does not. If this
+    test fails on a newer transformers, the bug is fixed and runtime.attention_by_part may give BART FA2 again."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    batch = florence2.Florence2Collator(AutoProcessor.from_pretrained(tiny_florence2_path))(rows(4))
+    padded = (~batch["attention_mask"].bool()).any(dim=1)
+    assert padded.any() and not padded.all()
+    logits = {}
+    with simulated_flash_attention():
+        for name, attention in [("sdpa", "sdpa"), ("fa2", {"text_config": "flash_attention_2", "vision_config": "sdpa"})]:
+            model = AutoModelForImageTextToText.from_pretrained(tiny_florence2_path, dtype=torch.bfloat16,
+                                                                attn_implementation=attention).eval()
+            with torch.no_grad(), padded_batch(batch["attention_mask"]):
+                logits[name] = model(**batch).logits.float()
+    difference = (logits["fa2"] - logits["sdpa"]).abs().amax(dim=(1, 2))
+    assert (difference[~padded] < 0.1).all(), difference  # the stand-in kernels compute what sdpa does ...
+    assert (difference[padded] > 0.5).all(), difference  # ... and transformers' unpadding breaks padded rows
 
 
 def test_florence2_whole_model_under_flash_attention_fails_as_on_an_a100(tiny_florence2_path):
@@ -140,8 +181,9 @@ def test_florence2_whole_model_under_flash_attention_fails_as_on_an_a100(tiny_fl
         model = AutoModelForImageTextToText.from_pretrained(tiny_florence2_path, dtype=torch.bfloat16,
                                                             attn_implementation="flash_attention_2")
         batch = florence2.Florence2Collator(AutoProcessor.from_pretrained(tiny_florence2_path))(rows(1))
-        with pytest.raises(FlashAttentionRuleBroken, match="Florence2VisionChannelAttention.*head dimension"):
+        with pytest.raises(FlashAttentionRuleBroken, match="head dimension at most 256, got 1024"):
             model(**batch)
+        assert calls()[-1]["module"] == "Florence2VisionChannelAttention"
 
 
 @pytest.fixture(scope="module")
@@ -153,27 +195,24 @@ def florence2_real_shape(tmp_path_factory):
     return build_florence2(folder, REAL_SHAPE_FLORENCE2_SIZES, build_tiny_florence2_tokenizer(default_corpus()))
 
 
-def test_florence2_a100_preset_under_flash_attention_real_shape(florence2_real_shape):
-    """Real widths (DaViT 128-1024, BART 768) on a 1700 x 2200 page resized to 768 px: the forward pass the
-    first training step would take, in the preset's bf16 autocast (the tiny test above takes the whole step
-    and generates; at real shape a CPU needs ~10 s for the forward alone)."""
+def test_florence2_real_shape_fails_on_flash_attention_and_the_preset_avoids_it(florence2_real_shape):
+    """Real widths (DaViT 128-1024, BART 768) and a 1700 x 2200 page resized to 768 px: whole-model
+    FlashAttention-2 fails at the first channel attention with 36,864 as head dimension, the number the
+    issue names; the series' loader under the same preset asks for sdpa (no forward needed to show it)."""
+    from transformers import AutoModelForImageTextToText
+
     preset = a100_preset("florence2-docvqa")
-    torch.set_num_threads(2)
-    try:
-        with simulated_flash_attention():
-            model, processor = florence2.load_florence2(florence2_real_shape, dtype=torch.float32,
-                                                        attn_implementation=preset.attn_implementation)
-            freezing.freeze(*florence2.florence2_vision_modules(model))
-            batch = florence2.Florence2Collator(processor)(rows(1, (1700, 2200)))
-            assert batch["pixel_values"].shape[-2:] == (768, 768)
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(**batch).loss
-            seen = list(calls())
-    finally:
-        torch.set_num_threads(1)
-    assert math.isfinite(float(loss))
-    assert {call["module"] for call in seen} == {"BartAttention"}
-    assert max(call["head_dim"] for call in seen) == 64  # 768 / 12 heads
+    with simulated_flash_attention():
+        model, processor = florence2.load_florence2(florence2_real_shape, dtype=torch.float32,
+                                                    attn_implementation=preset.attn_implementation)
+        assert model.config.text_config._attn_implementation == "sdpa"
+        assert model.config.vision_config._attn_implementation == "sdpa"
+        batch = florence2.Florence2Collator(processor)(rows(1, (1700, 2200)))
+        assert batch["pixel_values"].shape[-2:] == (768, 768)
+        whole = AutoModelForImageTextToText.from_pretrained(florence2_real_shape, dtype=torch.bfloat16,
+                                                            attn_implementation="flash_attention_2")
+        with torch.no_grad(), pytest.raises(FlashAttentionRuleBroken, match="at most 256, got 36864"):
+            whole(**{k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()})
 
 
 # ---------------------------------------------------------------------------------- chat models
@@ -202,8 +241,8 @@ def test_chat_choice_a100_preset_under_flash_attention(tiny_cache, key):
         loss.backward()
         assert math.isfinite(float(loss.detach()))
         assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
-        text_calls = [call for call in calls() if call["q_len"] == batch["input_ids"].shape[1]]
-        assert text_calls and all(call["varlen"] for call in text_calls)
+        assert any(call.get("kernel") == "varlen" for call in calls())  # the padded batch went through varlen
+        assert not [call for call in calls() if "Vision" in call["module"]]  # vision towers stay on sdpa
         predictions = evaluation.generate_predictions(model, processor, collator, rows(2, (96, 128)), batch_size=2,
                                                       max_new_tokens=3, dtype=preset.dtype)
         assert len(predictions) == 2

@@ -35,7 +35,10 @@ conversation against ``max_length``. A row with several acceptable answers is ba
     DataValidationError: [split='train', row 7, questionId=57349] the answer takes 80 tokens with <s> and
     </s>, more than max_answer_tokens=64; raise max_answer_tokens or drop the row ...
 
-Pass it for the split the collator trains on: evaluation generates, so a long reference answer is fine there.
+Pass it for every split: the prompt (Florence-2: the question with the page's image tokens, against the
+encoder's 1,024 positions) is priced everywhere, since generation fails on it too; the answers only where
+``price_answers=True`` (the default; ``False`` for splits that are only answered by generation, where a long
+reference answer is fine).
 """
 
 from __future__ import annotations
@@ -311,6 +314,7 @@ def validate_dataset(
     return_rows: bool = True,
     processor: Any = None,
     collator: Any = None,
+    price_answers: bool = True,
 ) -> tuple[list[dict], ValidationReport]:
     """Validate every row with :func:`validate_row`; return cleaned rows and a report.
 
@@ -332,6 +336,9 @@ def validate_dataset(
             ``length_problem(row) -> str | None`` method): a row whose answers are all too long for it
             is refused (or skipped, with the lengths and the limit in the report). Its ``processor``
             is used for the reserved-text check when ``processor`` is not given.
+        price_answers: with ``collator``, also price the answers (a split the collator trains on); ``False``
+            for a split that is only answered by generation (validation, test): its prompts are still
+            priced (a question too long for the model fails generation too), its reference answers are not.
         return_rows: with ``False`` the returned list stays empty, so decoded
             images are not held in memory; use ``dataset.select(report.kept_indices)``
             on large real datasets.
@@ -371,7 +378,7 @@ def validate_dataset(
                 # priced as the collator will see the row: as returned here, or as clean_dataset hands it on
                 seen = cleaned if return_rows else {**row, image_key: cleaned[image_key]}
                 try:
-                    problem = collator.length_problem(seen)
+                    problem = collator.length_problem(seen, answers=price_answers)
                 except ValueError as failure:  # e.g. a chat template that renders this answer oddly
                     problem = f"the collator cannot batch this row: {failure}"
                 if problem:

@@ -55,7 +55,9 @@ def save_shrunk_checkpoint(save_dir, model_id: str, sizes: dict, tokenizer, *, s
     processor files (keys ``"preprocessor_config.json"``, ``"processor_config.json"``). The model
     is drawn with ``seed`` (the caller's RNG is untouched); with ``init_std`` the weights of
     ``reinit(model)`` are redrawn (:func:`reinit_weights`); the weights are saved in the ``dtype`` the real
-    ``config.json`` names, if it names one, as the real checkpoint stores them. ``token_ids`` sets config fields that
+    ``config.json`` names under transformers 5's key ``dtype`` (Florence-2-base-ft: float16), as the real checkpoint
+    stores them; files written by older transformers name it ``torch_dtype`` (LLaVA-Phi-3, Qwen2-VL), which is
+    not applied, so those twins are stored in fp32 (every loader of the package names its dtype anyway). ``token_ids`` sets config fields that
     are ids of ``tokenizer`` (a smaller tokenizer than the real one). Then ``tokenizer`` and the
     repository's other configuration files are written (:func:`~vlm_helpers.tiny.real.write_repository_files`);
     ``reconstructed`` lets them come from ``reconstructed/``. Returns ``save_dir`` as a ``Path``.
