@@ -168,9 +168,12 @@ def test_csv_header_without_a_column_is_refused_in_both_modes(folder):
 def test_missing_files_unknown_suffixes_and_bad_columns_are_refused(folder):
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_jsonl_or_csv(folder / "nope.jsonl", QA)
-    (folder / "data.json").write_text("[]")
-    with pytest.raises(ValueError, match="cannot tell the format from the extension"):
+    (folder / "data.json").write_text("[]")  # a JSON array with no rows
+    with pytest.raises(DataFormatError, match=r"data\.json\] no usable rows \(0 read\)"):
         load_jsonl_or_csv(folder / "data.json", QA)
+    (folder / "data.parquet").write_text("")
+    with pytest.raises(ValueError, match="cannot tell the format from the extension '.parquet'"):
+        load_jsonl_or_csv(folder / "data.parquet", QA)
     with pytest.raises(ValueError, match="either question="):
         Columns(image="image", question="question", answer="answer", prompt="Describe.")
     with pytest.raises(ValueError, match="either question="):
@@ -318,8 +321,11 @@ def test_conversations_in_both_layouts(folder):
     (_chat("Q?"), "the row has no image"),
     (_chat("<image>Q?", images=["images/gone.png"]), "image file not found"),
     (_chat("<image>Q?", [{"type": "image", "image": "c.png"}], images=["c.png"]), "the assistant turn holds an image"),
-    ({"conversations": []}, "no 'messages' list; this row has ['conversations']"),
-], ids=["two image items", "two listed images", "two turns", "no image", "missing file", "image answer", "no messages"])
+    ({"conversations": []}, "'conversations' must be a non-empty list of turns, got []"),
+    ({"image": "c.png", "question": "Q?"}, "no 'messages' list (or ShareGPT's 'conversations'); this row has "
+                                           "['image', 'question']: a row of columns is read with Columns(...)"),
+], ids=["two image items", "two listed images", "two turns", "no image", "missing file", "image answer",
+        "empty conversations", "no messages"])
 def test_a_bad_conversation_is_named_by_file_and_line(folder, bad, fragment):
     good = _chat("<image>Q?", "fine", images=["c.png"])
     path = _lines(folder / "chat.jsonl", [good, bad])
@@ -506,11 +512,13 @@ def test_an_explicit_format_wins_over_the_extension_and_an_unknown_one_says_how_
     from vlm_helpers.data.formats import Columns, load_your_data
 
     columns = Columns(image="file_name", question="question", answer="answer")
-    path = _one_row_folder(tmp_path, "lines.json")
-    with pytest.raises(ValueError, match=r"format='jsonl'"):
+    path = _one_row_folder(tmp_path, "lines.txt")
+    with pytest.raises(ValueError, match=r"format='jsonl', 'json' or 'csv'"):
         load_your_data(path, columns)
     splits, _ = load_your_data(path, columns, format="jsonl")
     assert splits["train"].num_rows == 3
+    splits, report = load_your_data(_one_row_folder(tmp_path, "lines.json"), columns)  # JSON Lines named .json
+    assert splits["train"].num_rows == 3 and report.format == "jsonl"
     with pytest.raises(DataFormatError, match="header"):  # a JSONL file read as CSV is not silently JSONL
         load_your_data(_one_row_folder(tmp_path, "good.jsonl"), columns, format="csv")
 
@@ -568,8 +576,9 @@ def test_csv_problems_name_their_own_line(tmp_path):
     assert len(dataset[0]["answers"][0]) == 200_000
     semicolons = tmp_path / "semi.csv"
     semicolons.write_text("file_name;question;answer\nimages/a.png;Q?;x\n")
-    with pytest.raises(DataFormatError, match="semicolon-separated"):
-        load_jsonl_or_csv(semicolons, columns)
+    with pytest.raises(DataFormatError, match=r"no column 'image'; its columns are \['file_name', 'question', "
+                                              r"'answer'\] \(read as semicolon-separated\)"):
+        load_jsonl_or_csv(semicolons, QA)  # the header has no 'image' under any separator
     twice = tmp_path / "twice.csv"
     twice.write_text("file_name,question,answer,answer\nimages/a.png,Q?,x,y\n")
     with pytest.raises(DataFormatError, match="more than once"):

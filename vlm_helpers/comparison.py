@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vlm_helpers.evaluation import HEADLINE_METRICS
 from vlm_helpers.results import Run, pair_predictions
 
 
@@ -35,9 +36,8 @@ EXPECTED_RUNS = (
     ExpectedRun("captioning", "phi3", "finetuned", "04_phi3_aircraft_captioning"),
 )
 
-#: The metrics shown per task, headline first.
-HEADLINE_METRICS = {"docvqa": ("anls", "levenshtein_similarity"), "captioning": ("rouge1", "rougeL", "tag_f1"),
-                    "qa": ("anls", "exact_match")}
+# HEADLINE_METRICS (the metrics shown per task, headline first) lives in vlm_helpers.evaluation, next to the
+# scorers that compute them: the table shows them in that order, and the gallery ranks by the first, per example.
 
 #: Numbers the source articles report, with their metric spelled out. They are not comparable
 #: one-to-one with ours (other subsets, other scoring), and are shown for orientation only.
@@ -114,14 +114,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def pick_examples(before: Run, after: Run, *, per_kind: int = 2) -> dict[str, list[dict]]:
+def pick_examples(before: Run, after: Run, *, per_kind: int = 2, metric: str | None = None) -> dict[str, list[dict]]:
     """The most improved, unchanged and most regressed samples between two runs of one task.
 
+    Samples are ranked by their own score under the task's headline metric (the table's first row for the
+    task, e.g. ROUGE-1 for captions, and the score the best checkpoint is chosen by), or by ``metric``;
+    each sample carries it as ``"metric"`` (:func:`vlm_helpers.results.pair_predictions`).
     "unchanged" prefers samples whose (equal) score is highest, i.e. already right before.
     A kind with no sample (e.g. nothing regressed) maps to an empty list. Taught in
     ``notebooks/05_before_after_comparison.ipynb``, section "Gallery: improved, unchanged, regressed".
     """
-    paired = pair_predictions(before.predictions(), after.predictions(), task=before.task)
+    paired = pair_predictions(before.predictions(), after.predictions(), task=before.task, metric=metric)
     improved = sorted((p for p in paired if p["change"] > 0), key=lambda p: -p["change"])
     unchanged = sorted((p for p in paired if p["change"] == 0), key=lambda p: -p["score_after"])
     regressed = sorted((p for p in paired if p["change"] < 0), key=lambda p: p["change"])
@@ -190,8 +193,8 @@ def format_pair(row: dict, *, max_chars: int = DISPLAY_CHARS, drawable: Callable
     """One paired row of :func:`vlm_helpers.results.pair_predictions` as printable lines.
 
     The question (left out when empty, as for captioning prompts), the references, and the
-    before / after predictions with their scores, every text through :func:`display_text`
-    (``max_chars`` each, twice that for the question).
+    before / after predictions with their scores (named by the row's ``"metric"`` when it has one:
+    ``(rouge1 0.45)``), every text through :func:`display_text` (``max_chars`` each, twice that for the question).
     Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning" (and in 03 and 04);
     ``notebooks/05_before_after_comparison.ipynb``, section "Gallery: improved, unchanged, regressed",
     draws the same lines.
@@ -201,7 +204,8 @@ def format_pair(row: dict, *, max_chars: int = DISPLAY_CHARS, drawable: Callable
 
     # a question is data, not model output: it gets twice the room
     lines = [f"Q: {show(row['question'], 2 * max_chars, quote=False)}"] if row.get("question") else []
+    metric = f"{row['metric']} " if row.get("metric") else ""
     lines += [f"   reference {' | '.join(show(reference) for reference in row['references'])}",
-              f"   before    {show(row['before'])}  ({row['score_before']:.2f})",
-              f"   after     {show(row['after'])}  ({row['score_after']:.2f})"]
+              f"   before    {show(row['before'])}  ({metric}{row['score_before']:.2f})",
+              f"   after     {show(row['after'])}  ({metric}{row['score_after']:.2f})"]
     return "\n".join(lines)

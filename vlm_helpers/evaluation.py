@@ -65,27 +65,71 @@ def generate_predictions(model, processor, collator, rows: Sequence[dict], *, ba
     return predictions
 
 
-def prediction_records(rows: Sequence[dict], predictions: Sequence[str], *, model_name: str, mode: str,
-                       id_key: str = "questionId", question_key: str = "question",
-                       references_key: str = "answers") -> list[dict]:
-    """Rows + predictions as records for :func:`vlm_helpers.results.write_predictions`.
+#: Columns that hold a row's own id, in the order :func:`row_id` looks for them: DocVQA's ``questionId``
+#: (notebooks 01-03), then ``id`` (the canonical rows of notebook 06 and ``vlm-train --recipe custom``, whose
+#: loaders put the user's id there, or ``file:line`` when the user has none; FGVC-Aircraft's ``id`` in 04).
+ID_KEYS = ("questionId", "id")
 
-    Each record: id, question, references, prediction, model, mode ("tiny" or "full"). The records
-    :func:`evaluate` returns in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
+
+def row_id(row: dict, position: int, id_key: str | None = None) -> tuple[str, str | None]:
+    """A row's id as a prediction record carries it, and the column it came from.
+
+    With ``id_key``, that column (the row's ``position`` when the row lacks it); without, the first of
+    :data:`ID_KEYS` the row has, else the ``position`` (column None), so a record can always be joined
+    back to the row the user gave. The records of ``notebooks/06_your_data_your_model.ipynb``, section
+    "Before fine-tuning", carry the ids its loaders gave the rows.
+    """
+    keys = (id_key,) if id_key else ID_KEYS
+    for key in keys:
+        value = row.get(key)
+        if value is not None and str(value) != "":
+            return str(value), key
+    return str(position), None
+
+
+def _reference_list(references) -> list:
+    """A row's references as a list: a bare string is one reference."""
+    return [references] if isinstance(references, str) else list(references)
+
+
+def prediction_records(rows: Sequence[dict], predictions: Sequence[str], *, model_name: str, mode: str,
+                       id_key: str | None = None, question_key: str = "question",
+                       references_key: str = "answers") -> list[dict]:
+    """Rows + predictions as records for :func:`vlm_helpers.results.write_run`.
+
+    Each record: ``id``, ``question``, ``references``, ``prediction``, ``model``, ``mode`` ("tiny" or
+    "full"), and ``origin`` when the row has one (notebook 06's ``"data.jsonl:12"``: the file and line it
+    was read from). ``id`` is the row's own id (:func:`row_id`: ``id_key``, or DocVQA's ``questionId``,
+    or the ``id`` of a canonical row), so predictions join back to the user's data; only a row without
+    any id gets its position. The records :func:`evaluate` returns in
+    ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning".
+
+    Raises:
+        ValueError: the lengths differ, or two rows share an id (the message names the column and both
+            positions), which would pair the wrong rows in a gallery.
     """
     if len(rows) != len(predictions):
         raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
-    records = []
+    records, first_position = [], {}
     for index, (row, prediction) in enumerate(zip(rows, predictions)):
-        references = row[references_key]
-        records.append({
-            "id": str(row.get(id_key, index)),
+        key, column = row_id(row, index, id_key)
+        if key in first_position:
+            source = f"column {column!r}" if column else "a row without an id gets its position"
+            raise ValueError(f"rows {first_position[key]} and {index} share the id {key!r} ({source}); every "
+                             "evaluated row needs its own id to be joined back to the data: make the ids unique, "
+                             "or pass id_key= another column")
+        first_position[key] = index
+        record = {
+            "id": key,
             "question": row.get(question_key, ""),
-            "references": [references] if isinstance(references, str) else list(references),
+            "references": _reference_list(row[references_key]),
             "prediction": prediction,
             "model": model_name,
             "mode": mode,
-        })
+        }
+        if isinstance(row.get("origin"), str) and row["origin"]:
+            record["origin"] = row["origin"]
+        records.append(record)
     return records
 
 
@@ -140,21 +184,55 @@ def score_captions(records: Sequence[dict]) -> dict[str, float]:
     return {**rouge(predictions, references), **tag_scores(predictions, references), "samples": len(records)}
 
 
-def sample_score(task: str, prediction: str, references: Sequence[str]) -> float:
-    """One sample's headline score: ANLS for DocVQA and ``"qa"``, tag F1 for captioning (for galleries).
+#: The metrics each task's scorer reports that notebooks 05 and 06 show, headline first. The headline is the
+#: one every place ranks by: the table's first row, the gallery's per-example score (:func:`sample_score`),
+#: and the validation score that picks the best checkpoint (``val_<headline>`` / ``eval_<headline>``).
+HEADLINE_METRICS = {"docvqa": ("anls", "levenshtein_similarity"), "captioning": ("rouge1", "rougeL", "tag_f1"),
+                    "qa": ("anls", "exact_match")}
 
-    ``references`` is a list of strings (a bare string counts as one); for captioning the
-    first one is used. A None prediction or reference raises the metrics' ``ValueError``. The per-sample
-    scores of ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning", and of the gallery in
-    ``notebooks/05_before_after_comparison.ipynb``, section "Gallery: improved, unchanged, regressed".
+
+def _rouge_per_sample(rouge_type: str) -> Callable[[list[str], list[list[str]]], list[float]]:
+    def per_sample(predictions, references):
+        from vlm_helpers.metrics import rouge
+
+        return [rouge([p], [r], rouge_types=(rouge_type,))[rouge_type] for p, r in zip(predictions, references)]
+
+    return per_sample
+
+
+def _per_sample_scorers() -> dict[str, Callable[[list[str], list], list[float]]]:
+    """Metric name -> ``f(predictions, references) -> [score per sample]``, each the per-sample form of a
+    :data:`SCORERS` metric (their mean is the scorer's value, tag F1 aside: the scorer's is micro-averaged)."""
+    from vlm_helpers import metrics
+
+    return {"anls": metrics.anls_per_sample, "levenshtein_similarity": metrics.levenshtein_similarity_per_sample,
+            "exact_match": metrics.exact_match_per_sample, "tag_f1": metrics.tag_f1_per_sample,
+            **{name: _rouge_per_sample(name) for name in ("rouge1", "rouge2", "rougeL")}}
+
+
+def sample_score(task: str, prediction: str, references: Sequence[str], *, metric: str | None = None) -> float:
+    """One sample's score for ``task``: by default its headline metric (:data:`HEADLINE_METRICS`),
+    the same one the table leads with and the best checkpoint is chosen by.
+
+    ANLS for DocVQA and ``"qa"``, ROUGE-1 for captioning; ``metric`` picks another of the task's
+    metrics (e.g. ``"tag_f1"``). ``references`` is a list of strings (a bare string counts as one); for
+    captioning the first one is used, as :func:`score_captions` does, so the mean of the per-sample
+    scores is the run's score. A None prediction or reference raises the metrics' ``ValueError``. The
+    per-sample scores of ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning", and of the
+    gallery in ``notebooks/05_before_after_comparison.ipynb``, section "Gallery: improved, unchanged, regressed".
     """
-    from vlm_helpers.metrics import anls_per_sample, tag_f1_per_sample
-
-    if task in ("docvqa", "qa"):
-        return anls_per_sample([prediction], [references])[0]
-    if task == "captioning":
-        return tag_f1_per_sample([prediction], [_first_reference(references)])[0]
-    raise ValueError(f"unknown task {task!r}; expected one of {sorted(SCORERS)}")
+    if task not in SCORERS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(SCORERS)}")
+    metric = metric or HEADLINE_METRICS[task][0]
+    scorers = _per_sample_scorers()
+    if metric not in scorers or metric not in HEADLINE_METRICS[task]:
+        known = [name for name in HEADLINE_METRICS[task] if name in scorers]
+        raise ValueError(f"no per-sample {metric!r} for task {task!r}; expected one of {known}")
+    if task == "captioning":  # one caption reference, as a bare string (tag F1 reads strings)
+        references = _first_reference(references)
+    elif isinstance(references, str):
+        references = [references]
+    return scorers[metric]([prediction], [references])[0]
 
 
 SCORERS: dict[str, Callable[[Sequence[dict]], dict[str, float]]] = {
@@ -164,8 +242,11 @@ SCORERS: dict[str, Callable[[Sequence[dict]], dict[str, float]]] = {
 def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, model_name: str, tiny: bool,
              device: str = "cpu", dtype: str = "float32", batch_size: int = 8, num_beams: int = 1,
              max_new_tokens: int = 32, title: str = "", references_key: str = "answers",
-             progress: bool = False) -> tuple[list[dict], dict[str, float]]:
+             id_key: str | None = None, progress: bool = False) -> tuple[list[dict], dict[str, float]]:
     """Generate for ``rows``, score them for ``task``, print one labelled line; return (records, scores).
+
+    The records carry each row's own id (``id_key``; by default ``questionId`` or ``id``, see
+    :func:`prediction_records`) and its ``origin`` where it has one.
 
     Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "Before fine-tuning" (and "After fine-tuning");
     zero-shot in ``notebooks/01_baseline_inference.ipynb``, section "Florence-2 on DocVQA questions, zero-shot".
@@ -173,7 +254,7 @@ def evaluate(model, processor, collator, rows: Sequence[dict], *, task: str, mod
     predictions = generate_predictions(model, processor, collator, rows, batch_size=batch_size, num_beams=num_beams,
                                        max_new_tokens=max_new_tokens, device=device, dtype=dtype, progress=progress)
     records = prediction_records(rows, predictions, model_name=model_name, mode="tiny" if tiny else "full",
-                                 references_key=references_key)
+                                 references_key=references_key, id_key=id_key)
     scores = SCORERS[task](records)
     print(format_scores(scores, tiny=tiny, title=title or model_name))
     return records, scores
@@ -190,7 +271,9 @@ def generation_eval_fn(model, processor, collator, rows: Sequence[dict], *, task
     """
     def evaluate_at(step: int) -> dict[str, float]:
         predictions = generate_predictions(model, processor, collator, rows, **generate_kwargs)
-        records = prediction_records(rows, predictions, model_name="", mode="tiny", references_key=references_key)
+        # scores need no ids: the rows are only scored, never written or paired
+        records = [{"prediction": prediction, "references": _reference_list(row[references_key])}
+                   for row, prediction in zip(rows, predictions, strict=True)]
         scores = SCORERS[task](records)
         return {prefix + name: value for name, value in scores.items() if name != "samples"}
 

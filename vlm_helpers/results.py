@@ -8,8 +8,9 @@ three files in the results folder:
 
 ``<run>.predictions.jsonl``
     one JSON object per line: ``id``, ``question``, ``references`` (list of str),
-    ``prediction``, ``model``, ``mode`` ("tiny" or "full"), and optionally ``image``
-    (a path to a saved copy of the input, for galleries);
+    ``prediction``, ``model``, ``mode`` ("tiny" or "full"), and optionally ``origin`` (where
+    the row was read: ``"data.jsonl:12"``) and ``image`` (a path to a saved copy of the input,
+    for galleries);
 ``<run>.metrics.json``
     ``{"task", "model", "stage", "mode", "notebook", "samples", "metrics": {name: value}}``;
     ``stage`` is ``"baseline"`` (zero-shot) or ``"finetuned"``;
@@ -21,8 +22,11 @@ three files in the results folder:
     Each run owns its thumbnails: writing the run again replaces them (and removes those its
     new records no longer name), and another run with the same ids keeps its own.
 
-Ids. A record's ``id`` names one evaluated row (DocVQA's ``questionId``), the same row in
-every run that scored it, and is unique within a run (``write_run`` refuses duplicates).
+Ids. A record's ``id`` names one evaluated row, the same row in every run that scored it, and
+is unique within a run (``write_run`` refuses duplicates): DocVQA's ``questionId`` in notebooks
+01-03, and in notebook 06 and ``vlm-train --recipe custom`` the id the user's data gave the row (its
+``id`` field, or ``file:line`` where it has none), with ``origin`` (the file and line it was read
+from) beside it, so predictions can be joined back to the user's own rows.
 
 Files are written atomically (temporary file, then rename), so a crash never leaves
 half a file for notebook 05 to choke on.
@@ -216,7 +220,8 @@ def _check_unique_ids(records: list[dict], name: str) -> None:
         key = str(record.get("id")) if isinstance(record, dict) else None
         if key in seen:
             raise ValueError(f"{name}: records[{position}] repeats the id {key!r}; every record needs its own id "
-                             "(the row's questionId), or pairing and thumbnails would mix two rows up")
+                             "(the row's own: DocVQA's questionId, your data's id), or pairing and thumbnails "
+                             "would mix two rows up")
         seen.add(key)
 
 
@@ -398,13 +403,16 @@ def find_runs(results_dir: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: (r.task, r.model, STAGES.index(r.stage)))
 
 
-def pair_predictions(before: list[dict], after: list[dict], *, task: str,
+def pair_predictions(before: list[dict], after: list[dict], *, task: str, metric: str | None = None,
                      on_mismatch: str = "drop") -> list[dict]:
-    """Join two prediction lists by ``id``; add per-sample ``score_before``, ``score_after``, ``change``.
+    """Join two prediction lists by ``id``; add per-sample ``score_before``, ``score_after``, ``change``
+    and ``metric`` (its name).
 
-    Each sample is scored with :func:`vlm_helpers.evaluation.sample_score` for ``task``
-    ("docvqa": ANLS, "captioning": tag F1). Ids are compared as strings. Rows present in
-    only one list are left out, with a printed count.
+    Each sample is scored with :func:`vlm_helpers.evaluation.sample_score` for ``task``: by its headline
+    metric ("docvqa" and "qa": ANLS, "captioning": ROUGE-1), the one the comparison table leads with and
+    the best checkpoint is chosen by, unless ``metric`` names another of the task's metrics (e.g.
+    ``"tag_f1"``). Ids are compared as strings. Rows present in only one list are left out, with a
+    printed count.
 
     A pair is only made of the *same* question: when an id names a different question (or
     different references) in the two lists, the runs scored different rows under one id
@@ -419,13 +427,16 @@ def pair_predictions(before: list[dict], after: list[dict], *, task: str,
 
     Used in ``notebooks/02_florence2_docvqa.ipynb``, section "After fine-tuning".
     """
-    from vlm_helpers.evaluation import sample_score
+    from vlm_helpers.evaluation import HEADLINE_METRICS, sample_score
 
     if on_mismatch not in ("drop", "raise"):
         raise ValueError(f"on_mismatch must be 'drop' or 'raise', got {on_mismatch!r}")
+    if task not in HEADLINE_METRICS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(HEADLINE_METRICS)}")
+    metric = metric or HEADLINE_METRICS[task][0]
 
     def score(prediction, references):
-        return sample_score(task, prediction, references)
+        return sample_score(task, prediction, references, metric=metric)
 
     _check_records(before, "before")
     _check_records(after, "after")
@@ -444,8 +455,8 @@ def pair_predictions(before: list[dict], after: list[dict], *, task: str,
         s_after = score(other["prediction"], other["references"])
         image = other.get("image") or record.get("image")
         paired.append({**record, **({"image": image} if image else {}), "before": record["prediction"],
-                       "after": other["prediction"], "score_before": s_before, "score_after": s_after,
-                       "change": s_after - s_before})
+                       "after": other["prediction"], "metric": metric, "score_before": s_before,
+                       "score_after": s_after, "change": s_after - s_before})
     if mismatched:
         first, other = mismatched[0]
         message = (f"{len(mismatched)} of {len(paired) + len(mismatched)} pairs would join a different question: "

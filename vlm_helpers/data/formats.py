@@ -5,10 +5,13 @@ Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data". Ever
 validation (:func:`vlm_helpers.data.validation.clean_dataset`), the collators and the evaluation of
 notebooks 02-04 work on them unchanged:
 
-* :func:`load_jsonl_or_csv`: a ``.jsonl`` or ``.csv`` file, one row per line, with image paths relative to
-  the file's folder (or to ``image_root=``, or absolute). :class:`Columns` says which keys hold what.
+* :func:`load_jsonl_or_csv`: a JSON Lines file, a ``.json`` file holding one JSON array of rows, or a CSV file
+  (comma, ``;``, tab or ``|`` separated, sniffed from the header), with image paths relative to the file's
+  folder (or to ``image_root=``, or absolute, or ``file://`` / ``data:`` URLs). :class:`Columns` says which keys
+  hold what.
 * :func:`load_hf_dataset`: a Hub id (``datasets.load_dataset``) or a folder written by ``save_to_disk``.
-* :func:`vlm_helpers.data.conversations.load_conversations`: chat-style JSONL (``messages``).
+* :func:`vlm_helpers.data.conversations.load_conversations`: conversations (chat-template ``messages``, OpenAI
+  ``image_url`` parts, ShareGPT / LLaVA ``conversations``), as JSON Lines or one JSON array.
 * :func:`load_your_data`: one entry point that picks the format from the source.
 * :func:`split_off_validation`: a seeded validation split when the data has none.
 
@@ -20,7 +23,9 @@ user's files.
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import math
 import os
 import random
@@ -33,13 +38,15 @@ from typing import Any
 import datasets
 
 from vlm_helpers.data.canonical import (CANONICAL_FEATURES, DataFormatError, LoadReport, OnBad, RowCollector,
-                                        own_row_id, read_jsonl, resolve_image_path)
-from vlm_helpers.data.conversations import load_conversations
+                                        json_container, own_row_id, read_json_records, resolve_image, text_lines)
+from vlm_helpers.data.conversations import CONVERSATION_KEYS, load_conversations
 
 __all__ = ["Columns", "load_hf_dataset", "load_jsonl_or_csv", "load_your_data", "split_off_validation"]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_FORMATS = ("auto", "jsonl", "csv", "conversations", "hf")
+_FORMATS = ("auto", "jsonl", "json", "csv", "conversations", "hf")
+#: The separators a CSV header is tried with, and their names in messages.
+CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,16 @@ class Columns:
     ``image``: the image (a path in files; an image or a path in a dataset). ``question``: the question;
     for captioning set ``question=None`` and give ``prompt=``, one fixed instruction used as every row's
     question. ``answer``: one string or a list of acceptable strings. ``id``: a unique id per row; without
-    it the id is ``"<file name>:<line>"`` or ``"<split>:<row>"``. Chosen in
-    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    it the id is ``"<file name>:<line>"``, ``"<file name>[<element>]"`` (a JSON array) or ``"<split>:<row>"``.
+
+    Several acceptable answers (DocVQA-style): a JSON list, or a list feature of a dataset, is read as it is.
+    A CSV cell cannot hold a list, so a cell that is exactly one JSON or Python list literal of strings
+    (``["12.50", "$12.50"]`` or ``['12.50', '$12.50']``, what ``pandas.to_csv`` writes for a list) is read as
+    several answers; any other cell is one answer, as written (``[PAID]`` included). ``answer_separator``
+    (e.g. ``"|"``) splits every string answer that is not a list literal, in any format, at that text, with
+    white space around each part removed: off by default, since ``|`` or ``;`` can be part of a real answer.
+    Chosen in ``notebooks/06_your_data_your_model.ipynb``, section "Your data"; the accepted forms are listed in
+    the README, section "Your data: the formats notebook 06 reads".
     """
 
     image: str = "image"
@@ -58,6 +73,7 @@ class Columns:
     answer: str = "answer"
     id: str | None = None
     prompt: str | None = None
+    answer_separator: str | None = None
 
     def __post_init__(self) -> None:
         if (self.question is None) == (self.prompt is None):
@@ -71,13 +87,17 @@ class Columns:
                 raise ValueError(f"Columns({role}=...) must be a non-empty column name, got {name!r}")
         if len(set(names.values())) != len(names):
             raise ValueError(f"each column can play one part only, got {names}")
+        if self.answer_separator is not None and not (isinstance(self.answer_separator, str)
+                                                      and self.answer_separator.strip()):
+            raise ValueError(f"answer_separator must be a non-blank string such as '|', got {self.answer_separator!r}")
 
     def fields(self) -> dict[str, str]:
         """What a model card records: ``{role: column}`` plus the captioning ``prompt`` when there is one.
 
         Written into the card in ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
         """
-        return {**self.used(), **({"prompt": self.prompt} if self.prompt else {})}
+        return {**self.used(), **({"prompt": self.prompt} if self.prompt else {}),
+                **({"answer_separator": self.answer_separator} if self.answer_separator else {})}
 
     def used(self) -> dict[str, str]:
         """``{role: column}`` for the roles that name a column (``id`` and ``question`` may not)."""
@@ -85,7 +105,66 @@ class Columns:
         return {role: name for role, name in roles.items() if name is not None}
 
 
-def _row_values(record: dict, columns: Columns, *, base: Path, default_id: str):
+def _list_literal(text: str) -> tuple[list | None, str | None]:
+    """``(answers, None)`` when a CSV cell is exactly one JSON or Python list literal of strings, ``(None, None)``
+    when it is not a list literal (one answer, as written), ``(None, problem)`` for a list of non-strings."""
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return None, None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        try:
+            value = ast.literal_eval(stripped)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None, None
+    if not isinstance(value, list):
+        return None, None
+    if not all(isinstance(item, str) for item in value):
+        return None, (f"the answer cell {text!r} is a list literal whose items are not all strings: quote each "
+                      f"answer ({json.dumps([str(item) for item in value])}); to mean this text itself, write it as a "
+                      f"one-item list ({json.dumps([text])})")
+    return value, None
+
+
+def _answers(value: Any, columns: Columns, *, from_csv: bool, counts: dict) -> tuple[list | None, str | None]:
+    """The answer list of one row (the forms :class:`Columns` documents); ``counts`` tallies how each was read."""
+    if isinstance(value, str):
+        if from_csv:
+            parsed, problem = _list_literal(value)
+            if problem:
+                return None, problem
+            if parsed is not None:
+                counts["list literal"] = counts.get("list literal", 0) + 1
+                return parsed, None
+            if value.strip().startswith("[") and value.strip().endswith("]"):
+                counts.setdefault("bracketed", value)  # the first one, quoted in the report
+        if columns.answer_separator is not None and columns.answer_separator in value:
+            counts["split"] = counts.get("split", 0) + 1
+            return [part.strip() for part in value.split(columns.answer_separator)], None
+        return [value], None
+    if isinstance(value, list) and all(isinstance(answer, str) for answer in value):
+        return value, None
+    return None, f"the answer {columns.answer!r} must be a string or a list of strings, got {value!r}"
+
+
+def _layout_hint(record: dict, name: str) -> str:
+    """What a row that lacks the asked columns looks like, when it has a known other layout."""
+    found = [key for key in CONVERSATION_KEYS if isinstance(record.get(key), list)]
+    if found:
+        return (f"; this row is a conversation ({found[0]!r}): read the file with format='conversations' (or "
+                "'auto'), no Columns needed")
+    key = next((key for key, value in record.items() if isinstance(value, list) and value
+                and all(isinstance(item, dict) for item in value)), None)
+    if key is not None:
+        return (f"; its {key!r} holds a list of {len(record[key])} objects: if those are the rows, write them as "
+                f"one JSON array: python -c \"import json; json.dump(json.load(open('{name}'))[{key!r}], "
+                "open('rows.json', 'w'))\"")
+    return ""
+
+
+def _row_values(record: dict, columns: Columns, *, base: Path, default_id: str, from_csv: bool = False,
+                counts: dict | None = None, name: str = "data.json"):
     """``(row_id, values, problem)`` for one record: ``values`` are ``add``'s keywords, or None with a problem."""
     row_id = default_id
     if columns.id is not None and columns.id in record:
@@ -95,80 +174,125 @@ def _row_values(record: dict, columns: Columns, *, base: Path, default_id: str):
     missing = [name for name in columns.used().values() if record.get(name) is None]
     if missing:
         absent = ", ".join(repr(name) for name in missing)
-        return row_id, None, f"no value for column {absent}; this row has {list(record)}"
-    image, problem = resolve_image_path(record[columns.image], base)
+        return row_id, None, f"no value for column {absent}; this row has {list(record)}{_layout_hint(record, name)}"
+    image, problem = resolve_image(record[columns.image], base)
     if problem:
         return row_id, None, problem
     question = columns.prompt if columns.question is None else record[columns.question]
     if not isinstance(question, str):
         return row_id, None, f"the question {columns.question!r} must be a string, got {type(question).__name__}"
-    answers = record[columns.answer]
-    answers = [answers] if isinstance(answers, str) else answers
-    if not isinstance(answers, list) or not all(isinstance(answer, str) for answer in answers):
-        return row_id, None, (f"the answer {columns.answer!r} must be a string or a list of strings, "
-                              f"got {record[columns.answer]!r}")
+    answers, problem = _answers(record[columns.answer], columns, from_csv=from_csv,
+                                counts={} if counts is None else counts)
+    if problem:
+        return row_id, None, problem
     return row_id, {"row_id": row_id, "image": image, "question": question, "answers": answers}, None
 
 
 def _file_format(path: Path) -> str:
+    """``jsonl``, ``json`` (one JSON array: the content decides for ``.json``, ``.jsonl`` and ``.ndjson``) or
+    ``csv`` (``.csv``, ``.tsv``); another extension is refused with how to choose."""
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".csv":
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return json_container(path) if path.is_file() else ("json" if suffix == ".json" else "jsonl")
+    if suffix in (".csv", ".tsv"):
         return "csv"
     raise ValueError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; say which it is "
-                     "with format='jsonl' or format='csv' (command line: --data-format)")
+                     "with format='jsonl', 'json' or 'csv' (command line: --data-format)")
 
 
 def load_jsonl_or_csv(path: str | os.PathLike, columns: Columns, *, on_bad: OnBad = "raise",
                       image_root: str | os.PathLike | None = None, split: str = "train",
                       format: str | None = None) -> tuple[datasets.Dataset, LoadReport]:
-    """Read a ``.jsonl`` or ``.csv`` file of rows into canonical rows; return ``(dataset, report)``.
+    """Read a JSON Lines, JSON array or CSV file of rows into canonical rows; return ``(dataset, report)``.
 
-    Image paths are resolved against ``image_root`` when given, else against the file's folder; absolute
-    paths are used as they are. Every image file must exist (it is decoded later, lazily). Problems are named
-    by file and line: a malformed JSON line (with the parser's message), a missing column (with the columns
-    the row has), a missing image file (with the resolved path), a wrong type, a repeated id. ``on_bad="raise"``
-    raises :class:`~vlm_helpers.data.canonical.DataFormatError` at the first; ``"skip"`` drops the row and lists
-    it in the report. Blank JSONL lines are ignored; a UTF-8 byte-order mark is handled. CSV lines count from
-    the header (line 1); a CSV header without a needed column is an error in both modes. ``format``
-    (``"jsonl"`` or ``"csv"``) overrides the file's extension (a JSON-lines file named ``.json``). Taught in
+    JSON: one object per line, or one JSON array of objects (the first character decides; errors in an array
+    name the element and the line it starts on). CSV: the separator (comma, ``;``, tab or ``|``) is the one
+    under which the header holds the asked columns (refused only when several would); quoted values may span
+    lines; a UTF-8 byte-order mark (or a UTF-16 file) is handled. Image references are resolved against
+    ``image_root`` when given, else against the file's folder; absolute paths, ``file://`` and ``data:`` URLs
+    are accepted, remote URLs refused. Every image file must exist (it is decoded later, lazily). Answers: see
+    :class:`Columns` (CSV list literals, ``answer_separator``); the report's notes say how many were read as
+    lists. Problems are named by file and line: a malformed JSON line (with the parser's message), a missing
+    column (with the columns the row has, and a hint when the row is a conversation), a missing image file
+    (with the resolved path), a wrong type, a repeated id. ``on_bad="raise"`` raises
+    :class:`~vlm_helpers.data.canonical.DataFormatError` at the first; ``"skip"`` drops the row and lists it in
+    the report. Blank JSONL lines are ignored. CSV lines count from the header (line 1); a CSV header without
+    a needed column, and a malformed JSON array, are errors in both modes. ``format`` (``"jsonl"``,
+    ``"json"`` or ``"csv"``) overrides the file's extension. Taught in
     ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (looked in {os.path.abspath(path)})")
     kind = format or _file_format(path)
-    if kind not in ("jsonl", "csv"):
-        raise ValueError(f"{path}: format must be 'jsonl' or 'csv', got {kind!r}")
+    if kind not in ("jsonl", "json", "csv"):
+        raise ValueError(f"{path}: format must be 'jsonl', 'json' or 'csv', got {kind!r}")
+    if kind != "csv":
+        kind = json_container(path)  # JSON Lines or one array: the content decides
     base = Path(os.path.abspath(image_root if image_root is not None else path.parent))
     rows = RowCollector(path, format=kind, on_bad=on_bad, split=split)
-    records = read_jsonl(path) if kind == "jsonl" else _read_csv(path, columns)
-    for line, record, problem in records:
+    counts: dict = {}
+    if kind == "csv":
+        delimiter = _csv_delimiter(path, columns)
+        records = ((line, None, record, problem) for line, record, problem in _read_csv(path, columns, delimiter))
+        rows.report.layout = f"CSV, {CSV_DELIMITERS[delimiter]}-separated" if delimiter != "," else "CSV"
+    else:
+        records = read_json_records(path)
+        rows.report.layout = "JSON array" if kind == "json" else "JSON Lines"
+    for line, element, record, problem in records:
         row_id, values, problem = (None, None, problem) if problem else _row_values(
-            record, columns, base=base, default_id=rows.default_id(line))
+            record, columns, base=base, default_id=rows.default_id(line, element), from_csv=kind == "csv",
+            counts=counts, name=path.name)
         if problem:
-            rows.fail(line, problem, row_id=row_id)
+            rows.fail(line, problem, row_id=row_id, element=element)
         else:
-            rows.add(line, **values)
-    return rows.finish()
+            rows.add(line, element=element, **values)
+    dataset, report = rows.finish()
+    if counts.get("list literal"):
+        report.notes.append(f"{counts['list literal']} answer cell(s) held a list literal, read as a list of "
+                            "answers")
+    if counts.get("split"):
+        report.notes.append(f"{counts['split']} answer(s) split at {columns.answer_separator!r} "
+                            "(Columns(answer_separator=...))")
+    if "bracketed" in counts:
+        report.notes.append(f"answer cells in brackets that are not a list of quoted strings were kept as one answer, "
+                            f"as written (the first: {counts['bracketed']!r})")
+    return dataset, report
 
 
-def _utf8_lines(path: Path):
-    """The file's lines decoded one by one, so a line that is not UTF-8 is named by its own number."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise DataFormatError(f"line {number} is not UTF-8 ({err.reason} at byte {err.start}); save the "
-                                      "file as UTF-8 (Excel: 'CSV UTF-8')", source=str(path), line=number) from err
+def _csv_lines(path: Path):
+    """The file's lines decoded one by one; a line that is not UTF-8 stops the read, named by its number."""
+    for number, text, problem in text_lines(path):
+        if problem:
+            raise DataFormatError(f"line {number} is {problem} (Excel: 'CSV UTF-8')", source=str(path),
+                                  line=number)
+        yield text
 
 
-def _read_csv(path: Path, columns: Columns):
+def _csv_delimiter(path: Path, columns: Columns) -> str:
+    """The separator under which the header line holds every asked column; the most frequent one if none
+    does (the header error then lists the columns found); refused when several would."""
+    header = next(_csv_lines(path), "")
+    needed = list(columns.used().values())
+    fits, counts = [], {}
+    for delimiter in CSV_DELIMITERS:
+        names = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+        counts[delimiter] = len(names)
+        if all(name in names for name in needed):
+            fits.append(delimiter)
+    if len(fits) > 1:
+        found = " and ".join(f"{CSV_DELIMITERS[d]} ({d!r})" for d in fits)
+        raise DataFormatError(f"the header holds the columns {needed} both when split at {found}: cannot tell the "
+                              "separator; rewrite it with commas, e.g. python -c \"import pandas as pd; "
+                              f"pd.read_csv('{path.name}', sep='{fits[-1]!s}').to_csv('commas.csv', index=False)\"",
+                              source=str(path), line=1)
+    return fits[0] if fits else max(CSV_DELIMITERS, key=lambda d: counts[d])
+
+
+def _read_csv(path: Path, columns: Columns, delimiter: str = ","):
     """``(line, record, problem)`` per CSV record, lines counted from the header (line 1)."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**24))  # long answers or captions are fine
-    reader = csv.reader(_utf8_lines(path))
+    reader = csv.reader(_csv_lines(path), delimiter=delimiter)
     try:
         header = next(reader, None)
         if not header:
@@ -177,10 +301,11 @@ def _read_csv(path: Path, columns: Columns):
         header = [name.strip() for name in header]
         missing = [name for name in columns.used().values() if name not in header]
         if missing:
-            hint = next((f"; the header looks {name}-separated: save the file with commas"
-                         for name, char in (("semicolon", ";"), ("tab", "\t")) if char in header[0]), "")
+            read_as = f" (read as {CSV_DELIMITERS[delimiter]}-separated)" if delimiter != "," else ""
+            hint = ("; the file looks like JSON: use format='jsonl' or 'json'"
+                    if header[0].lstrip().startswith(("{", "[")) else "")
             raise DataFormatError(f"the header has no column {', '.join(map(repr, missing))}; its columns "
-                                  f"are {header}{hint}", source=str(path), line=1)
+                                  f"are {header}{read_as}{hint}", source=str(path), line=1)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise DataFormatError(f"the header names {repeated} more than once", source=str(path), line=1)
@@ -250,7 +375,9 @@ def _canonical_dataset(ds: datasets.Dataset, columns: Columns, *, where: str, sp
     if columns.question is not None and not _is_text(ds.features[columns.question]):
         raise DataFormatError(f"column {columns.question!r} holds {ds.features[columns.question]}, not strings",
                               source=where)
-    answers = [[value] if isinstance(value, str) else value for value in ds[columns.answer]]
+    sep = columns.answer_separator
+    answers = [([part.strip() for part in value.split(sep)] if sep and sep in value else [value])
+               if isinstance(value, str) else value for value in ds[columns.answer]]
     questions = list(ds[columns.question]) if columns.question is not None else [columns.prompt] * len(ds)
     if columns.id is None:
         ids = [f"{split}:{row}" for row in range(len(ds))]
@@ -293,10 +420,14 @@ def looks_local(text: str) -> bool:
 
 
 def detect_format(source: str | os.PathLike) -> str:
-    """The format of one source: jsonl, csv, conversations (a JSONL whose first row has ``messages``) or hf.
+    """The format of one source: ``jsonl``, ``json`` (one JSON array of rows), ``csv``, ``conversations`` or ``hf``.
 
-    What ``format="auto"`` means in :func:`load_your_data` and ``vlm-train --data-format auto``
-    (``notebooks/06_your_data_your_model.ipynb``, section "Your data")."""
+    A folder is ``hf`` (``save_to_disk``), a name that is not a file a Hub id. A ``.csv`` / ``.tsv`` file is
+    ``csv``. A ``.jsonl``, ``.ndjson`` or ``.json`` file is read by its content: ``conversations`` when its first
+    row has a ``messages`` or ``conversations`` list (chat-template, OpenAI, ShareGPT and LLaVA layouts), else
+    ``json`` when the file is one JSON array and ``jsonl`` when it is JSON Lines. What ``format="auto"`` means in
+    :func:`load_your_data` and ``vlm-train --data-format auto`` (``notebooks/06_your_data_your_model.ipynb``,
+    section "Your data")."""
     path = Path(source)
     if path.is_dir():
         return "hf"  # a save_to_disk folder
@@ -306,9 +437,12 @@ def detect_format(source: str | os.PathLike) -> str:
                                     "a Hub dataset id looks like 'owner/name'")
         return "hf"  # a Hub id (load_hf_dataset reads it)
     kind = _file_format(path)
-    if kind == "jsonl" and path.is_file():
-        first = next((record for _, record, problem in read_jsonl(path) if not problem), None)
-        if first is not None and "messages" in first:
+    if kind != "csv" and path.is_file():
+        try:
+            first = next((record for _, _, record, problem in read_json_records(path) if not problem), None)
+        except DataFormatError:
+            first = None  # the loader reports it, by line
+        if first is not None and any(isinstance(first.get(key), list) for key in CONVERSATION_KEYS):
             return "conversations"
     return kind
 
@@ -319,10 +453,11 @@ def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], 
                    config: str | None = None) -> tuple[datasets.DatasetDict, LoadReport]:
     """Load the user's data, whatever its format; return ``(splits, report)``.
 
-    ``source`` is a ``.jsonl`` / ``.csv`` file (one split, named ``split`` or ``"train"``), a mapping
-    ``{split: file}`` (e.g. ``{"train": "train.jsonl", "validation": "val.jsonl"}``), a folder written by
-    ``save_to_disk`` or a Hub id (every split, or ``split``). ``format="auto"`` picks the loader from the
-    source (a JSONL whose first row has ``messages`` is read as conversations); or say ``"jsonl"``, ``"csv"``,
+    ``source`` is a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` file (one split, named ``split`` or ``"train"``),
+    a mapping ``{split: file}`` (e.g. ``{"train": "train.jsonl", "validation": "val.jsonl"}``), a folder written
+    by ``save_to_disk`` or a Hub id (every split, or ``split``). ``format="auto"`` picks the loader with
+    :func:`detect_format` (a JSON file whose first row has ``messages`` or ``conversations`` is read as
+    conversations); or say ``"jsonl"`` / ``"json"`` (JSON rows, lines or one array), ``"csv"``,
     ``"conversations"`` or ``"hf"``. ``columns`` is needed except for conversations. Taught in
     ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
     """
@@ -332,7 +467,8 @@ def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], 
         parts = {name: _load_file(path, columns, format=format, on_bad=on_bad, image_root=image_root, split=name)
                  for name, path in source.items()}
         report = LoadReport(source=", ".join(f"{name}={path}" for name, path in source.items()),
-                            format="/".join(dict.fromkeys(r.format for _, r in parts.values())))
+                            format="/".join(dict.fromkeys(r.format for _, r in parts.values())),
+                            layout="/".join(dict.fromkeys(r.layout for _, r in parts.values() if r.layout)))
         for _, part in parts.values():
             report.read += part.read
             report.splits.update(part.splits)
@@ -360,8 +496,8 @@ def _load_file(path, columns, *, format: str, on_bad: OnBad, image_root, split: 
     if kind == "conversations":
         id_key = columns.id if columns is not None and columns.id else "id"
         return load_conversations(path, on_bad=on_bad, image_root=image_root, split=split, id_key=id_key)
-    if kind not in ("jsonl", "csv"):
-        raise ValueError(f"{path}: a split given as a file must be .jsonl or .csv, got format {kind!r}")
+    if kind not in ("jsonl", "json", "csv"):
+        raise ValueError(f"{path}: a split given as a file must be JSON, JSON Lines or CSV, got format {kind!r}")
     return load_jsonl_or_csv(path, _need(columns, path), on_bad=on_bad, image_root=image_root, split=split,
                              format=kind)
 
