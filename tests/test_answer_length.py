@@ -215,7 +215,7 @@ def test_the_collator_also_brings_its_processors_reserved_text_check(florence_pr
 # ------------------------------------------------------------------ the command line validates with its collator
 
 
-def test_vlm_train_refuses_a_long_training_answer_before_the_first_step(tiny_cache, tmp_path, monkeypatch):
+def test_vlm_train_refuses_a_long_training_answer_before_the_first_step(tiny_cache, tmp_path, monkeypatch, capsys):
     from vlm_helpers.cli import main as train
     from vlm_helpers.cli import recipes
     from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
@@ -228,10 +228,12 @@ def test_vlm_train_refuses_a_long_training_answer_before_the_first_step(tiny_cac
     monkeypatch.delenv("VLM_TINY", raising=False)
     monkeypatch.setattr(recipes, "_docvqa_style_train_rows", rows_with_a_long_answer)
     out = tmp_path / "run"
-    with pytest.raises(DataValidationError, match=r"\[split='train', row 3, questionId=\d+\] the answer takes \d+ "
-                                                  r"tokens with <s> and </s>, more than max_answer_tokens=64"):
+    with pytest.raises(SystemExit) as stopped:  # a data problem: one line and exit status 2 (no traceback)
         train.main(["--tiny", "--max-eval-samples", "2", "--batch-size", "4", "--max-steps", "2",
                     "--output-dir", str(out), "--results-dir", str(tmp_path / "results")])
+    assert stopped.value.code == 2
+    assert re.search(r"vlm-train: error: \[split='train', row 3, questionId=\d+\] the answer takes \d+ tokens with "
+                     r"<s> and </s>, more than max_answer_tokens=64", capsys.readouterr().err)
     assert not list(out.glob("checkpoint-*")) and not (out / "history.json").exists()
 
 

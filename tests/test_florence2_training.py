@@ -203,3 +203,20 @@ def test_the_loop_pins_batches_on_a_gpu_only(monkeypatch, device):
     with pytest.raises(Built):
         next(loop._micro_batches(list(range(4)), lambda rows: rows, config, loop.TrainState(), rank=0, world_size=1))
     assert seen["pin_memory"] is device.startswith("cuda")
+
+
+def test_a_run_resumed_to_more_steps_continues_on_its_own_schedule(tiny_florence2_path, rows, tmp_path):
+    """A run of 3 steps resumed with max_steps=6: steps 4-6 take the learning rates of a 6-step run (the
+    optimizer came back with the 3-step plan's rate for step 4: 0, the end of its decay)."""
+    def learning_rates(output_dir, max_steps, resume=None):
+        model, processor = florence2.load_florence2(tiny_florence2_path, dtype=torch.float32)
+        freezing.freeze(*florence2.florence2_vision_modules(model))
+        config = loop.TrainConfig(output_dir=str(output_dir), learning_rate=2e-3, max_steps=max_steps, batch_size=4,
+                                  warmup_steps=1, checkpoint_every=3, progress=False)
+        state = loop.train(model, rows, florence2.Florence2Collator(processor), config, resume_from=resume)
+        return [record["lr"] for record in state.history]
+
+    straight = learning_rates(tmp_path / "straight", 6)
+    learning_rates(tmp_path / "short", 3)
+    resumed = learning_rates(tmp_path / "short", 6, resume=tmp_path / "short" / "checkpoint-3")
+    assert resumed[3:] == pytest.approx(straight[3:], rel=1e-9) and resumed[3] > 0

@@ -306,3 +306,91 @@ def test_a_card_names_local_data_by_its_name_only(tmp_path):
     assert source_name(data) == "data.jsonl" and source_name("org/dataset") == "org/dataset"
     assert source_name({"train": data, "validation": "org/x"}) == "train=data.jsonl, validation=org/x"
     assert "tiny mode" in source_name(None)
+
+
+# ---------------------------------------------------------------------------------------------- your data
+
+
+def _loaded(path, columns, *, format="auto"):
+    """Notebook 06's steps before the card: load (skipping), hold out, check (``data_section``'s inputs)."""
+    from vlm_helpers.data.formats import load_your_data, train_validation_test
+    from vlm_helpers.data.validation import clean_dataset
+
+    splits, load_report = load_your_data(path, columns, format=format, on_bad="skip")
+    parts = dict(zip(("train", "validation", "test"),
+                     train_validation_test(splits, seed=5, validation_fraction=0.2, test_fraction=0.2)))
+    used, checks = {}, []
+    for name in ("train", "validation", "test"):
+        used[name], check = clean_dataset(parts[name], split=name, on_bad="skip", question_key="question",
+                                          answer_key="answers", id_key="id")
+        checks.append(check)
+    return load_report, used, checks
+
+
+def _photos(folder: Path, count: int, sizes=None) -> list[str]:
+    from PIL import Image
+
+    (folder / "photos").mkdir(parents=True)
+    names = []
+    for index in range(count):
+        size = (sizes or {}).get(index, (30 + index, 20))
+        Image.new("RGB", size, (index * 20 % 255, 10, 90)).save(folder / "photos" / f"{index}.png")
+        names.append(f"photos/{index}.png")
+    return names
+
+
+def test_the_card_describes_the_data_that_was_loaded(tmp_path):
+    """A user's CSV (their ids and column names, a line whose image is missing, a 2000 x 1500 photo): the card names
+    the file by its name only, its format and columns, the rows used and skipped per split and why, the image
+    sizes and the metric with why; and reads back so. No path of the user's machine is in the card."""
+    from vlm_helpers.data.formats import Columns
+    from vlm_helpers.model_card import data_section
+
+    folder = tmp_path / "private" / "receipts"
+    names = _photos(folder, 12, {4: (2000, 1500)})
+    lines = ["Beleg,Bild,Frage,Antwort"] + [f"B{index},{name},Summe?,{index}.00" for index, name in enumerate(names)]
+    lines.insert(3, "B99,photos/missing.png,Summe?,1.00")  # line 4
+    (folder / "belege.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    columns = Columns(image="Bild", question="Frage", answer="Antwort", id="Beleg")
+    load_report, used, checks = _loaded(folder / "belege.csv", columns)
+
+    data = data_section(load_report, used, task="qa", split_seed=5, columns=columns, checks=checks,
+                        note=f"copied from {folder}/belege.csv")
+    assert data["source"] == "belege.csv" and data["format"].startswith("CSV")
+    assert data["fields"] == {"id": "Beleg", "image": "Bild", "question": "Frage", "answer": "Antwort"}
+    assert data["counts"] == {name: len(rows) for name, rows in used.items()} and sum(data["counts"].values()) == 12
+    assert data["read"] == 13 and data["skipped"] == {"train": 1, "validation": 0, "test": 0}
+    assert data["skipped_reasons"] == {"image file not found": 1}
+    assert "the largest 2000x1500 px" in data["images"] and data["metric"].startswith("anls, short answers")
+    assert data["note"] == "copied from belege.csv"  # a path of the user's machine is cut to its name
+
+    card(tmp_path / "card", data=data)
+    text = (tmp_path / "card" / "README.md").read_text()
+    assert str(tmp_path) not in text and "private" not in text
+    back = read_model_card(tmp_path / "card")["data"]
+    assert back == data
+    assert f"Rows read: 13 {LABEL}" in text and f"| train | {data['counts']['train']} {LABEL} | 1 {LABEL} |" in text
+    assert f"the largest 2000x1500 px {LABEL}" in text  # a line holding numbers carries the tiny label
+
+
+def test_conversations_without_columns_get_their_layout_in_the_card(tmp_path):
+    """``COLUMNS = None`` with conversation data: the card's roles are the parts of the conversation (building it
+    once read ``COLUMNS.fields()`` and crashed after training)."""
+    import json
+
+    from vlm_helpers.model_card import CONVERSATION_FIELDS, data_section
+
+    folder = tmp_path / "chats"
+    names = _photos(folder, 10)
+    rows = [{"images": [name], "messages": [{"role": "user", "content": "<image>Which colour?"},
+                                            {"role": "assistant", "content": "dark"}]} for name in names]
+    rows[3]["messages"].append({"role": "user", "content": "and then?"})  # two rounds: skipped
+    (folder / "chats.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    load_report, used, checks = _loaded(folder / "chats.jsonl", None, format="conversations")
+    data = data_section(load_report, used, task="captioning", split_seed=5, columns=None, checks=checks)
+    assert data["fields"] == CONVERSATION_FIELDS and data["format"].startswith("conversations")
+    assert data["source"] == "chats.jsonl" and data["read"] == 10 and sum(data["counts"].values()) == 9
+    assert data["metric"].startswith("rouge1") and list(data["skipped_reasons"].values()) == [1]
+    card(tmp_path / "card", data=data, tiny=False)
+    back = read_model_card(tmp_path / "card")["data"]
+    assert back["fields"] == CONVERSATION_FIELDS and back["skipped"] == data["skipped"]

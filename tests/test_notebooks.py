@@ -18,7 +18,7 @@ from vlm_helpers.results import find_runs
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SERIES = ("01_baseline_inference.ipynb", "02_florence2_docvqa.ipynb", "03_idefics2_qlora_docvqa.ipynb",
           "04_phi3_aircraft_captioning.ipynb", "05_before_after_comparison.ipynb")
-TINY_LABEL = "TINY mode: tiny random model, synthetic data"
+TINY_LABEL = "TINY mode: tiny random model — not a real result"
 
 
 def run_notebook(name: str, results_dir: Path, cache_dir: Path, timeout: int = 600,

@@ -104,15 +104,17 @@ def read_best_metadata(folder: str | Path) -> dict | None:
 
 
 def save_best_adapter(model, processor, folder: str | Path, *, metric: str, step: int, value: float,
-                      greater_is_better: bool) -> Path:
+                      greater_is_better: bool, base_model: str | None = None) -> Path:
     """Write the adapter (``lora.save_adapter``; the adapter alone when ``processor`` is None) to ``folder``
     atomically: into ``<folder>.tmp``, :data:`METADATA_FILE` last, then renamed into place.
 
-    The previous best is replaced only once the new one is complete. Refuses NaN/inf weights. Taught in
-    ``notebooks/06_your_data_your_model.ipynb``, section "Training: keep the best checkpoint".
+    The previous best is replaced only once the new one is complete. Refuses NaN/inf weights. Its files name
+    ``base_model`` (a Hub id) as the base, never the path it was loaded from
+    (:func:`vlm_helpers.lora.portable_adapter_files`). Taught in ``notebooks/06_your_data_your_model.ipynb``,
+    section "Training: keep the best checkpoint".
     """
     from vlm_helpers.checkpoints import check_finite_weights
-    from vlm_helpers.lora import save_adapter
+    from vlm_helpers.lora import portable_adapter_files, save_adapter
 
     folder = Path(folder)
     check_finite_weights(model)
@@ -120,8 +122,9 @@ def save_best_adapter(model, processor, folder: str | Path, *, metric: str, step
     shutil.rmtree(staging, ignore_errors=True)  # a staging folder left by a crash is half-written
     if processor is None:
         model.save_pretrained(staging)
+        portable_adapter_files(staging, base_model)
     else:
-        save_adapter(model, processor, staging)
+        save_adapter(model, processor, staging, base_model=base_model)
     metadata = {"metric": metric, "step": int(step), "value": float(value), "greater_is_better": greater_is_better}
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
     _replace_folder(staging, folder)
@@ -157,7 +160,7 @@ class BestCheckpointKeeper:
     """
 
     def __init__(self, metric: str, *, greater_is_better: bool, patience: int | None, output_dir: str | Path,
-                 processor=None, resume: str | Path | None = None):
+                 processor=None, resume: str | Path | None = None, base_model: str | None = None):
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
             raise ValueError(f"patience must be a whole number >= 1 (or None: no early stopping), got {patience!r}")
         self.metric = metric
@@ -166,6 +169,7 @@ class BestCheckpointKeeper:
         self.folder = Path(output_dir) / BEST_ADAPTER_DIR
         self.processor = processor
         self.resume = Path(resume) if resume is not None else None
+        self.base_model = base_model  # the Hub id the saved adapters name as their base
 
     def best(self, log_history: Sequence[dict]) -> tuple[int, float] | None:
         """The best ``(step, value)`` of ``log_history`` for this keeper's metric (:func:`best_evaluation`)."""
@@ -192,7 +196,7 @@ class BestCheckpointKeeper:
         earlier = self.best(state.log_history[:-1])
         if is_improvement(value, None if earlier is None else earlier[1], greater_is_better=self.greater_is_better):
             save_best_adapter(model, self.processor, self.folder, metric=self.metric, step=state.global_step,
-                              value=value, greater_is_better=self.greater_is_better)
+                              value=value, greater_is_better=self.greater_is_better, base_model=self.base_model)
             return False
         waited = evaluations_without_improvement(state.log_history, self.metric,
                                                  greater_is_better=self.greater_is_better)

@@ -318,6 +318,13 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, scaler,
                     if torch.is_tensor(value) and not is_dtensor(value) and value.shape == param.shape:
                         per_param[key] = shard_like(value, param)
     scheduler.load_state_dict(saved["scheduler"])
+    # the optimizer came back with the learning rate the *saved* run planned for its next step; a resumed run
+    # planned to another length (more max_steps or epochs) continues on its own schedule from that step instead
+    # (the same rate when the length is unchanged)
+    if hasattr(scheduler, "lr_lambdas"):
+        for group, base, rule in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * rule(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
     # each process gets back its own RNG state when the process count is unchanged, else rank 0's

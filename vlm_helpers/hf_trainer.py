@@ -23,7 +23,9 @@ its arguments the way the series needs them:
   ``trainer_state.json`` last and not atomically, so a checkpoint counts only when that file
   reads back (:func:`trainer_checkpoint_problem`); a resume skips one cut short by a crash for
   the previous complete one. A fresh run into a folder that already holds checkpoints or a saved
-  ``adapter/`` is refused, so a finished run is never overwritten;
+  ``adapter/`` is refused, so a finished run is never overwritten. A resumed run continues the step count
+  and the learning-rate schedule (a longer plan without a second warm-up), and its checkpoints and
+  ``best-adapter/`` name the base by its Hub id, not by a path of this machine;
 - non-finite steps: the Trainer itself would apply a NaN gradient, and its
   ``logging_nan_inf_filter`` logs a NaN loss as a finite number. Here every optimizer step's
   loss and gradients are checked before ``optimizer.step()``; a NaN/inf step is not applied
@@ -47,17 +49,23 @@ import importlib.util
 import json
 import os
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vlm_helpers.checkpoints import resume_point, scan_checkpoints
 
-__all__ = ["LOG_COLUMNS", "REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "history_from_log", "latest_trainer_checkpoint",
-           "log_table_header", "log_table_row", "make_training_arguments", "secret", "train_with_trainer", "trainer_checkpoint_dirs",
-           "trainer_checkpoint_problem", "validate_report_to"]
+__all__ = ["LOG_COLUMNS", "REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "TRAINING_TIME_FILE", "history_from_log",
+           "latest_trainer_checkpoint", "log_table_header", "log_table_row", "make_training_arguments", "secret",
+           "train_with_trainer", "trainer_checkpoint_dirs", "trainer_checkpoint_problem", "validate_report_to"]
 
 #: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
 TRAINER_STATE_FILE = "trainer_state.json"
+
+#: Written into each checkpoint by :func:`train_with_trainer` after the Trainer's files: ``{"seconds": ...,
+#: "step": ...}``, the training time up to that checkpoint over every session, so a resumed run reports its
+#: whole training time (the Trainer's ``train_runtime`` counts one session).
+TRAINING_TIME_FILE = "training_time.json"
 
 #: ``save_steps`` for "only after the last step": never a multiple of a real step number, and with
 #: ``save_strategy="steps"`` the Trainer always saves once the run reaches ``max_steps``.
@@ -278,6 +286,58 @@ def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _continue_schedule(args, optimizer, lr_scheduler, *, step: int, planned: int | None, max_steps: int) -> list[str]:
+    """After a resume: give the optimizer the learning rate of step ``step + 1`` on this run's schedule.
+
+    The Trainer restores the optimizer with the learning rate the checkpoint's schedule set after its last
+    step and trains the next step with it before the scheduler moves. Under the same plan that is right; when
+    the run is now planned for another number of steps (``max_steps``; the checkpoint's run planned
+    ``planned``), that step would train at the old plan's rate: 0 after a finished linear schedule. And a
+    warm-up given as a fraction of the run would grow with the new plan, sending a run that had finished its
+    warm-up back into one. So the schedule is rebuilt for ``max_steps`` with the warm-up the run began with,
+    and the rate of step ``step + 1`` set from it. A learning rate changed on resume is not applied (the
+    checkpoint's peak continues, as the Trainer does), but said. Returns the lines to print (none when nothing
+    changed). Schedules that are not a ``LambdaLR`` (all of the Trainer's ``lr_scheduler_type`` but
+    ``reduce_lr_on_plateau``) are left alone.
+    """
+    import torch
+    from transformers import get_scheduler
+
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return []
+    lines = []
+    if planned is not None and planned != max_steps:
+        began, fresh = args.get_warmup_steps(planned), args.get_warmup_steps(max_steps)
+        scratch = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        rebuilt = get_scheduler(args.lr_scheduler_type, optimizer=scratch, num_warmup_steps=began,
+                                num_training_steps=max_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        scheduler.lr_lambdas = [rebuilt.lr_lambdas[0]] * len(scheduler.base_lrs)
+        lines.append(f"resumed at step {step} of a run planned for {planned} steps, now planned for {max_steps}: the "
+                     f"learning-rate schedule continues on the new plan with the warm-up the run began with "
+                     f"({began} step{'s' if began != 1 else ''}" + (
+                         f"; a run planned for {max_steps} steps from the start would warm up for {fresh}, but a "
+                         "resumed run does not warm up again)" if fresh != began else ")"))
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)  # what get_last_lr() (the history's "lr") reports for the next step
+    if lines:
+        lines[-1] += f": step {step + 1} trains at {rates[0]:.3g}"
+    if scheduler.base_lrs and not math.isclose(scheduler.base_lrs[0], args.learning_rate, rel_tol=1e-9):
+        lines.append(f"the checkpoint's peak learning rate {scheduler.base_lrs[0]:g} continues; the "
+                     f"learning_rate {args.learning_rate:g} given now applies to new runs only")
+    return lines
+
+
+def _checkpoint_json(checkpoint: str | Path | None, name: str) -> dict | None:
+    """``checkpoint/name`` read as JSON, or None (no checkpoint, no such file, not JSON)."""
+    try:
+        return json.loads((Path(checkpoint) / name).read_text()) if checkpoint is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 def _guarded_trainer(trainer_class, guard: "_NonFiniteGuard"):
     """A ``Trainer`` subclass that hands every micro-batch's loss to ``guard``."""
 
@@ -393,15 +453,22 @@ def log_table_header() -> str:
     return "  ".join(heading.rjust(width) for (_, heading, _), width in zip(LOG_COLUMNS, widths))
 
 
-def log_table_row(logs: dict, step: int) -> str | None:
+def log_table_row(logs: dict, step: int, *, first_step: int = 0) -> str | None:
     """One line of the training table for a Trainer log entry, or ``None`` for entries that are not
-    training-loss logs. The end-of-run summary becomes one sentence instead of a dict.
+    training-loss logs. The end-of-run summary becomes one sentence instead of a dict; ``first_step`` is the
+    step a resumed run started from (the Trainer's time, speed and mean loss count only the steps after it).
 
     Shown in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer".
     """
     if "train_runtime" in logs:
-        return (f"trained {step} steps in {logs['train_runtime']:.1f} s "
-                f"({logs.get('train_steps_per_second', 0):.2f} steps/s), mean loss {logs.get('train_loss', float('nan')):.4f}")
+        if not first_step:
+            trained = f"trained {step} steps"
+        elif step > first_step:
+            trained = f"trained steps {first_step + 1}-{step} ({step - first_step} steps, resumed at step {first_step})"
+        else:
+            trained = f"trained no step (resumed at step {first_step}, where the run ends)"
+        return (f"{trained} in {logs['train_runtime']:.1f} s ({logs.get('train_steps_per_second', 0):.2f} steps/s), "
+                f"mean loss {logs.get('train_loss', float('nan')):.4f}")
     if "loss" not in logs:
         return None
     cells = []
@@ -416,7 +483,7 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                        eval_fn: Callable[[int], dict] | None = None, eval_every: int | None = None,
                        resume_from_checkpoint: str | Path | bool | None = None, max_skipped_steps: int = 10,
                        keep_best: str | None = None, greater_is_better: bool = True, patience: int | None = None,
-                       processor=None):
+                       processor=None, base_model: str | None = None):
     """Train with ``transformers.Trainer``; return ``(trainer, history)``.
 
     ``eval_fn(step) -> {"anls": ...}`` (e.g. generation + ANLS on validation rows) runs every
@@ -428,8 +495,18 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     starts with the checkpoint's records (the losses logged before it, not recomputed).
     ``args.max_steps`` counts all steps, those before the checkpoint included. This run's
     ``logging_steps``/``save_steps`` apply from the resume on (the Trainer alone would keep the
-    checkpoint's). Without it, a folder holding an earlier run's checkpoints or ``adapter/`` is
-    refused (``FileExistsError``) before anything is written.
+    checkpoint's). The learning rate continues the schedule: the same values as the run that went straight
+    on; a run now planned for more (or fewer) steps continues on the new plan from the checkpoint's step,
+    without a second warm-up (one printed line says so). The last printed line counts the steps trained now
+    (``trained steps 4-6 (3 steps, resumed at step 3)``), and ``trainer.training_seconds`` is the training
+    time of every session (each checkpoint records it in :data:`TRAINING_TIME_FILE`; None when the resumed
+    checkpoint predates that file), ``trainer.resumed_from_step`` the checkpoint's step (None for a fresh run).
+    Without it, a folder holding an earlier run's checkpoints or ``adapter/`` is refused
+    (``FileExistsError``) before anything is written.
+
+    ``base_model`` (the Hub id of the base, e.g. a model choice's ``model_id``) is what the checkpoints' and
+    ``best-adapter/``'s ``adapter_config.json`` and README name as the base, not the folder it was loaded from
+    (:func:`vlm_helpers.lora.portable_adapter_files`; without it a local folder is named by its name alone).
 
     A step whose loss or gradient is NaN/inf is not applied and is recorded as skipped; more than
     ``max_skipped_steps`` of them stop training with ``FloatingPointError`` (weights stay finite).
@@ -451,6 +528,7 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     from vlm_helpers.best_checkpoint import RUN_RESULTS, BestCheckpointKeeper
     from vlm_helpers.checkpoints import check_finite_weights
+    from vlm_helpers.lora import portable_adapter_files
 
     if keep_best is not None and (eval_fn is None or not eval_every):
         raise ValueError(f"keep_best={keep_best!r} chooses among evaluations: pass eval_fn and eval_every too")
@@ -463,7 +541,32 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                           is_main=int(os.environ.get("RANK", "0")) == 0)
     keeper = None if keep_best is None else BestCheckpointKeeper(
         keep_best, greater_is_better=greater_is_better, patience=patience, output_dir=args.output_dir,
-        processor=processor, resume=resume)
+        processor=processor, resume=resume, base_model=base_model)
+    # what the checkpoint's run had planned, and how long it had trained (None: a checkpoint without the record)
+    planned = (_checkpoint_json(resume, TRAINER_STATE_FILE) or {}).get("max_steps") if resume is not None else None
+    earlier = (_checkpoint_json(resume, TRAINING_TIME_FILE) or {}).get("seconds") if resume is not None else 0.0
+    clock = {"started": time.perf_counter(), "first_step": 0}
+
+    class ContinuedRun(TrainerCallback):
+        """The run continues a checkpoint's: its learning-rate schedule (:func:`_continue_schedule`) and step count;
+        each checkpoint records the training time so far and names the base portably."""
+
+        def on_train_begin(self, arguments, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            clock["started"], clock["first_step"] = time.perf_counter(), state.global_step
+            if resume is not None and optimizer is not None and lr_scheduler is not None:
+                lines = _continue_schedule(arguments, optimizer, lr_scheduler, step=state.global_step, planned=planned,
+                                           max_steps=state.max_steps)
+                for line in lines if state.is_world_process_zero else ():
+                    print(line)
+
+        def on_save(self, arguments, state, control, **kwargs):
+            checkpoint = Path(arguments.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                portable_adapter_files(checkpoint, base_model)
+                if earlier is not None:
+                    seconds = earlier + time.perf_counter() - clock["started"]
+                    (checkpoint / TRAINING_TIME_FILE).write_text(json.dumps({"seconds": seconds,
+                                                                            "step": state.global_step}))
 
     class CurrentIntervals(TrainerCallback):
         def on_train_begin(self, arguments, state, control, **kwargs):
@@ -485,7 +588,8 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
         printed_header = False
 
         def on_log(self, arguments, state, control, logs=None, **kwargs):
-            line = log_table_row(logs or {}, state.global_step) if state.is_world_process_zero else None
+            line = (log_table_row(logs or {}, state.global_step, first_step=clock["first_step"])
+                    if state.is_world_process_zero else None)
             if line is not None:
                 if not self.printed_header and "train_runtime" not in logs:
                     print(log_table_header())
@@ -498,7 +602,7 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
                 check_finite_weights(model)
 
     guard = _NonFiniteGuard(max_skipped_steps, fp16=bool(args.fp16))
-    callbacks = [CurrentIntervals(), guard.callback(), FiniteBeforeSaving()]
+    callbacks = [CurrentIntervals(), ContinuedRun(), guard.callback(), FiniteBeforeSaving()]
     callbacks += [GenerationEval()] if eval_fn is not None else []
     callbacks += [keeper.callback()] if keeper is not None else []
     trainer = _guarded_trainer(Trainer, guard)(model=model, args=args, train_dataset=train_rows,
@@ -509,6 +613,8 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
     if keeper is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         raise ValueError("keep_best saves the adapter from rank 0 alone: not with FSDP or DeepSpeed sharding")
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    trainer.training_seconds = None if earlier is None else earlier + time.perf_counter() - clock["started"]
+    trainer.resumed_from_step = clock["first_step"] if resume is not None else None
     model.eval()
     history = history_from_log(trainer.state.log_history)
     if keeper is not None:

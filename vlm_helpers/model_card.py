@@ -3,13 +3,14 @@
 Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
 
 :func:`write_model_card` writes ``README.md`` into the adapter's folder: YAML front matter the Hub reads
-(``base_model``, ``library_name: peft``, ``pipeline_tag: image-text-to-text``, ``tags``, ``license`` only
-when given), then markdown tables of the data (rows per split, which column plays which role, the split
-seed, where the data comes from), the hyper-parameters, the preset, hardware and run time, the best
-checkpoint, the scores before and after fine-tuning with each metric's definition
-(:data:`METRIC_DEFINITIONS`, the one place they are written), and how to load the adapter. In tiny mode the
-title carries :func:`vlm_helpers.runtime.mode_label` and so does every number. :func:`read_model_card`
-parses the card back (front matter and numbers), so a test can check that it shows what was measured.
+(``base_model``, ``library_name: peft``, ``pipeline_tag: image-text-to-text``, ``tags``, ``license`` only when
+given), then markdown tables of the data (rows per split, which column plays which role, the split seed, where the
+data comes from; for your own data also the format or conversation layout, rows read and skipped with the reasons,
+image sizes and the metric with why it suits the task), the hyper-parameters, the preset, hardware and run time,
+the best checkpoint, the scores before and after fine-tuning with each metric's definition
+(:data:`METRIC_DEFINITIONS`, the one place they are written), and how to load the adapter. In tiny mode the title
+carries :func:`vlm_helpers.runtime.mode_label` and so does every number. :func:`read_model_card` parses the card
+back (front matter and numbers), so a test can check that it shows what was measured.
 
 A ``README.md`` this module did not write (no :data:`CARD_MARKER` line) is never replaced: the user's
 card, or one they started from PEFT's template, is theirs. The one exception is the empty template that
@@ -18,10 +19,15 @@ PEFT's ``save_pretrained`` drops into every adapter folder, recognised line by l
 :func:`push_to_hub` uploads the folder (adapter weights and config, processor files, card) to a private
 repository by default; the token comes from the argument or from ``HF_TOKEN`` in Colab's secrets panel or
 the environment (:func:`vlm_helpers.hf_trainer.secret`), never from a cell, and is never printed.
+
+:func:`data_section` builds the card's ``data`` from what was actually loaded (``load_your_data``'s report,
+the splits as used and the checks' reports), for notebook 06 and ``vlm-train --recipe custom`` alike: the file
+by its name, never an absolute path.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +62,19 @@ METRIC_DEFINITIONS: dict[str, str] = {
 }
 _METRIC_PREFIXES = ("val_", "eval_", "test_")
 _DATA_KEYS = ("source", "counts", "fields", "split_seed")
+#: What each loader's format is, in words, for the card (a format not listed is shown by its name).
+FORMAT_WORDS = {
+    "jsonl": "JSON Lines, one row per line, read with the columns below",
+    "json": "a JSON array of rows, read with the columns below",
+    "csv": "CSV, one row per line after the header, read with the columns below",
+    "hf": "a Hugging Face dataset, read with the columns below",
+    "conversations": ("conversations: per row one user turn with the image and the question, then one assistant "
+                      "turn with the answer"),
+}
+#: Where a conversation row's parts are, for the card's role table.
+CONVERSATION_FIELDS = {"image": "the user turn's image", "question": "the user turn's text",
+                       "answer": "the assistant turn's text"}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\",;:()/]+/)+([^\s'\",;:()/]+)")
 _BASE_TAGS = ("peft", "lora", "vision-language-model", "vlm-finetuning-series")
 
 
@@ -80,12 +99,72 @@ def source_name(source) -> str:
     ``notebooks/06_your_data_your_model.ipynb``, section "Share the result"."""
     import os
 
+    from vlm_helpers.data.report import source_label
+
     if source is None:
         return "synthetic image folder (tiny mode)"
     if isinstance(source, Mapping):
         return ", ".join(f"{split}={source_name(path)}" for split, path in source.items())
-    text = os.fspath(source)
-    return Path(text).name if os.path.exists(text) else text
+    return source_label(os.fspath(source))
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every absolute path replaced by its last part (a card is made to be shared)."""
+    return _ABSOLUTE_PATH.sub(lambda match: match.group(1), text)
+
+
+def data_section(load_report, splits: Mapping, *, task: str, split_seed: int, columns=None, checks=(),
+                 note: str | None = None) -> dict:
+    """The card's ``data``, built from what was actually loaded, for :func:`write_model_card`.
+
+    Args:
+        load_report: ``load_your_data``'s :class:`~vlm_helpers.data.canonical.LoadReport` (source, format,
+            rows read, rows skipped while reading and why).
+        splits: the rows as used, ``{"train": ..., "validation": ..., "test": ...}`` (after ``clean_dataset``).
+        task: ``"qa"`` or ``"captioning"``: the metric and why (:func:`vlm_helpers.data.report.headline_metric`).
+        split_seed: the seed of the held-out splits.
+        columns: the :class:`vlm_helpers.data.formats.Columns` the rows were read with; None for conversations,
+            whose layout is described instead (:data:`CONVERSATION_FIELDS`), as it is whenever the format is
+            ``conversations``.
+        checks: ``clean_dataset``'s reports of the splits (the rows they left out).
+        note: one sentence more about the data (tiny mode's synthetic stand-in says why it stands in).
+
+    Returns ``{"source", "format", "counts", "skipped", "skipped_reasons", "read", "fields", "images", "metric",
+    "split_seed"}`` (+ ``"note"``): the source by its name only (:func:`source_name`), the format in words
+    (:data:`FORMAT_WORDS`), rows used and skipped per split, rows read, the skip reasons counted by kind (no
+    paths), image sizes, the headline metric with why. Written in ``notebooks/06_your_data_your_model.ipynb``,
+    section "Share the result"; ``vlm-train --recipe custom`` writes the same.
+    """
+    from vlm_helpers.data.report import headline_metric, your_data_report
+
+    report = your_data_report(splits, task=task, load_report=load_report, checks=checks)
+    kinds = [kind for kind in str(load_report.format).split("/") if kind]
+    conversations = "conversations" in kinds
+    if conversations or columns is None:
+        fields = dict(CONVERSATION_FIELDS)
+        if columns is not None and columns.id is not None:
+            fields = {"id": columns.id, **fields}
+    else:
+        fields = columns.fields()
+    costs = report.costs
+    images = f"{costs.images} distinct images"
+    if costs.width is not None:
+        images += (f"; width px {costs.width}; height px {costs.height}; the largest "
+                   f"{costs.largest[0]}x{costs.largest[1]} px")
+    metric, why = headline_metric(task)
+    layout = getattr(load_report, "layout", "")  # what the loader found in the file, e.g. "CSV, ';'-separated"
+    described = "; ".join(FORMAT_WORDS.get(kind, kind) for kind in kinds) or str(load_report.format)
+    data = {"source": source_name(str(load_report.source)),
+            "format": described + (f" (found: {layout})" if layout and layout.lower() not in described.lower()
+                                   else ""),
+            "counts": dict(report.rows), "skipped": report.skipped_by_split(),
+            "skipped_reasons": {_scrub(kind): count for kind, count in report.skipped_by_reason().items()},
+            "read": report.read, "fields": fields, "images": images,
+            "metric": f"{metric}, {why}; it chose the best checkpoint on the validation split",
+            "split_seed": split_seed}
+    if note:
+        data["note"] = _scrub(note)
+    return data
 
 
 def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Mapping, hyperparameters: Mapping,
@@ -99,7 +178,9 @@ def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Ma
     Args:
         base_model: the base model's Hub id (``base_model`` in the front matter).
         task: what the adapter does, in words (e.g. ``"DocVQA question answering"``).
-        data: ``{"source": text, "counts": {split: rows}, "fields": {role: column}, "split_seed": int}``.
+        data: ``{"source": text, "counts": {split: rows}, "fields": {role: column}, "split_seed": int}``, plus
+            optionally what :func:`data_section` adds (``format``, ``note``, ``skipped``, ``read``,
+            ``skipped_reasons``, ``images``, ``metric``); build it with :func:`data_section` for your own data.
         hyperparameters: name -> value, shown as given (``str(value)``).
         metrics_before, metrics_after: the scores before and after fine-tuning (``evaluation.evaluate``'s
             dicts; ``samples`` is shown as a count). Every metric needs a definition.
@@ -159,13 +240,13 @@ def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Ma
     lines = ["---", front, "---", "", CARD_MARKER, "", f"# {heading}", ""]
     if tiny:
         lines += [f"> **{mode_label(True)}** This adapter was trained in tiny mode, to test the code path: a tiny "
-                  "random model on synthetic data. None of its numbers says anything about the real model.", ""]
+                  "random model, a short run on the few rows described under *Data* (your own, or a synthetic folder "
+                  "standing in for them). None of its numbers says anything about the real model.", ""]
     lines += [f"A LoRA adapter (PEFT) for [`{base_model}`](https://huggingface.co/{base_model}), fine-tuned for "
               f"{task}. It holds only the trained weights: load the base model and put the adapter on top "
               "(see *How to use*).", "",
-              "## Data", "", " ".join(str(data["source"]).split()), "",
-              *_table(["split", "rows"], [[split, number(int(n))] for split, n in data["counts"].items()]), "",
-              *_table(["role", "column"], [[role, f"`{column}`"] for role, column in data["fields"].items()]), "",
+              "## Data", "", " ".join(_scrub(str(data["source"])).split()), "",
+              *_data_lines(data, number, label),
               f"Split seed: {number(data['split_seed'])}", "",
               "## Training", "",
               *_table(["hyper-parameter", "value"], [[name, number(value)] for name, value in hyperparameters.items()]),
@@ -199,15 +280,45 @@ def write_model_card(folder: str | Path, *, base_model: str, task: str, data: Ma
     return path
 
 
+def _data_lines(data: Mapping, number, label: str) -> list[str]:
+    """The Data section between the source and the split seed: the optional lines of :func:`data_section`
+    around the tables of rows per split and of the roles."""
+    lines = []
+    for key, heading in (("format", "Format"), ("note", "Note")):
+        if data.get(key):
+            lines += [f"{heading}: {' '.join(_scrub(str(data[key])).split())}", ""]
+    skipped = data.get("skipped")
+    if skipped is not None:
+        counts = _table(["split", "rows", "skipped"], [[split, number(int(n)), number(int(skipped.get(split, 0)))]
+                                                      for split, n in data["counts"].items()])
+    else:
+        counts = _table(["split", "rows"], [[split, number(int(n))] for split, n in data["counts"].items()])
+    lines += [*counts, ""]
+    if data.get("read") is not None:
+        lines += [f"Rows read: {number(int(data['read']))}", ""]
+    lines += [*_table(["role", "column"], [[role, f"`{column}`" if re.fullmatch(r"[^\s`]+", str(column)) else column]
+                                           for role, column in data["fields"].items()]), ""]
+    reasons = data.get("skipped_reasons")
+    if reasons:
+        lines += [*_table(["skipped because", "rows"], [[reason, number(int(n))] for reason, n in reasons.items()]),
+                  ""]
+    for key, heading in (("images", "Images"), ("metric", "Metric")):
+        if data.get(key):
+            text = " ".join(_scrub(str(data[key])).split())
+            lines += [f"{heading}: {text}{label if re.search(r'[0-9]', text) else ''}", ""]
+    return lines
+
+
 def read_model_card(folder: str | Path) -> dict:
     """Parse a card written by :func:`write_model_card` back into its front matter and numbers.
 
     Returns ``{"front_matter", "title", "tiny", "data": {"source", "counts", "fields", "split_seed"},
-    "hyperparameters" (values as shown, strings), "preset": {"name", "dtype", "hardware"}, "run_seconds",
-    "best": {"step", "metric", "value"} or None, "decimals", "metrics_before", "metrics_after",
-    "changes", "definitions"}``; scores are floats as rounded in the card (None where a side has none),
-    ``samples`` an int. Raises ``ValueError`` for a README.md this module did not write. Used in
-    ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
+    "hyperparameters" (values as shown, strings), "preset": {"name", "dtype", "hardware"}, "run_seconds", "best":
+    {"step", "metric", "value"} or None, "decimals", "metrics_before", "metrics_after", "changes",
+    "definitions"}``; ``data`` also holds the optional keys of :func:`data_section` the card shows (``format``,
+    ``note``, ``skipped``, ``read``, ``skipped_reasons``, ``images``, ``metric``). Scores are floats as rounded in
+    the card (None where a side has none), ``samples`` an int. Raises ``ValueError`` for a README.md this module
+    did not write. Used in ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
     """
     from huggingface_hub import ModelCard
 
@@ -245,10 +356,7 @@ def read_model_card(folder: str | Path) -> dict:
         "front_matter": card.data.to_dict(),
         "title": title,
         "tiny": tiny,
-        "data": {"source": _paragraphs(sections["Data"])[0],
-                 "counts": {plain(split): int(plain(n)) for split, n in data_tables[0]},
-                 "fields": {plain(role): plain(column) for role, column in data_tables[1]},
-                 "split_seed": int(seed) if seed.lstrip("-").isdigit() else seed},
+        "data": _read_data(sections["Data"], data_tables, plain, seed),
         "hyperparameters": {plain(name): plain(shown) for name, shown in train_tables[0]},
         "preset": {"name": plain(preset[0]), "dtype": plain(preset[1]), "hardware": plain(preset[2])},
         "run_seconds": float(plain(preset[3])),
@@ -262,6 +370,24 @@ def read_model_card(folder: str | Path) -> dict:
     }
 
 
+def _read_data(section: str, tables: list, plain, seed: str) -> dict:
+    """The Data section back into :func:`write_model_card`'s ``data`` (the optional keys only when present)."""
+    data = {"source": _paragraphs(section)[0],
+            "counts": {plain(row[0]): int(plain(row[1])) for row in tables[0]}}
+    if tables[0] and len(tables[0][0]) == 3:
+        data["skipped"] = {plain(row[0]): int(plain(row[2])) for row in tables[0]}
+    data["fields"] = {plain(role): plain(column) for role, column in tables[1]}
+    if len(tables) > 2:
+        data["skipped_reasons"] = {plain(reason): int(plain(n)) for reason, n in tables[2]}
+    for key, heading in (("format", "Format"), ("note", "Note"), ("read", "Rows read"), ("images", "Images"),
+                         ("metric", "Metric")):
+        found = re.search(rf"^{heading}: (.+)$", section, flags=re.M)
+        if found:
+            data[key] = int(plain(found.group(1))) if key == "read" else plain(found.group(1))
+    data["split_seed"] = int(seed) if seed.lstrip("-").isdigit() else seed
+    return data
+
+
 def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = True,
                 commit_message: str = "Upload LoRA adapter, processor and model card", api=None):
     """Upload an adapter folder (weights, config, processor files, ``README.md``) to ``repo_id`` on the Hub.
@@ -272,7 +398,10 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     ``api.create_repo(repo_id, private=private, exist_ok=True)`` (an existing repository keeps its
     visibility) and ``api.upload_folder`` with exactly the folder's files. ``api``: a
     ``huggingface_hub.HfApi`` (default: a new one). Returns ``upload_folder``'s commit info; prints one line
-    (never the token). Opt-in cell of ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
+    (never the token). An ``adapter_config.json`` naming its base by a path of this machine (an adapter saved
+    without :func:`vlm_helpers.lora.save_adapter`) is refused too (``ValueError``): the adapter would be uploaded
+    with that path in it, and nobody could find its base. Opt-in cell of
+    ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
     """
     if not (isinstance(repo_id, str) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id)):
         raise ValueError(f"repo_id must name a Hub repository, 'your-name/your-adapter' (notebook: HUB_REPO_ID), "
@@ -281,6 +410,13 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     missing = _upload_problems(folder)
     if missing:
         raise FileNotFoundError(f"{folder} is not ready to share: {'; '.join(missing)}")
+    from vlm_helpers.lora import portable_base_name
+
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base and portable_base_name(base) != base:
+        raise ValueError(f"{folder / 'adapter_config.json'} names its base model by a path of this machine ({base}): "
+                         "name the Hub model instead, lora.portable_adapter_files(folder, base_model='org/name') "
+                         "(lora.save_adapter(..., base_model='org/name') does it when saving)")
     if token is None:
         from vlm_helpers.hf_trainer import secret
 

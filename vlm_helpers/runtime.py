@@ -206,7 +206,7 @@ def describe(profile: HardwareProfile, preset: Preset) -> str:
         cc = ".".join(map(str, profile.compute_capability or ()))
         machine = f"{profile.gpu_name} ({profile.gpu_memory_gb} GB, compute capability {cc})"
     where = "Colab" if profile.on_colab else "local"
-    mode = "TINY mode (random tiny models, synthetic data)" if preset.tiny else "FULL mode"
+    mode = "TINY mode (random tiny models; synthetic data unless you give your own)" if preset.tiny else "FULL mode"
     return (f"{machine}, {where} | preset {preset.name}: {preset.dtype}, attention={preset.attn_implementation}, "
             f"batch {preset.batch_size} x accumulation {preset.grad_accum}, "
             f"gradient checkpointing {'on' if preset.gradient_checkpointing else 'off'} | {mode}")
@@ -219,7 +219,7 @@ def mode_label(tiny: bool) -> str:
     DocVQA" (two modes); the label is first printed in ``notebooks/02_florence2_docvqa.ipynb``, section "The
     data: questions about scanned documents".
     """
-    return "[TINY mode: tiny random model, synthetic data — not a real result]" if tiny else "[FULL mode]"
+    return "[TINY mode: tiny random model — not a real result]" if tiny else "[FULL mode]"
 
 
 def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: str | None = None) -> str:

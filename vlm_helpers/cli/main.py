@@ -35,14 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from vlm_helpers.cli.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
-from vlm_helpers.cli.recipes import RECIPES, RunSettings, YourData, batching_recipe, get_recipe
+from vlm_helpers.cli.recipes import RECIPES, RunSettings, UserError, YourData, batching_recipe, get_recipe
 from vlm_helpers.cli.tracking import REPORT_TO_CHOICES, check_report_to
 
-__all__ = ["build_parser", "main", "resolve_settings"]
+__all__ = ["build_parser", "main", "resolve_settings", "user_problem"]
 
 # ------------------------------------------------------------- command line
 
@@ -151,6 +153,12 @@ notes:
   * Crash-safe: a checkpoint is written to checkpoint-N.tmp and renamed when complete; --resume takes
     the newest complete checkpoint and sets aside one cut short by a crash. A step with a NaN/inf loss
     or gradient is not applied (see --max-skipped-steps); history.json lists it as skipped.
+  * A problem you can fix (a broken row, named by file:line or split/row/id; a missing file or column; an
+    --output-dir holding an earlier run; full mode on a machine without a GPU) stops the run before training
+    with one line and exit status 2; --debug adds the traceback. Under torchrun rank 0 prints it.
+  * The HF Trainer recipes' --resume continues the step count and the learning-rate schedule (a higher
+    --max-steps continues on the longer plan, without a second warm-up); the last line counts the steps
+    trained now.
   * --resume works with every recipe (each continues its own checkpoint format: florence2-docvqa's
     training_state.pt, the HF Trainer's trainer_state.json). --fsdp is for florence2-docvqa (the
     series' own loop); the chat recipes train with the HF Trainer, which takes accelerate's
@@ -193,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     yours.add_argument("--data", default=None, metavar="PATH_OR_ID",
                        help="a .jsonl or .csv file listing images (paths relative to it), a folder written by "
                             "save_to_disk, or a Hub dataset id (tiny mode without it: a synthetic image folder)")
-    yours.add_argument("--data-format", choices=("auto", "jsonl", "csv", "conversations", "hf"), default=None,
-                       help="how --data is laid out (default: auto, from the file or folder)")
+    yours.add_argument("--data-format", choices=("auto", "jsonl", "json", "csv", "conversations", "hf"), default=None,
+                       help="how --data is laid out (default: auto, from the file or folder): jsonl/json (rows as "
+                            "JSON lines or one array), csv (comma, ';' or tab), conversations (messages, OpenAI "
+                            "image_url, ShareGPT/LLaVA), hf")
     yours.add_argument("--image-column", default=None, metavar="NAME", help="column with the image (default: image)")
     yours.add_argument("--question-column", default=None, metavar="NAME",
                        help="column with the question (default: question); for captioning give --prompt instead")
@@ -202,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="column with the answer, one string or a list of acceptable strings (default: answer)")
     yours.add_argument("--id-column", default=None, metavar="NAME",
                        help="column with a unique row id (default: file:line, or split:row)")
+    yours.add_argument("--answer-separator", default=None, metavar="TEXT",
+                       help="split every answer at TEXT into several acceptable ones, e.g. '|' for 'a|b' (default: "
+                            "none; a CSV cell holding a JSON or Python list literal is always several answers)")
     yours.add_argument("--prompt", default=None, metavar="TEXT",
                        help="captioning: one fixed instruction used as every row's question (no question column)")
     yours.add_argument("--task", choices=("qa", "captioning"), default=None,
@@ -288,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "configs/accelerate_fsdp.yaml switches this on by itself")
     adv.add_argument("--dist-timeout-minutes", type=_positive_float, default=60.0, metavar="M",
                      help="how long ranks wait for each other, e.g. while rank 0 evaluates (default: %(default)s)")
+    adv.add_argument("--debug", action="store_true",
+                     help="on a problem with the data, the files or the machine (normally one line, exit status 2), "
+                          "also print the Python traceback")
     adv.add_argument("--write-weight-digests", action="store_true",
                      help="each process writes weights-rank<r>.json (hash of its trainable weights) to --output-dir: "
                           "all equal means the replicas stayed in sync")
@@ -295,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunSettings:
-    """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2).
+    """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2), problems
+    with files (``--data``, ``--output-dir``, ``--resume``, ``--results-dir``) in a
+    :class:`~vlm_helpers.cli.recipes.UserError` (one line, exit 2).
 
     Where the defaults come from (recipe, mode, GPU preset): the README, section "One GPU".
     """
@@ -336,7 +354,7 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         problem = replace_problem(results_dir, task=task, model=model, stage="finetuned",
                                   mode="tiny" if tiny else "full", notebook="vlm-train")
         if problem:
-            parser.error(f"--results-dir: {problem}")
+            raise UserError(f"--results-dir: {problem}")
 
     if recipe.trainer != "hf" and (args.keep_best or args.patience):
         parser.error(f"--keep-best and --patience apply to the HF Trainer recipes, not {recipe.name}")
@@ -380,7 +398,8 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
     The options are notebook 06's parameters: the README, section "Your data: the formats notebook 06 reads".
     """
     custom_only = ("data", "data_format", "image_column", "question_column", "answer_column", "id_column", "prompt",
-                   "task", "model", "method", "instruction", "split_seed", "validation_fraction", "test_fraction")
+                   "task", "model", "method", "instruction", "split_seed", "validation_fraction", "test_fraction",
+                   "answer_separator")
     if recipe != "custom":
         given = [f"--{name.replace('_', '-')}" for name in custom_only if getattr(args, name) is not None]
         if given:
@@ -394,8 +413,8 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
         from vlm_helpers.data.formats import looks_local
 
         if looks_local(args.data):
-            parser.error(f"--data: no such file or folder: {Path(args.data).absolute()} (a Hub dataset id looks "
-                         "like 'owner/name')")
+            raise UserError(f"--data: no such file or folder: {Path(args.data).absolute()} (a Hub dataset id looks "
+                            "like 'owner/name')")
     task = args.task or "qa"
     data_format = args.data_format or "auto"
     model = args.model or ("idefics2" if tiny else "qwen2-vl")
@@ -419,15 +438,13 @@ def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argpar
                     answer_column=args.answer_column or "answer", id_column=args.id_column, prompt=args.prompt,
                     task=task, model=model, method=args.method, instruction=instruction,
                     split_seed=42 if args.split_seed is None else args.split_seed,
-                    validation_fraction=args.validation_fraction or 0.1, test_fraction=args.test_fraction or 0.1)
+                    validation_fraction=args.validation_fraction or 0.1, test_fraction=args.test_fraction or 0.1,
+                    answer_separator=args.answer_separator)
     if not conversations:
-        from vlm_helpers.data.formats import Columns
-
         try:  # the column mapping is checked now, not after the model has loaded
-            Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
-                    id=data.id_column, prompt=data.prompt)
+            data.columns()
         except ValueError as error:
-            parser.error(f"the column options: {error}")
+            raise UserError(f"the column options: {error}") from None
     return data
 
 
@@ -438,7 +455,7 @@ def _detected_format(source: str, parser: argparse.ArgumentParser) -> str:
     try:
         return detect_format(source)
     except ValueError as error:
-        parser.error(f"--data: {error}")
+        raise UserError(f"--data: {error}") from None
 
 
 def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
@@ -448,8 +465,10 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
     (florence2-docvqa's loop) or a ``trainer_state.json`` that reads back (the HF Trainer
     recipes). A staging folder or a checkpoint cut short by a crash is never resumed from;
     a fresh run refuses a folder holding any checkpoint, complete or not, or the final
-    model (``final/``) or adapter (``adapter/``) of an earlier run.
+    model (``final/``), adapter (``adapter/``) or best adapter (``best-adapter/``) of an earlier run.
+    Each refusal is a :class:`~vlm_helpers.cli.recipes.UserError` (one line, exit status 2).
     """
+    from vlm_helpers.best_checkpoint import RUN_RESULTS
     from vlm_helpers.checkpoints import describe_incomplete, loop_checkpoint_problem, scan_checkpoints
     from vlm_helpers.hf_trainer import trainer_checkpoint_problem
 
@@ -458,42 +477,90 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
     complete, incomplete = scan_checkpoints(output_dir, problem)
     if args.resume is None:
         if complete:
-            parser.error(f"--output-dir {output_dir} already holds {complete[-1].name}: pass --resume to continue "
-                         "that run, or choose another --output-dir")
-        result = "adapter" if hf else "final"
-        if incomplete or (output_dir / result).exists():
-            what = describe_incomplete(incomplete) if incomplete else f"{result}/ (the result of a finished run)"
-            parser.error(f"--output-dir {output_dir} already holds {what} from an earlier run and no complete "
-                         "checkpoint to resume; nothing was changed: choose another --output-dir (or delete "
-                         "those folders yourself)")
+            raise UserError(f"--output-dir {output_dir} already holds {complete[-1].name}: pass --resume to continue "
+                            "that run, or choose another --output-dir")
+        results = [name for name in (("adapter", *RUN_RESULTS) if hf else ("final",)) if (output_dir / name).exists()]
+        if incomplete or results:
+            what = describe_incomplete(incomplete) if incomplete else f"{results[0]}/ (the result of a finished run)"
+            raise UserError(f"--output-dir {output_dir} already holds {what} from an earlier run and no complete "
+                            "checkpoint to resume; nothing was changed: choose another --output-dir (or delete "
+                            "those folders yourself)")
         return None
     if args.resume == "latest":
         if not complete:
             found = f" (incomplete only: {describe_incomplete(incomplete)})" if incomplete else ""
-            parser.error(f"--resume: {output_dir} holds no complete checkpoint{found}; start without --resume in "
-                         "another --output-dir, or pass --output-dir of the run to continue")
+            raise UserError(f"--resume: {output_dir} holds no complete checkpoint{found}; start without --resume in "
+                            "another --output-dir, or pass --output-dir of the run to continue")
         checkpoint = complete[-1]
     else:
         checkpoint = Path(args.resume)
         why = problem(checkpoint)
         if why is not None:
-            parser.error(f"--resume {checkpoint}: not a complete {args.recipe} checkpoint ({why}); give a "
-                         "checkpoint-<step> folder, or --resume alone for the newest complete one in --output-dir")
+            raise UserError(f"--resume {checkpoint}: not a complete {args.recipe} checkpoint ({why}); give a "
+                            "checkpoint-<step> folder, or --resume alone for the newest complete one in --output-dir")
     step = checkpoint.name.rpartition("-")[2]
     if args.max_steps is not None and step.isdigit() and args.max_steps <= int(step):
-        parser.error(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "
-                     "to train further")
+        raise UserError(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "
+                        "to train further")
     return str(checkpoint)
+
+
+def user_problem(error: BaseException) -> str | None:
+    """The one line ``vlm-train`` prints for ``error`` when it is the user's to fix, or None for a program error.
+
+    The user's: :class:`~vlm_helpers.cli.recipes.UserError` (data files, options, output folders, no GPU), a
+    row that fails validation (:class:`~vlm_helpers.data.validation.DataValidationError`, which names file and
+    line or split, row and id), and a folder the run refuses to overwrite (``FileExistsError``). Anything else
+    keeps its traceback. The README, section "When things go wrong".
+    """
+    from vlm_helpers.data.validation import DataValidationError
+
+    if not isinstance(error, (UserError, DataValidationError, FileExistsError)):
+        return None
+    return " ".join(str(error).split())  # one line, whatever the message holds
+
+
+def _stop(error: BaseException, line: str, *, debug: bool, is_main: bool) -> NoReturn:
+    """Print ``vlm-train: error: <line>`` on rank 0 (with ``--debug``: the traceback first) and exit with status 2,
+    by ``SystemExit(2)`` as argparse does for a misspelt option."""
+    if is_main:
+        if debug:
+            import traceback
+
+            traceback.print_exception(error)
+        print(f"vlm-train: error: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
+def _require_gpu(settings: RunSettings) -> None:
+    """Full mode (real checkpoints and data) on a machine without a GPU stops here, before anything loads: the
+    command line's form of the notebooks' :func:`vlm_helpers.runtime.require_gpu_unless_tiny`."""
+    from vlm_helpers.runtime import NeedsGPU, require_gpu_unless_tiny
+
+    try:
+        require_gpu_unless_tiny(settings.tiny, notebook="vlm-train")
+    except NeedsGPU:
+        raise UserError(f"--recipe {settings.recipe} in full mode loads the real checkpoint and data, and this "
+                        "machine has no GPU (torch.cuda.is_available() is False): add --tiny to run the recipe on a "
+                        "tiny random model on this CPU, or run it on a GPU machine (Colab: Runtime > Change "
+                        "runtime type > T4 GPU)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vlm-train`` / ``python -m vlm_helpers.cli``; returns the exit code.
 
-    Taught in the README, section "Scaling out: from one GPU to several machines".
+    Exit status 0: trained; 2 (``SystemExit(2)``, as argparse): a misspelt or impossible command line (argparse:
+    usage and the error), or a problem the user can fix (:func:`user_problem`: one line on stderr, printed by
+    rank 0 alone, no traceback unless ``--debug``); anything else is a program error with its traceback. Taught
+    in the README, section "Scaling out: from one GPU to several machines".
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = resolve_settings(args, parser)
+    try:
+        settings = resolve_settings(args, parser)
+        _require_gpu(settings)
+    except UserError as error:  # before the process group exists: RANK says which process prints
+        _stop(error, user_problem(error), debug=args.debug, is_main=os.environ.get("RANK", "0") == "0")
     recipe = get_recipe(settings.recipe)
     fsdp = None
     if settings.recipe == "florence2-docvqa":  # the recipes on the HF Trainer read accelerate's FSDP variables themselves
@@ -527,6 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed(env, ok=False)
         print(f"vlm-train: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        shutdown_distributed(env, ok=False)
+        line = user_problem(error)
+        if line is None:
+            raise
+        # every rank stops with status 2; under torchrun the others have met the same data, or rank 0's verdict
+        _stop(error, line + ("" if args.debug else " (vlm-train --debug shows the traceback)"), debug=args.debug,
+              is_main=env.is_main)
     except BaseException:
         shutdown_distributed(env, ok=False)
         raise

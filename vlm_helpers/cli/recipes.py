@@ -40,9 +40,20 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from vlm_helpers.runtime import Preset
     from vlm_helpers.cli.launch import Distributed
 
-__all__ = ["ChatSpec", "Defaults", "RECIPES", "Recipe", "RunSettings", "YourData", "batching_recipe", "get_recipe",
-           "register", "run_custom", "run_florence2_docvqa", "run_idefics2_qlora_docvqa", "run_phi3_aircraft",
-           "weights_digest"]
+__all__ = ["ChatSpec", "Defaults", "RECIPES", "Recipe", "RunSettings", "UserError", "YourData", "batching_recipe",
+           "get_recipe", "register", "run_custom", "run_florence2_docvqa", "run_idefics2_qlora_docvqa",
+           "run_phi3_aircraft", "weights_digest"]
+
+
+class UserError(Exception):
+    """A problem with the user's data, files or command line, not with the program: ``vlm-train`` prints its
+    message as one line (``vlm-train: error: ...``, on rank 0 only), no traceback unless ``--debug``, and exits
+    with status 2, as argparse does for a misspelt option.
+
+    Raised for what the user can fix: a data file that cannot be read (``[data.jsonl:7] malformed JSON``), a
+    column that does not exist, an output folder holding an earlier run, full mode on a machine without a GPU.
+    The README, section "When things go wrong".
+    """
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,15 @@ class YourData:
     split_seed: int
     validation_fraction: float
     test_fraction: float
+    answer_separator: str | None = None  # splits a string answer into several (e.g. "|"); None: as written
+
+    def columns(self):
+        """The :class:`~vlm_helpers.data.formats.Columns` these options name (``ValueError`` for an impossible
+        mapping, e.g. one column in two parts); not for conversation files, which need none."""
+        from vlm_helpers.data.formats import Columns
+
+        return Columns(image=self.image_column, question=self.question_column, answer=self.answer_column,
+                       id=self.id_column, prompt=self.prompt, answer_separator=self.answer_separator)
 
     def results_run(self) -> tuple[str, str]:
         """``(task, model)`` of the run's results: e.g. ``("qa", "custom-qwen2-vl")``."""
@@ -271,7 +291,7 @@ def _docvqa_style_train_rows(settings: RunSettings):
     return docvqa_dataset("train", tiny=settings.tiny, max_samples=settings.max_train_samples, seed=settings.seed)
 
 
-def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **columns):
+def _validated(dataset, split: str, settings: RunSettings, env: Distributed, reports: list | None = None, **columns):
     """Validate every row before training (:func:`~vlm_helpers.data.validation.clean_dataset`),
     against the model's processor too (``columns`` holds ``processor=`` and the column names) and, for the
     training split, against the run's collator (``collator=``: answers too long for it).
@@ -279,7 +299,8 @@ def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **c
     Stops at the first bad row (naming it), or with ``--skip-bad-rows`` drops bad rows
     and lists them. Returns the dataset restricted to the good rows; images stay
     encoded and are decoded when a batch needs them. Under torchrun rank 0 validates
-    (decoding every image once, not once per process) and sends the verdict to the others.
+    (decoding every image once, not once per process) and sends the verdict to the others; its
+    :class:`~vlm_helpers.data.validation.ValidationReport` is appended to ``reports`` (rank 0 only).
     """
     from vlm_helpers.data.validation import clean_dataset
 
@@ -289,12 +310,14 @@ def _validated(dataset, split: str, settings: RunSettings, env: Distributed, **c
             _, report = clean_dataset(dataset, split=split, on_bad="skip" if settings.skip_bad_rows else "raise",
                                       **columns)
             verdict = ("ok", report.kept_indices if report.skipped else None, str(report), report.kept)
+            if reports is not None:
+                reports.append(report)
         except ValueError as error:
             env.broadcast(("error", str(error)))
             raise
     verdict = env.broadcast(verdict)
-    if verdict[0] == "error":
-        raise ValueError(f"rank 0 found a bad row: {verdict[1]}")
+    if verdict[0] == "error":  # the same user error on every rank (rank 0 alone prints it)
+        raise UserError(f"rank 0 found a bad row: {verdict[1]}")
     _, kept_indices, text, kept = verdict
     env.log(text if kept_indices is not None else f"validated {split}: all {kept} rows usable")
     return dataset.select(kept_indices) if kept_indices is not None else dataset
@@ -480,6 +503,7 @@ class ChatSpec:
     # choice's own (model_choices.ModelChoice.collator: Florence-2's for florence2)
     make_collator: Callable[[Any], Any] | None = None
     prompt_settings: tuple[tuple[str, str], ...] = ()  # what the model card records as the prompt (custom)
+    report_data: bool = False  # print the data report of every split before training (custom: your data)
 
 
 def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
@@ -524,11 +548,20 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                 ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,
                                 answer_key=spec.answer_key, id_key=spec.id_key, seed=settings.seed))
     # training answers too long for the collator are refused (or skipped) here, not at their batch
-    train_rows = _validated(train_rows, "train", settings, env, processor=processor, collator=collator,
+    checks: list = []  # rank 0's validation reports (the data report and the card list what they left out)
+    train_rows = _validated(train_rows, "train", settings, env, checks, processor=processor, collator=collator,
                             **validation_keys)
-    eval_rows = _validated(eval_rows, "validation", settings, env, processor=processor, **validation_keys)
+    # splits answered by generation: their prompts are priced (a question too long for the model), not the answers
+    eval_rows = _validated(eval_rows, "validation", settings, env, checks, processor=processor, collator=collator,
+                           price_answers=False, **validation_keys)
     if test_rows is not None:
-        test_rows = _validated(test_rows, "test", settings, env, processor=processor, **validation_keys)
+        test_rows = _validated(test_rows, "test", settings, env, checks, processor=processor, collator=collator,
+                               price_answers=False, **validation_keys)
+    if spec.report_data and env.is_main:
+        budget = spec.image_budget(preset.name) if spec.image_budget is not None else None
+        without = lora.load_chat_processor(checkpoint) if budget else None
+        env.log(_data_report({"train": train_rows, "validation": eval_rows, "test": test_rows}, spec, processor,
+                             without, budget, preset.name, getattr(load_rows, "load_report", None), checks))
     model = lora.add_lora(model, target_modules=spec.lora_targets, r=spec.lora_r, alpha=spec.lora_alpha,
                                  dropout=0.0 if settings.tiny else spec.lora_dropout, quantized=quantize,
                                  gradient_checkpointing=preset.gradient_checkpointing,
@@ -566,7 +599,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     baseline = None
     if spec.model_card:  # the card's "before": the untrained adapter (LoRA's B starts at 0) on the test rows
         baseline = evaluate_on_rank0("[vlm-train] before fine-tuning (test split)", test_rows or eval_rows)
-    started = time.perf_counter()
+    started = time.perf_counter()  # the card's time only if a resumed checkpoint has no record of earlier sessions
     env.log(f"training with the HF Trainer: {env.world_size} process(es) x batch {settings.batch_size} x "
             f"accumulation {settings.grad_accum}, {len(train_rows)} training rows"
             + (f", resuming from {settings.resume}" if settings.resume else ""))
@@ -576,14 +609,16 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                           max_skipped_steps=settings.max_skipped_steps,
                                           keep_best=(f"eval_{HEADLINE_METRICS[spec.task][0]}" if settings.keep_best
                                                      else None),
-                                          patience=settings.patience, processor=processor)
+                                          patience=settings.patience, processor=processor, base_model=spec.model_id)
+    run_seconds = trainer.training_seconds  # every session's training, evaluations during training included
     if settings.write_weight_digests:
         write_weight_digest(model, settings, env, trainer.state.global_step)
     final_rows = eval_rows if test_rows is None else test_rows  # custom: the test split, not used for choosing
     final = evaluate_on_rank0("[vlm-train] after fine-tuning" + (" (test split)" if test_rows is not None else ""),
                               final_rows)
     summary: dict[str, Any] = {"recipe": settings.recipe, "dataset": settings.dataset,
-                               "steps": trainer.state.global_step, "world_size": env.world_size,
+                               "steps": trainer.state.global_step, "resumed_from_step": trainer.resumed_from_step,
+                               "world_size": env.world_size,
                                "output_dir": str(settings.output_dir),
                                "final_loss": history[-1]["loss"] if history else None,
                                "checkpoint": str(latest_trainer_checkpoint(settings.output_dir))}
@@ -595,13 +630,16 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                          metrics=scores, records=records, history=history,
                                          replace=settings.replace_results)
         check_finite_weights(model)  # never save a NaN adapter
-        adapter = lora.save_adapter(model, processor, settings.output_dir / "adapter")
+        adapter = lora.save_adapter(model, processor, settings.output_dir / "adapter", base_model=spec.model_id)
         summary.update(metrics=dict(scores), metrics_file=str(metrics_file), adapter_dir=str(adapter))
         if spec.model_card:
             card = _write_your_data_card(adapter, settings, spec, history, before=baseline[1], after=scores,
-                                         counts={"train": len(train_rows), "validation": len(eval_rows),
-                                                 "test": len(final_rows)},
-                                         run_seconds=time.perf_counter() - started)
+                                         splits={"train": train_rows, "validation": eval_rows, "test": final_rows},
+                                         loaded=load_rows, checks=checks,
+                                         run_seconds=run_seconds if run_seconds is not None
+                                         else time.perf_counter() - started,
+                                         resumed_from_step=trainer.resumed_from_step,
+                                         earlier_time_known=run_seconds is not None)
             summary["model_card"] = str(card)
     env.barrier()
     return summary
@@ -708,69 +746,106 @@ register(Recipe(
 # ------------------------------------------------------------------ custom: your data
 
 
-def _your_data_rows(settings: RunSettings):
-    """Train / validation / test rows of ``--data`` (notebook 06's loading and splitting); in tiny mode
-    without ``--data``, a synthetic image folder."""
-    import tempfile
+class YourDataLoader:
+    """``--data``'s train / validation / test rows (notebook 06's loading and splitting), keeping what the data
+    report and the model card need: the loader's report, the columns read (None for conversations) and, in tiny
+    mode without ``--data``, why a synthetic folder stands in. The recipe ``custom`` of the README, section "Your
+    data: the formats notebook 06 reads"."""
 
-    from vlm_helpers.data.formats import Columns, load_your_data, train_validation_test
+    def __init__(self) -> None:
+        self.load_report = None
+        self.columns = None
+        self.note: str | None = None
 
-    data = settings.your_data
-    source, columns = data.source, None
-    if source is None:  # tiny mode (resolve_settings refuses a full-mode run without --data)
-        from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
+    def __call__(self, settings: RunSettings):
+        import tempfile
 
-        synthetic = write_synthetic_image_folder(tempfile.mkdtemp(prefix="vlm-train-custom-"), rows=200,
-                                                 task=data.task, seed=settings.seed)
-        source, columns = synthetic.jsonl, synthetic.columns
-    elif data.format != "conversations":
-        columns = Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
-                      id=data.id_column, prompt=data.prompt)
-    splits, report = load_your_data(source, columns, format=data.format,
-                                    on_bad="skip" if settings.skip_bad_rows else "raise")
-    print(f"[vlm-train] {report}", flush=True)
-    train, validation, test, lines = train_validation_test(splits, seed=data.split_seed,
-                                                           validation_fraction=data.validation_fraction,
-                                                           test_fraction=data.test_fraction)
-    for line in lines:
-        print(f"[vlm-train] {line}", flush=True)
+        from vlm_helpers.data.formats import load_your_data, train_validation_test
+        from vlm_helpers.data.validation import DataValidationError
 
-    def first(rows, limit):
-        return rows.select(range(min(limit, len(rows)))) if limit else rows
+        data = settings.your_data
+        source, columns = data.source, None
+        if source is None:  # tiny mode (resolve_settings refuses a full-mode run without --data)
+            from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
 
-    return (first(train, settings.max_train_samples), first(validation, settings.max_eval_samples),
-            first(test, settings.max_eval_samples))
+            synthetic = write_synthetic_image_folder(tempfile.mkdtemp(prefix="vlm-train-custom-"), rows=200,
+                                                     task=data.task, seed=settings.seed)
+            source, columns = synthetic.jsonl, synthetic.columns
+            self.note = "tiny mode without --data: a synthetic image folder written by vlm-train"
+        elif data.format != "conversations":
+            columns = data.columns()
+        try:  # what goes wrong here is the data's: a file that is missing or cannot be read, a column that is not
+            # there, a split too small to hold out from. One line names it (vlm-train --debug: the traceback)
+            splits, report = load_your_data(source, columns, format=data.format,
+                                            on_bad="skip" if settings.skip_bad_rows else "raise")
+            print(f"[vlm-train] {report}", flush=True)
+            train, validation, test, lines = train_validation_test(splits, seed=data.split_seed,
+                                                                   validation_fraction=data.validation_fraction,
+                                                                   test_fraction=data.test_fraction)
+        except DataValidationError:
+            raise  # its message already says where: [data.jsonl:7, id=a7] ...
+        except (ValueError, OSError) as error:
+            raise UserError(f"--data {data.source if data.source is not None else source}: {error}") from error
+        for line in lines:
+            print(f"[vlm-train] {line}", flush=True)
+        self.load_report = report
+        self.columns = None if "conversations" in str(report.format) else columns
+
+        def first(rows, limit):
+            return rows.select(range(min(limit, len(rows)))) if limit else rows
+
+        return (first(train, settings.max_train_samples), first(validation, settings.max_eval_samples),
+                first(test, settings.max_eval_samples))
+
+
+def _data_report(splits: dict, spec: ChatSpec, processor, processor_without_budget, budget, preset: str,
+                 load_report, checks: list) -> str:
+    """Notebook 06's one-screen data report (:func:`vlm_helpers.data.report.your_data_report`), printed by rank 0
+    before training: what was read and left out (by ``file:line``), the rows per split, answer lengths in tokens,
+    the largest image in image tokens under the preset's budget, and the metric (``notebooks/06_your_data_your_model.ipynb``,
+    section "Your data")."""
+    from vlm_helpers.data.report import your_data_report
+
+    used = {name: rows for name, rows in splits.items() if rows is not None}
+    return str(your_data_report(used, task="captioning" if spec.task == "captioning" else "qa",
+                                load_report=load_report, checks=checks, processor=processor,
+                                processor_without_budget=processor_without_budget, budget=budget,
+                                model=spec.model_id, preset=preset))
 
 
 def _write_your_data_card(adapter: Path, settings: RunSettings, spec: ChatSpec, history: list[dict], *,
-                          before: dict, after: dict, counts: dict, run_seconds: float) -> Path:
-    """The model card of a ``custom`` run, with the numbers it measured (notebook 06 writes the same card)."""
+                          before: dict, after: dict, splits: dict, loaded: "YourDataLoader", checks: list,
+                          run_seconds: float,
+                          resumed_from_step: int | None = None, earlier_time_known: bool = True) -> Path:
+    """The model card of a ``custom`` run, with the numbers it measured (notebook 06 writes the same card): its
+    data section is :func:`vlm_helpers.model_card.data_section` of what was loaded (the file by its name, the
+    layout, rows used and left out per split, image sizes, the metric).
+
+    A resumed run's card describes the whole run: its steps (from the first), and, with ``resumed_from_step``,
+    a ``resumed`` line saying where it continued and whether the training time counts every session."""
     from vlm_helpers import model_card, runtime
     from vlm_helpers.comparison import HEADLINE_METRICS
 
-    from vlm_helpers.data.formats import Columns
-    from vlm_helpers.tiny.synthetic_your_data import synthetic_columns
-
     data = settings.your_data
-    if data.source is None:
-        fields = synthetic_columns(data.task).fields()
-    elif data.format == "conversations":
-        fields = {"messages": "messages"}
-    else:
-        fields = Columns(image=data.image_column, question=data.question_column, answer=data.answer_column,
-                         id=data.id_column, prompt=data.prompt).fields()
+    section = model_card.data_section(loaded.load_report, splits,
+                                      task="captioning" if spec.task == "captioning" else "qa",
+                                      split_seed=data.split_seed, columns=loaded.columns, checks=checks,
+                                      note=loaded.note)
     best = next((record for record in history if record.get("best")), None)
     metric = f"eval_{HEADLINE_METRICS[spec.task][0]}"
     return model_card.write_model_card(
         adapter, base_model=spec.model_id, task=spec.task,
-        data={"source": model_card.source_name(data.source), "counts": counts, "fields": fields,
-              "split_seed": data.split_seed},
+        data=section,
         hyperparameters={"method": "QLoRA" if spec.quantize_4bit else "LoRA", "lora_r": spec.lora_r,
                          "lora_alpha": spec.lora_alpha, "lora_dropout": 0.0 if settings.tiny else spec.lora_dropout,
                          "learning_rate": settings.learning_rate, "warmup_steps": settings.warmup_steps,
                          "batch": f"{settings.batch_size} x {settings.grad_accum}",
                          "steps": history[-1]["step"] if history else 0, "eval_every": settings.eval_steps,
-                         **(dict(spec.prompt_settings) or {"instruction": spec.instruction})},
+                         **(dict(spec.prompt_settings) or {"instruction": spec.instruction}),
+                         **({} if resumed_from_step is None else {"resumed": (
+                             f"at step {resumed_from_step} ({Path(settings.resume).name}); the training time "
+                             + ("counts every session" if earlier_time_known else
+                                "counts this session only: the checkpoint holds no record of the earlier ones"))})},
         metrics_before=before, metrics_after=after, preset=settings.preset,
         hardware=runtime.describe(runtime.detect_hardware(), settings.preset), run_seconds=run_seconds,
         tiny=settings.tiny, best_step=best["step"] if best else None, best_metric=metric,
@@ -795,8 +870,9 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
                     image_budget=choice.image_budget, results_model=data.results_run()[1], model_card=True,
                     make_collator=lambda processor: choice.collator(processor, task=data.task,
                                                                     instruction=data.instruction, seed=settings.seed),
-                    prompt_settings=tuple(choice.prompt_settings(data.task, data.instruction).items()))
-    return _run_chat_recipe(settings, env, spec, _your_data_rows,
+                    prompt_settings=tuple(choice.prompt_settings(data.task, data.instruction).items()),
+                    report_data=True)
+    return _run_chat_recipe(settings, env, spec, YourDataLoader(),
                             {"question_key": "question", "answer_key": "answers", "id_key": "id"})
 
 

@@ -7,6 +7,10 @@ pages (answers from small pools, several questions per page) or captioning of
 :func:`vlm_helpers.tiny.synthetic_aircraft.make_synthetic_fgvc`'s airliners (their tags as the caption).
 Rows can be broken on purpose (:data:`BROKEN_KINDS`) so that ``ON_BAD_ROWS = "skip"`` has something to report;
 :class:`SyntheticYourData` says which lines are broken and how.
+
+:func:`tiny_data` is tiny mode's decision in notebook 06: the user's ``DATA`` when it can be read here (a file or
+folder on this machine), else this synthetic folder in its place, with one line saying what was replaced and why
+(the placeholder path that does not exist yet, a Hub id that tiny mode does not download).
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 
 from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT, caption_target
-from vlm_helpers.data.formats import Columns
+from vlm_helpers.data.formats import Columns, looks_local
 from vlm_helpers.tiny.synthetic_aircraft import make_synthetic_fgvc
 from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
-__all__ = ["BROKEN_KINDS", "SyntheticYourData", "write_synthetic_image_folder"]
+__all__ = ["BROKEN_KINDS", "SyntheticYourData", "TinyData", "tiny_data", "write_synthetic_image_folder"]
 
 #: The ways a row can be broken: its image file does not exist, its JSON line is cut short (JSONL only),
 #: or it has no answer (in the CSV: the line lacks its last value).
@@ -148,3 +154,72 @@ def write_synthetic_image_folder(folder: str | os.PathLike, *, rows: int = 24, t
         del found["data.csv"]
     return SyntheticYourData(folder=folder, jsonl=jsonl, csv=table, columns=columns, good_rows=len(good),
                              broken=found)
+
+
+@dataclass(frozen=True)
+class TinyData:
+    """What tiny mode reads: ``source``, ``columns`` and ``format`` for ``load_your_data``; ``line``, the one line
+    that says so (printed); ``note``, what the model card adds about the data (None when it is the user's own).
+    ``replaced`` is True when a synthetic folder stands in for ``DATA``. Made by :func:`tiny_data` in
+    ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+
+    source: Any
+    columns: Columns | None
+    format: str
+    line: str
+    note: str | None = None
+    synthetic: SyntheticYourData | None = None
+
+    @property
+    def replaced(self) -> bool:
+        """Whether a synthetic folder stands in for the user's ``DATA``."""
+        return self.synthetic is not None
+
+
+def _unreadable(data: Any) -> str | None:
+    """Why tiny mode cannot read ``data`` on this machine (None: it can)."""
+    if data is None:
+        return "DATA is None"
+    if isinstance(data, Mapping):
+        missing = [f"{split}={os.fspath(path)!r}" for split, path in data.items() if not os.path.exists(path)]
+        return f"DATA names files that are not on this machine ({', '.join(missing)})" if missing else None
+    text = os.fspath(data)
+    if os.path.exists(text):
+        return None
+    if looks_local(text):
+        return f"DATA = {text!r} is not on this machine (no such file or folder)"
+    return f"DATA = {text!r} is a Hub id, and tiny mode downloads nothing"
+
+
+def tiny_data(data: Any, columns: Columns | None, *, format: str = "auto", task: str = "qa",
+              folder: str | os.PathLike | None = None, rows: int = 400,
+              broken: Sequence[str] = BROKEN_KINDS, seed: int = 0) -> TinyData:
+    """Tiny mode's data: the user's ``DATA`` when it is on this machine, else a synthetic folder in its place.
+
+    ``data``, ``columns`` and ``format`` are the notebook's ``DATA``, ``COLUMNS`` and ``DATA_FORMAT``. A file,
+    a folder or one file per split that exists is read as it is, with the user's ``columns`` and ``format``
+    (tiny mode changes the model, a tiny twin, and the row limit, not the data). Otherwise (the placeholder
+    path, a Hub id: tiny mode runs offline and downloads nothing) :func:`write_synthetic_image_folder` writes
+    ``rows`` good rows for ``task`` plus the ``broken`` ones into ``folder`` (default: a new temporary folder),
+    and the returned :class:`TinyData` reads that with its own columns; its ``line`` says what was replaced and
+    why. Called by the data cell of ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
+    """
+    why = _unreadable(data)
+    if why is None:
+        return TinyData(source=data, columns=columns, format=format,
+                        line=f"tiny mode: reading your DATA ({_shown(data)}) with a tiny twin of MODEL")
+    target = folder if folder is not None else tempfile.mkdtemp(prefix="tiny-06-data-")
+    synthetic = write_synthetic_image_folder(target, rows=rows, task=task, broken=broken, seed=seed)
+    replaced = "DATA and COLUMNS" + (f" (and DATA_FORMAT {format!r})" if format != "auto" else "")
+    line = (f"tiny mode: {why}, so a synthetic folder stands in for {replaced}: {synthetic.jsonl}, "
+            f"{synthetic.good_rows} good rows and broken lines {synthetic.broken['data.jsonl']}")
+    note = f"a synthetic image folder written by tiny mode: {why}"
+    return TinyData(source=synthetic.jsonl, columns=synthetic.columns, format="auto", line=line, note=note,
+                    synthetic=synthetic)
+
+
+def _shown(data: Any) -> str:
+    if isinstance(data, Mapping):
+        return ", ".join(f"{split}={os.fspath(path)}" for split, path in data.items())
+    return os.fspath(data)
