@@ -98,3 +98,30 @@ def test_importing_the_package_loads_no_heavy_library():
     code = "import sys, vlm_helpers; print(sorted(m for m in ('torch','transformers','datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_tested_minimums_are_the_colab_constraints_and_the_declared_floors():
+    """One tested range, said three times: runtime.TESTED_VERSIONS (what the notebooks warn about),
+    constraints/colab.txt (what .ci/run's second environment installs) and the floors in requirements.txt."""
+    from vlm_helpers.runtime import TESTED_VERSIONS
+
+    pins = dict(line.split("==") for line in (ROOT / "constraints" / "colab.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {name: minimum for name, (minimum, _) in TESTED_VERSIONS.items()} == pins
+    requirements = _names([line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                           if line.strip() and not line.startswith("#")])
+    for name, minimum in pins.items():
+        floor = re.search(r">=([0-9.]+)", requirements[name.lower()]).group(1)
+        assert [int(x) for x in minimum.split(".")][: len(floor.split("."))] == [int(x) for x in floor.split(".")], name
+    assert "-c constraints/colab.txt" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_versions_warns_outside_the_tested_range():
+    from vlm_helpers.runtime import TESTED_VERSIONS, version_warnings
+
+    inside = {name: minimum for name, (minimum, _) in TESTED_VERSIONS.items()}
+    assert version_warnings(inside) == []
+    older = version_warnings({**inside, "transformers": "5.0.0"})
+    assert older == ["transformers 5.0.0 is older than the series' tested minimum 5.15.0"]
+    newer = version_warnings({**inside, "transformers": "6.0.0", "peft": "1.2.0"})
+    assert len(newer) == 2 and all("newer major version" in line for line in newer)

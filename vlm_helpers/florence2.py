@@ -26,7 +26,8 @@ from torch import nn
 
 from vlm_helpers.data.images import to_rgb
 from vlm_helpers.data.validation import reserved_text
-from vlm_helpers.lora import torch_dtype
+from vlm_helpers.lora import processor_from_pretrained, torch_dtype
+from vlm_helpers.revisions import revision_kwargs
 from vlm_helpers.runtime import attention_by_part
 from vlm_helpers.supervision import check_plain_text, pad_labels, pick_answer
 
@@ -45,7 +46,7 @@ FLORENCE2_MAX_PROMPT_TOKENS = 1024
 
 
 def load_florence2(checkpoint: str | Path, *, dtype: torch.dtype | str, device: str = "cpu",
-                   attn_implementation: str = "sdpa"):
+                   attn_implementation: str = "sdpa", revision: str | None = None):
     """Load a Florence-2 model and processor with the native transformers classes.
 
     ``dtype`` is required: transformers 5 loads a checkpoint in the dtype its ``config.json`` names when
@@ -57,16 +58,20 @@ def load_florence2(checkpoint: str | Path, *, dtype: torch.dtype | str, device: 
     (:func:`vlm_helpers.runtime.attention_by_part`): the DaViT vision tower's channel attention hands the kernel
     the number of image tokens as head dimension (36,864 at 768 px, where FlashAttention-2 takes at most 256),
     and transformers' FlashAttention path gets the BART decoder's cross-attention wrong on padded questions.
+    ``revision``: the commit of a Hub id to load (``"main"`` for the newest files); None loads a default id at
+    its pinned commit (:func:`vlm_helpers.revisions.hub_revision`; README, section "Pinned revisions"). A local
+    folder (tiny mode, a saved model) gets none.
     Returns ``(model, processor)``. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
     model, and freezing the vision encoder"; for inference in ``notebooks/01_baseline_inference.ipynb``, section
     "Florence-2: the built-in tasks".
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    attention = attention_by_part(AutoConfig.from_pretrained(checkpoint), attn_implementation)
+    hub = revision_kwargs(checkpoint, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
+    processor = processor_from_pretrained(checkpoint, "florence2", **hub)  # the PIL image processor without torchvision
+    attention = attention_by_part(AutoConfig.from_pretrained(checkpoint, **hub), attn_implementation)
     model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, dtype=torch_dtype(dtype), attn_implementation=attention
+        checkpoint, dtype=torch_dtype(dtype), attn_implementation=attention, **hub
     ).to(device)
     return model, processor
 

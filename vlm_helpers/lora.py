@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vlm_helpers.freezing import count_parameters, forward_without_autograd
+from vlm_helpers.revisions import revision_kwargs
 from vlm_helpers.runtime import attention_by_part
 
 __all__ = [
@@ -146,9 +147,17 @@ def image_only_processor_class(processor_class):
 
 
 def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
-    """``AutoProcessor.from_pretrained(path)``; without torchvision, the image-only processor
-    (:func:`image_only_processor_class`) for families whose processor also handles videos. See the
-    README, section "Using the helpers with other models"."""
+    """``AutoProcessor.from_pretrained(path)``, with the image processor class chosen by the package.
+
+    With torchvision installed (Colab) transformers picks the image processor itself: the torchvision
+    ("fast") one, or the PIL one where the fast one would change results (Idefics3's Lanczos resize on an
+    older torchvision). Without torchvision (CPU machines, this project's CI) it must be the PIL one, and
+    :func:`pil_image_processor_class` makes sure transformers can find it: transformers 5.15 lists Idefics2's and
+    Idefics3's (SmolVLM's) PIL classes as needing torchvision, so ``AutoProcessor`` failed with "None of these
+    classes could be imported" although the PIL class imports fine. Families whose processor also handles videos
+    get the image-only processor (:func:`image_only_processor_class`), whose video processor needs torchvision.
+    ``kwargs`` (``revision``, image settings) go to ``from_pretrained``. See the README, section "Using the
+    helpers with other models"."""
     import importlib.util
 
     import transformers
@@ -157,10 +166,57 @@ def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
 
     name = PROCESSOR_MAPPING_NAMES.get(model_type)
     processor_class = getattr(transformers, name, None) if isinstance(name, str) else None
-    if (processor_class is None or importlib.util.find_spec("torchvision") is not None
-            or "video_processor" not in processor_class.get_attributes()):
-        return AutoProcessor.from_pretrained(path, **kwargs)
-    return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
+    if importlib.util.find_spec("torchvision") is None:
+        image_processor_type = _image_processor_type(path, kwargs.get("revision"))
+        if image_processor_type is not None:
+            pil_image_processor_class(image_processor_type)
+        if processor_class is not None and "video_processor" in processor_class.get_attributes():
+            return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
+    return AutoProcessor.from_pretrained(path, **kwargs)
+
+
+def _image_processor_type(path: str | Path, revision: str | None) -> str | None:
+    """The ``image_processor_type`` a checkpoint's ``preprocessor_config.json`` names (None without one)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    found = cached_file(str(path), "preprocessor_config.json", revision=revision,
+                        _raise_exceptions_for_missing_entries=False)
+    return json.loads(Path(found).read_text()).get("image_processor_type") if found else None
+
+
+def pil_image_processor_class(image_processor_type: str):
+    """The PIL image processor class for ``image_processor_type`` (e.g. ``"Idefics3ImageProcessor"`` ->
+    ``Idefics3ImageProcessorPil``), imported from its own module and put where transformers looks it up when that
+    place holds a placeholder (transformers 5.15 without torchvision). Returns the class, or None when transformers
+    has no PIL variant. Used by :func:`processor_from_pretrained`; see the README, section "Using the helpers with
+    other models"."""
+    import importlib
+
+    import transformers
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    wanted = image_processor_type.removesuffix("Fast").removesuffix("Pil") + "Pil"
+    for model_type, names in IMAGE_PROCESSOR_MAPPING_NAMES.items():
+        if wanted not in (names.values() if isinstance(names, dict) else names):
+            continue
+        module_name = model_type_to_module_name(model_type)
+        try:
+            real = getattr(importlib.import_module(f"transformers.models.{module_name}.image_processing_pil_{module_name}"),
+                           wanted)
+        except (ImportError, AttributeError):
+            continue
+        for namespace in (importlib.import_module(f"transformers.models.{module_name}"), transformers):
+            try:
+                current = getattr(namespace, wanted)
+            except AttributeError:
+                current = None
+            if current is None or getattr(current, "is_dummy", False):
+                setattr(namespace, wanted, real)  # the placeholder names a missing torchvision this class never needs
+        return real
+    return None
 
 
 #: The keys an image budget (:func:`load_chat_processor`'s ``image_budget``) may hold, by processor kind:
@@ -188,7 +244,8 @@ def _apply_image_budget(processor, model_type: str, budget: dict) -> None:
 
 
 def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | None = None,
-                        image_longest_edge: int | None = None, image_budget: dict | None = None):
+                        image_longest_edge: int | None = None, image_budget: dict | None = None,
+                        revision: str | None = None):
     """The processor of a chat VLM, with its image settings applied (see :func:`load_chat_vlm`).
 
     ``do_image_splitting=None`` keeps the checkpoint's setting; both settings are Idefics2 only.
@@ -201,13 +258,15 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     :func:`save_adapter` saves them and :func:`load_adapter` brings them back.
     LLaVA processors get :func:`vlm_helpers.llava_phi3.prepare_llava_processor` (fields from the
     model's config), so they insert as many image tokens as the vision tower yields features.
+    ``revision``: as for :func:`load_chat_vlm`.
     The image settings are taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4
     bits"; the budget in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets";
     the LLaVA fields in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The model".
     """
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    hub = revision_kwargs(checkpoint, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
+    config = AutoConfig.from_pretrained(checkpoint, **hub)
     model_type = config.model_type
     budget = dict(image_budget or {})
     known = {key for keys in _IMAGE_BUDGET_KEYS.values() for key in keys}
@@ -224,13 +283,13 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
         if image_longest_edge is not None:
             from transformers import AutoImageProcessor
 
-            size = dict(AutoImageProcessor.from_pretrained(checkpoint).size)
+            size = dict(AutoImageProcessor.from_pretrained(checkpoint, **hub).size)
             processor_kwargs["size"] = {"longest_edge": image_longest_edge,
                                         "shortest_edge": min(size.get("shortest_edge", image_longest_edge),
                                                              image_longest_edge)}
     elif do_image_splitting or image_longest_edge is not None:
         raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
-    processor = processor_from_pretrained(checkpoint, model_type, **processor_kwargs)
+    processor = processor_from_pretrained(checkpoint, model_type, **hub, **processor_kwargs)
     if budget:
         _apply_image_budget(processor, model_type, budget)
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
@@ -242,7 +301,8 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
 
 def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_implementation: str, quantize_4bit: bool,
                   device: str = "cpu", device_map=None, do_image_splitting: bool | None = None,
-                  image_longest_edge: int | None = None, image_budget: dict | None = None):
+                  image_longest_edge: int | None = None, image_budget: dict | None = None,
+                  revision: str | None = None):
     """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
 
     Args:
@@ -260,6 +320,9 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
         image_budget: the processor settings that bound a page's image tokens (see
             :func:`load_chat_processor`), e.g. ``{"max_pixels": 1280 * 28 * 28}`` for Qwen2-VL; notebook 06
             passes its model choice's budget for the preset (``ModelChoice.image_budget``).
+        revision: the commit of a Hub id to load (``"main"`` for the newest files, at your own risk); None loads
+            a default id at its pinned commit, any other id unpinned (:func:`vlm_helpers.revisions.hub_revision`;
+            README, section "Pinned revisions"). A local folder gets none.
 
     LLaVA checkpoints get :func:`vlm_helpers.llava_phi3.prepare_llava_processor`, so the processor
     inserts exactly as many image tokens as the vision tower yields features.
@@ -270,16 +333,19 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    hub = revision_kwargs(checkpoint, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
     processor = load_chat_processor(checkpoint, do_image_splitting=do_image_splitting,
-                                    image_longest_edge=image_longest_edge, image_budget=image_budget)
+                                    image_longest_edge=image_longest_edge, image_budget=image_budget,
+                                    revision=revision)
 
     if device_map is None:
         device_map = {"": 0} if device == "cuda" else None
     model = AutoModelForImageTextToText.from_pretrained(
         checkpoint,
+        **hub,
         dtype=torch_dtype(dtype),
         # FlashAttention-2 for the language model only, sdpa for the vision tower (runtime.attention_by_part)
-        attn_implementation=attention_by_part(AutoConfig.from_pretrained(checkpoint), attn_implementation),
+        attn_implementation=attention_by_part(AutoConfig.from_pretrained(checkpoint, **hub), attn_implementation),
         quantization_config=bnb_4bit_config(dtype) if quantize_4bit else None,
         device_map=device_map,
     )
@@ -565,14 +631,15 @@ def _has_processor(path: str | Path) -> bool:
 
 
 def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype: str | torch.dtype,
-                 attn_implementation: str, quantize_4bit: bool, **load_kwargs):
+                 attn_implementation: str, quantize_4bit: bool, revision: str | None = None, **load_kwargs):
     """Load the base model as :func:`load_chat_vlm` does, put the saved adapter on it (frozen, for
     inference) and return ``(model, processor)``; the processor saved with the adapter wins.
 
     Load the base exactly as during training (same ``quantize_4bit``): the adapter learned
     corrections to the 4-bit-rounded weights. A 4-bit base also gets the dtype treatment
     :func:`add_lora` gave it for training (norms and embeddings upcast to fp32), so on a GPU
-    the reloaded model computes what the trained one did, not a fp16 variant of it.
+    the reloaded model computes what the trained one did, not a fp16 variant of it. ``revision``: the base's
+    commit, as for :func:`load_chat_vlm` (load the base the adapter was trained on).
 
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the
     same answers", and ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Save the adapter, reload it,
@@ -581,7 +648,7 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype
     from peft import PeftModel, prepare_model_for_kbit_training
 
     model, processor = load_chat_vlm(base_checkpoint, dtype=dtype, attn_implementation=attn_implementation,
-                                     quantize_4bit=quantize_4bit, **load_kwargs)
+                                     quantize_4bit=quantize_4bit, revision=revision, **load_kwargs)
     if quantize_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     _untie_if_trained(model, adapter_path)
@@ -593,7 +660,7 @@ def load_adapter(base_checkpoint: str | Path, adapter_path: str | Path, *, dtype
 
 
 def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_dir: str | Path, *,
-                     dtype: str | torch.dtype = "float16") -> Path:
+                     dtype: str | torch.dtype = "float16", revision: str | None = None) -> Path:
     """Fold the adapter into a NON-quantized copy of the base and save a plain model to ``out_dir``.
 
     Why not merge into the 4-bit model we trained? Merging adds ``B @ A`` to each weight. In 4-bit
@@ -602,17 +669,21 @@ def merge_for_export(base_checkpoint: str | Path, adapter_path: str | Path, out_
     loaded again in 16-bit (``dtype``; fp32 is fine for tiny models on CPU), the adapter is added
     exactly, and the result loads anywhere without PEFT or bitsandbytes. It differs slightly from the
     trained 4-bit model (the adapter now sits on the unrounded weights): evaluate the merged model.
-    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Merging for export: not into the 4-bit
-    model".
+    ``revision``: the base's commit, as for :func:`load_chat_vlm`. Taught in
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Merging for export: not into the 4-bit model".
     """
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=torch_dtype(dtype))
+    hub = revision_kwargs(base_checkpoint, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
+    base = AutoModelForImageTextToText.from_pretrained(base_checkpoint, dtype=torch_dtype(dtype), **hub)
     _untie_if_trained(base, adapter_path)  # a trained head must survive the save (see untie_output_layer)
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)
-    source = adapter_path if _has_processor(adapter_path) else base_checkpoint
-    processor_from_pretrained(source, base.config.model_type).save_pretrained(out_dir)
+    if _has_processor(adapter_path):  # the processor saved with the adapter (its image settings) wins
+        processor = processor_from_pretrained(adapter_path, base.config.model_type)
+    else:
+        processor = processor_from_pretrained(base_checkpoint, base.config.model_type, **hub)
+    processor.save_pretrained(out_dir)
     return out_dir

@@ -359,8 +359,50 @@ def quiet_libraries(*, progress_bars: bool) -> None:
         huggingface_hub.utils.disable_progress_bars()
 
 
+#: The versions the series is tested with (README, section "Tested versions"): package -> (the tested minimum, the
+#: newest tested major version). The minimums are Colab's GPU runtime (``constraints/colab.txt``, installed and tested
+#: by the second environment of ``.ci/run``); the newest releases are tested by the main environment.
+TESTED_VERSIONS: dict[str, tuple[str, int]] = {
+    "transformers": ("5.15.0", 5),
+    "peft": ("0.20.0", 0),
+    "datasets": ("4.0.0", 5),
+    "accelerate": ("1.14.0", 1),
+    "tokenizers": ("0.22.2", 0),
+    "huggingface_hub": ("1.27.0", 2),
+}
+
+
+def version_warnings(installed: dict[str, str] | None = None) -> list[str]:
+    """One line per package installed below its tested minimum or above its newest tested major version
+    (:data:`TESTED_VERSIONS`); ``installed`` maps names to versions (default: what is installed). Printed by
+    :func:`versions` in ``notebooks/02_florence2_docvqa.ipynb``, section "Setup" (and in every notebook's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    warnings_: list[str] = []
+    for name, (minimum, newest_major) in TESTED_VERSIONS.items():
+        if installed is not None:
+            found = installed.get(name)
+        else:
+            try:
+                found = version(name)
+            except PackageNotFoundError:
+                found = None
+        if found is None:
+            continue
+        if Version(found) < Version(minimum):
+            warnings_.append(f"{name} {found} is older than the series' tested minimum {minimum}")
+        elif Version(found).major > newest_major:
+            warnings_.append(f"{name} {found} is a newer major version than the series was tested with "
+                             f"({newest_major}.x)")
+    return warnings_
+
+
 def versions() -> str:
-    """Python and library versions, one line, for the first cell of every notebook.
+    """Python and library versions, one line, for the first cell of every notebook; a second line warns when a
+    package is outside the tested range (:func:`version_warnings`): upgrade it (or, for a newer major version,
+    expect changes the series has not been tested with).
 
     Printed in ``notebooks/02_florence2_docvqa.ipynb``, section "Setup" (and in every notebook's).
     """
@@ -373,4 +415,8 @@ def versions() -> str:
             parts.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             parts.append(f"{name} (not installed)")
-    return ", ".join(parts)
+    line = ", ".join(parts)
+    warnings_ = version_warnings()
+    if warnings_:
+        line += "\nwarning: " + "; ".join(warnings_) + " (README, section \"Tested versions\")"
+    return line

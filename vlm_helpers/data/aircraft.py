@@ -240,17 +240,25 @@ def load_fgvc_aircraft(
     cache_dir: str | None = None,
     seed: int = 42,
     verbose: bool = True,
+    train_revision: str | None = None,
+    test_revision: str | None = None,
 ) -> DatasetDict:
     """Full mode: download both Hub repos and run :func:`prepare_splits` on them.
 
     Returns a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` and prints
-    their sizes (108 / 28 / 16 in the article). Full mode of ``notebooks/04_phi3_aircraft_captioning.ipynb``,
+    their sizes (108 / 28 / 16 in the article). ``train_revision`` / ``test_revision``: the commits to read;
+    None reads each repository at its pinned commit (:func:`vlm_helpers.revisions.hub_revision`; README,
+    section "Pinned revisions"). Full mode of ``notebooks/04_phi3_aircraft_captioning.ipynb``,
     section "The data: FGVC-Aircraft photos and their tags".
     """
     import datasets
 
-    raw_train = datasets.load_dataset(TRAIN_DATASET_ID, split="train", cache_dir=cache_dir)
-    raw_test = datasets.load_dataset(TEST_DATASET_ID, split="test", cache_dir=cache_dir)
+    from vlm_helpers.revisions import revision_kwargs
+
+    raw_train = datasets.load_dataset(TRAIN_DATASET_ID, split="train", cache_dir=cache_dir,
+                                      **revision_kwargs(TRAIN_DATASET_ID, train_revision))
+    raw_test = datasets.load_dataset(TEST_DATASET_ID, split="test", cache_dir=cache_dir,
+                                     **revision_kwargs(TEST_DATASET_ID, test_revision))
     splits = prepare_splits(raw_train, raw_test, seed=seed, max_samples=max_samples)
     if verbose:
         report_splits(splits, "Hub")

@@ -171,6 +171,7 @@ def load_cauldron(
     max_samples: int | None = None,
     dataset_id: str = CAULDRON_DATASET_ID,
     cache_dir: str | None = None,
+    revision: str | None = None,
 ) -> datasets.DatasetDict:
     """Load Cauldron subsets from the Hub (needs internet): one ``load_dataset`` call per config.
 
@@ -178,14 +179,16 @@ def load_cauldron(
     (:data:`CAULDRON_FEATURES`). ``max_samples`` keeps the first rows *of each subset*
     (raw rows, i.e. images; each usually carries several questions), read by streaming
     (:func:`vlm_helpers.data.hub.first_rows`) so that only the files holding them are
-    downloaded. Every config has only a ``train`` split. Used by ``vlm-train --dataset cauldron`` (README,
-    section "Scaling out: from one GPU to several machines").
+    downloaded. Every config has only a ``train`` split. ``revision``: the commit to read; None reads The
+    Cauldron at its pinned commit (README, section "Pinned revisions"). Used by ``vlm-train --dataset
+    cauldron`` (README, section "Scaling out: from one GPU to several machines").
     """
     subsets = check_subsets(subsets)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     return datasets.DatasetDict(
-        {name: first_rows(dataset_id, split, max_samples, name=name, cache_dir=cache_dir) for name in subsets}
+        {name: first_rows(dataset_id, split, max_samples, name=name, cache_dir=cache_dir, revision=revision)
+         for name in subsets}
     )
 
 

@@ -17,6 +17,7 @@ import datasets
 from datasets import Features, Image, List, Value
 
 from vlm_helpers.data.hub import first_rows
+from vlm_helpers.revisions import revision_kwargs
 
 __all__ = [
     "CHAT_INSTRUCTION",
@@ -66,6 +67,7 @@ def load_docvqa(
     streaming: bool = False,
     dataset_id: str = DOCVQA_ID,
     cache_dir: str | None = None,
+    revision: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load real DocVQA from the Hugging Face Hub (needs internet; Colab "full" mode).
 
@@ -77,15 +79,18 @@ def load_docvqa(
       ``max_samples`` keeps the first rows with ``.take``. The rows can be iterated
       only, not indexed.
 
+    ``revision``: the commit to read; None reads ``HuggingFaceM4/DocumentVQA`` at its pinned commit
+    (:func:`vlm_helpers.revisions.hub_revision`; README, section "Pinned revisions").
     The ``test`` split has no answers; train on ``train``, evaluate on ``validation``. Full mode of
     ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents".
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     if streaming:
-        dataset = datasets.load_dataset(dataset_id, split=split, streaming=True, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(dataset_id, split=split, streaming=True, cache_dir=cache_dir,
+                                        **revision_kwargs(dataset_id, revision))
         return dataset.take(max_samples) if max_samples is not None else dataset
-    return first_rows(dataset_id, split, max_samples, cache_dir=cache_dir)
+    return first_rows(dataset_id, split, max_samples, cache_dir=cache_dir, revision=revision)
 
 
 def docvqa_1200_rows(dataset: datasets.Dataset, *, language: str = "en") -> datasets.Dataset:
@@ -110,16 +115,18 @@ def load_docvqa_1200(
     language: str = "en",
     dataset_id: str = DOCVQA_1200_ID,
     cache_dir: str | None = None,
+    revision: str | None = None,
 ) -> datasets.Dataset:
     """Load the Idefics2 article's DocVQA subset (about 150 MB) with DocVQA's column names.
 
     ``split`` is "train" (1,000 questions) or "validation" (the set's 200 "test" questions,
-    see :data:`DOCVQA_1200_SPLITS`); ``max_samples`` keeps the first rows. Needs the Hub. Full mode of
+    see :data:`DOCVQA_1200_SPLITS`); ``max_samples`` keeps the first rows; ``revision`` as for
+    :func:`load_docvqa` (None: the pinned commit). Needs the Hub. Full mode of
     ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The data: 1,200 questions about scanned documents".
     """
     if split not in DOCVQA_1200_SPLITS:
         raise ValueError(f"{dataset_id} has splits {sorted(DOCVQA_1200_SPLITS)} here, not {split!r}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    return docvqa_1200_rows(first_rows(dataset_id, DOCVQA_1200_SPLITS[split], max_samples, cache_dir=cache_dir),
-                            language=language)
+    return docvqa_1200_rows(first_rows(dataset_id, DOCVQA_1200_SPLITS[split], max_samples, cache_dir=cache_dir,
+                                       revision=revision), language=language)

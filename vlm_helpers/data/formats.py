@@ -40,6 +40,7 @@ import datasets
 from vlm_helpers.data.canonical import (CANONICAL_FEATURES, DataFormatError, LoadReport, OnBad, RowCollector,
                                         json_container, own_row_id, read_json_records, resolve_image, text_lines)
 from vlm_helpers.data.conversations import CONVERSATION_KEYS, load_conversations
+from vlm_helpers.revisions import revision_kwargs
 
 __all__ = ["Columns", "load_hf_dataset", "load_jsonl_or_csv", "load_your_data", "split_off_validation"]
 
@@ -323,12 +324,14 @@ def _read_csv(path: Path, columns: Columns, delimiter: str = ","):
 
 
 def load_hf_dataset(source: str | os.PathLike, columns: Columns, *, split: str | None = None,
-                    config: str | None = None) -> datasets.DatasetDict:
+                    config: str | None = None, revision: str | None = None) -> datasets.DatasetDict:
     """A Hugging Face dataset as canonical rows: a Hub id, or a folder written by ``save_to_disk``.
 
     A folder holding ``dataset_dict.json`` or ``state.json`` is read with ``datasets.load_from_disk``
     (a ``DatasetDict`` or one ``Dataset``, whose split is named ``split`` or ``"train"``); anything else is
-    passed to ``datasets.load_dataset(source, config, split=split)``. ``split`` keeps one split. The user's
+    passed to ``datasets.load_dataset(source, config, split=split)``, at ``revision`` (a commit hash or branch;
+    None: a default dataset's pinned commit, any other id unpinned, as one printed line says; README, section
+    "Pinned revisions"). ``split`` keeps one split. The user's
     columns are mapped to ``id`` / ``image`` / ``question`` / ``answers``; a missing column is an error
     naming the dataset, the split and the columns that exist. The image column may be an ``Image`` feature or
     path strings (relative to the working directory). Only text columns are read; images stay as stored, and
@@ -344,7 +347,8 @@ def load_hf_dataset(source: str | os.PathLike, columns: Columns, *, split: str |
     elif os.path.exists(name) or not _HUB_ID.fullmatch(name):
         raise FileNotFoundError(f"{name!r} is neither a folder written by save_to_disk nor a Hub id")
     else:
-        loaded, label = datasets.load_dataset(name, config, split=split), f"dataset {name!r}"
+        loaded = datasets.load_dataset(name, config, split=split, **revision_kwargs(name, revision))
+        label = f"dataset {name!r}"
     if isinstance(loaded, datasets.Dataset):
         loaded = {split or "train": loaded}
     elif split is not None:
@@ -449,8 +453,8 @@ def detect_format(source: str | os.PathLike) -> str:
 
 def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], columns: Columns | None = None,
                    *, format: str = "auto", on_bad: OnBad = "raise", image_root: str | os.PathLike | None = None,
-                   split: str | None = None,
-                   config: str | None = None) -> tuple[datasets.DatasetDict, LoadReport]:
+                   split: str | None = None, config: str | None = None,
+                   revision: str | None = None) -> tuple[datasets.DatasetDict, LoadReport]:
     """Load the user's data, whatever its format; return ``(splits, report)``.
 
     ``source`` is a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` file (one split, named ``split`` or ``"train"``),
@@ -458,7 +462,8 @@ def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], 
     by ``save_to_disk`` or a Hub id (every split, or ``split``). ``format="auto"`` picks the loader with
     :func:`detect_format` (a JSON file whose first row has ``messages`` or ``conversations`` is read as
     conversations); or say ``"jsonl"`` / ``"json"`` (JSON rows, lines or one array), ``"csv"``,
-    ``"conversations"`` or ``"hf"``. ``columns`` is needed except for conversations. Taught in
+    ``"conversations"`` or ``"hf"``. ``columns`` is needed except for conversations. ``revision``: the commit of a
+    Hub id to read (:func:`load_hf_dataset`). Taught in
     ``notebooks/06_your_data_your_model.ipynb``, section "Your data".
     """
     if format not in _FORMATS:
@@ -477,7 +482,7 @@ def load_your_data(source: str | os.PathLike | Mapping[str, str | os.PathLike], 
         return datasets.DatasetDict({name: ds for name, (ds, _) in parts.items()}), report
     kind = detect_format(source) if format == "auto" else format
     if kind == "hf":
-        splits = load_hf_dataset(source, _need(columns, source), split=split, config=config)
+        splits = load_hf_dataset(source, _need(columns, source), split=split, config=config, revision=revision)
         sizes = {name: len(ds) for name, ds in splits.items()}
         return splits, LoadReport(source=os.fspath(source), format="hf", read=sum(sizes.values()), splits=sizes)
     dataset, report = _load_file(source, columns, format=kind, on_bad=on_bad, image_root=image_root,

@@ -24,7 +24,8 @@ from vlm_helpers.tiny.synthetic_docvqa import TINY_NUM_ROWS, make_synthetic_docv
 
 
 def docvqa_dataset(
-    split: str, *, tiny: bool, max_samples: int | None = None, seed: int = 0, dataset_id: str = DOCVQA_ID
+    split: str, *, tiny: bool, max_samples: int | None = None, seed: int = 0, dataset_id: str = DOCVQA_ID,
+    revision: str | None = None,
 ) -> datasets.Dataset:
     """DocVQA rows for ``split``: synthetic when ``tiny`` is true, real otherwise.
 
@@ -34,14 +35,15 @@ def docvqa_dataset(
     "train" and "validation" exist in tiny mode. Full mode calls
     :func:`load_docvqa` (non-streaming) for ``dataset_id``, or :func:`load_docvqa_1200`
     when ``dataset_id`` is :data:`DOCVQA_1200_ID`; ``seed`` is unused there, and
-    ``dataset_id`` is unused in tiny mode. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    ``dataset_id`` and ``revision`` (the commit to read; None: a default dataset's pinned one, README, section
+    "Pinned revisions") are unused in tiny mode. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The
     data: questions about scanned documents", and ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The
     data: 1,200 questions about scanned documents".
     """
     if not tiny:
         if dataset_id == DOCVQA_1200_ID:
-            return load_docvqa_1200(split, max_samples=max_samples)
-        return load_docvqa(split, max_samples=max_samples, dataset_id=dataset_id)
+            return load_docvqa_1200(split, max_samples=max_samples, revision=revision)
+        return load_docvqa(split, max_samples=max_samples, dataset_id=dataset_id, revision=revision)
     if split not in TINY_NUM_ROWS:
         raise ValueError(
             f"synthetic DocVQA has splits {sorted(TINY_NUM_ROWS)}, not {split!r} "
@@ -61,6 +63,8 @@ def aircraft_dataset(
     max_samples: int | None = None,
     cache_dir: str | None = None,
     verbose: bool = True,
+    train_revision: str | None = None,
+    test_revision: str | None = None,
 ) -> datasets.DatasetDict:
     """``train`` / ``validation`` / ``test`` splits from the Hub (``tiny=False``) or synthetic.
 
@@ -68,12 +72,14 @@ def aircraft_dataset(
     and ``num_test_rows`` for the test repo (seed ``seed + 1``), then runs the same
     :func:`prepare_splits` as full mode. The defaults give 108 / 28 / 16 rows, the
     article's sizes. ``seed`` is also the split seed; ``num_*`` and ``image_size`` are
-    ignored in full mode. Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data:
+    ignored in full mode, ``train_revision`` / ``test_revision`` (the commits of the two Hub repositories; None:
+    the pinned ones) in tiny mode. Taught in ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "The data:
     FGVC-Aircraft photos and their tags".
     """
     if not tiny:
         return load_fgvc_aircraft(
-            max_samples=max_samples, cache_dir=cache_dir, seed=seed, verbose=verbose
+            max_samples=max_samples, cache_dir=cache_dir, seed=seed, verbose=verbose,
+            train_revision=train_revision, test_revision=test_revision,
         )
     raw_train = make_synthetic_fgvc(num_rows, seed=seed, image_size=image_size)
     raw_test = make_synthetic_fgvc(num_test_rows, seed=seed + 1, image_size=image_size)
@@ -92,6 +98,7 @@ def cauldron_dataset(
     seed: int = 0,
     multi_image: str = "skip",
     strip_instructions: bool = True,
+    revision: str | None = None,
 ) -> datasets.Dataset:
     """Flattened Cauldron rows (DocVQA-style): synthetic when ``tiny``, real otherwise.
 
@@ -99,7 +106,8 @@ def cauldron_dataset(
     each subset contributes at most ``ceil(max_samples / len(subsets))`` questions, read
     from that many raw rows at most, and the result is cut to ``max_samples``. Without
     it, tiny mode builds :data:`TINY_ROWS_PER_SUBSET` pages per subset and full mode
-    loads every subset whole. No notebook trains on it: it is ``vlm-train --dataset cauldron`` (README,
+    loads every subset whole; ``revision`` is the commit full mode reads (None: the pinned one, README, section
+    "Pinned revisions"). No notebook trains on it: it is ``vlm-train --dataset cauldron`` (README,
     section "Scaling out: from one GPU to several machines"), suggested in
     ``notebooks/02_florence2_docvqa.ipynb``, section "What to try next".
     """
@@ -110,7 +118,7 @@ def cauldron_dataset(
     if tiny:
         raw = make_synthetic_cauldron(per_subset or TINY_ROWS_PER_SUBSET, subsets=subsets, seed=seed)
     else:
-        raw = load_cauldron(subsets, split=split, max_samples=per_subset)
+        raw = load_cauldron(subsets, split=split, max_samples=per_subset, revision=revision)
     parts = []
     for name, part in raw.items():
         flat = flatten_cauldron(part, subset=name, multi_image=multi_image, strip_instructions=strip_instructions)
