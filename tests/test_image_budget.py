@@ -119,7 +119,7 @@ def test_notebook_06_loading_cell_applies_the_t4_budget_and_says_what_a_page_cos
     preset = runtime.override(runtime.choose_preset(T4, choice.recipe), device="cpu", dtype="float32")
     assert preset.name == "t4"
     namespace = {"runtime": runtime, "model_choices": model_choices, "choice": choice, "preset": preset,
-                 "TINY": True, "METHOD": None}
+                 "TINY": True, "METHOD": None, "REVISION": None}  # the parameters cell's default
     exec(compile(loading_cell(), "06_your_data_your_model.ipynb#loading", "exec"), namespace)
     printed = capsys.readouterr().out
     expected = image_tokens(namespace["processor"], PAGE_SIZE)
