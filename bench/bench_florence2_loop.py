@@ -80,7 +80,7 @@ def run_variant(variant: str, size: str, steps: int, batch_size: int, warmup: in
                 logits = model(**batch, labels=labels).logits
                 loss = loop.token_loss_sum(logits, labels) / labels.ne(-100).sum()
         else:  # the blog's way: processor on the device in the loop, pad ids as labels
-            from vlm_helpers.data.images import to_rgb
+            from vlm_helpers.supervision import to_rgb
 
             inputs = processor(text=["<DocVQA>" + r["question"] for r in batch],
                                images=[to_rgb(r["image"]) for r in batch], return_tensors="pt", padding=True).to(device)

@@ -331,7 +331,7 @@ def docvqa_rows(count: int) -> list[dict]:
     """DocVQA-like rows on a 1700x2200 scanned page (a letter page at 200 dpi)."""
     from PIL import Image
 
-    from vlm_helpers.model_choices import PAGE_SIZE
+    from vlm_helpers.processors import PAGE_SIZE
 
     page = Image.new("RGB", PAGE_SIZE, "white")
     return [{"id": f"page-{i}", "questionId": i, "question": "What is the total amount due on this invoice?",
@@ -476,7 +476,7 @@ def _florence2_collator(processor, settings):
 def build_cases(image_budget: bool = True, max_pixels: int | None = None) -> list[Case]:
     """Every notebook's models with the settings its cells give them (read from the package and the
     notebooks' parameters cells, not copied)."""
-    from vlm_helpers import llava_phi3, lora, model_choices
+    from vlm_helpers import llava_phi3, lora, lora_targets, model_choices
     from vlm_helpers.data.docvqa import CHAT_INSTRUCTION
     from vlm_helpers.florence2 import FLORENCE2_MODEL_ID
 
@@ -508,7 +508,7 @@ def build_cases(image_budget: bool = True, max_pixels: int | None = None) -> lis
     p03 = notebook_parameters("03")
     cases.append(Case("03", "idefics2", lora.IDEFICS2_MODEL_ID, "idefics2", "idefics2-qlora-docvqa", docvqa_rows, True,
                       lambda preset: dict(
-                          method="qlora", lora=dict(target_modules=lora.IDEFICS2_LORA_TARGETS, r=p03["LORA_R"],
+                          method="qlora", lora=dict(target_modules=lora_targets.IDEFICS2_LORA_TARGETS, r=p03["LORA_R"],
                                                     alpha=p03["LORA_ALPHA"], dropout=p03["LORA_DROPOUT"],
                                                     init_lora_weights="gaussian"),
                           processor=dict(do_image_splitting=lora.default_image_splitting(preset),
@@ -644,7 +644,7 @@ def simulate(case: Case, preset_name: str, *, cache_dir: Path | None = None, gen
 
 def _simulate(case: Case, preset_name: str, *, cache_dir: Path | None, generate: bool) -> Result:
     from vlm_helpers import freezing, lora, loop
-    from vlm_helpers.model_choices import image_tokens
+    from vlm_helpers.processors import image_tokens
 
     _register_cpu_flash_flops()
     started = time.perf_counter()
@@ -782,7 +782,7 @@ def _simulate(case: Case, preset_name: str, *, cache_dir: Path | None, generate:
     if work == "train":
         describe.append("checkpointing " + ("on" if checkpointing else "off"))
     if settings.get("budget"):
-        from vlm_helpers.model_choices import budget_text
+        from vlm_helpers.processors import budget_text
 
         describe.append("budget " + budget_text(settings["budget"]))
     return Result(case.notebook, case.name, preset_name, work, ", ".join(describe),

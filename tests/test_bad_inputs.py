@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from vlm_helpers import results
-from vlm_helpers.data.images import to_rgb
+from vlm_helpers.supervision import to_rgb
 from vlm_helpers.metrics import (
     anls,
     anls_per_sample,

@@ -40,7 +40,8 @@ pytest.importorskip("peft")
 from peft import get_peft_model_state_dict  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from vlm_helpers.hf_trainer import latest_trainer_checkpoint, make_training_arguments, train_with_trainer  # noqa: E402
+from vlm_helpers.checkpoints import latest_trainer_checkpoint  # noqa: E402
+from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer  # noqa: E402
 
 CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False)
 PRESET = choose_preset(CPU, "phi3-aircraft", tiny=True)

@@ -26,25 +26,14 @@ from vlm_helpers.runtime import HardwareProfile, choose_preset, override
 pytest.importorskip("peft")
 bnb = pytest.importorskip("bitsandbytes")
 
-from vlm_helpers.hf_trainer import (  # noqa: E402
-    history_from_log,
-    make_training_arguments,
-    secret,
-    train_with_trainer,
-    validate_report_to,
-)
+from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer  # noqa: E402
+from vlm_helpers.history import history_from_log  # noqa: E402
+from vlm_helpers.tracking import secret, validate_report_to  # noqa: E402
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS  # noqa: E402
-from vlm_helpers.lora import (  # noqa: E402
-    IDEFICS2_LORA_TARGETS,
-    add_lora,
-    load_adapter,
-    load_chat_processor,
-    load_chat_vlm,
-    lora_module_names,
-    lora_report,
-    merge_for_export,
-    save_adapter,
-)
+from vlm_helpers.lora import add_lora, load_chat_processor, load_chat_vlm, lora_module_names, lora_report  # noqa: E402
+from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS  # noqa: E402
+from vlm_helpers.adapters import save_adapter  # noqa: E402
+from vlm_helpers.lora import load_adapter, merge_for_export  # noqa: E402
 
 MODELS = {
     "idefics2": {

@@ -19,7 +19,7 @@ import pytest
 
 from vlm_helpers.cli import launch, main as train
 from vlm_helpers.checkpoints import checkpoint_dirs
-from vlm_helpers.hf_trainer import trainer_checkpoint_dirs
+from vlm_helpers.checkpoints import trainer_checkpoint_dirs
 from vlm_helpers.loop import load_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +311,9 @@ def _one_line_error(argv: list[str], capsys) -> str:
     (["--recipe", "phi3-aircraft", "--task", "captioning"], "--task only apply to --recipe custom"),
 ])
 def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsys):
-    err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), *argv], capsys)
+    # its own results folder: a results/ left in the checkout by a notebook run must not answer first
+    err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "results"),
+                        *argv], capsys)
     assert message in err
     assert "usage: vlm-train" in err
 

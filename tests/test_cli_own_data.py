@@ -309,7 +309,7 @@ def test_saved_adapters_and_checkpoints_name_the_hub_model_not_a_local_path(resu
 def test_save_adapter_names_the_hub_id_and_load_adapter_still_takes_the_tiny_twin(tiny_cache, tmp_path):
     import torch
 
-    from vlm_helpers import lora
+    from vlm_helpers import adapters, lora
     from vlm_helpers.model_choices import MODEL_CHOICES
     from vlm_helpers.tiny import tiny_checkpoint
 
@@ -321,8 +321,8 @@ def test_save_adapter_names_the_hub_id_and_load_adapter_still_takes_the_tiny_twi
     for name, param in model.named_parameters():  # a trained-looking adapter: B is no longer 0
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.02)
-    named = lora.save_adapter(model, processor, tmp_path / "named", base_model=choice.model_id)
-    unnamed = lora.save_adapter(model, processor, tmp_path / "unnamed")
+    named = adapters.save_adapter(model, processor, tmp_path / "named", base_model=choice.model_id)
+    unnamed = adapters.save_adapter(model, processor, tmp_path / "unnamed")
     assert json.loads((named / "adapter_config.json").read_text())["base_model_name_or_path"] == choice.model_id
     assert json.loads((unnamed / "adapter_config.json").read_text())["base_model_name_or_path"] == twin.name
     for folder in (named, unnamed):
@@ -344,7 +344,7 @@ def test_save_adapter_names_the_hub_id_and_load_adapter_still_takes_the_tiny_twi
     ("/tmp/cache/tiny-idefics2", "tiny-idefics2"),
 ])
 def test_portable_base_name_never_keeps_a_path(loaded_from, expected):
-    from vlm_helpers.lora import portable_base_name
+    from vlm_helpers.adapters import portable_base_name
 
     assert portable_base_name(loaded_from) == expected
     given = "HuggingFaceTB/SmolVLM-256M-Instruct"

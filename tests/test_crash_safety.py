@@ -26,8 +26,9 @@ from lora_checks import trainer_values
 from vlm_helpers import checkpoints, florence2, freezing, loop, supervision
 from vlm_helpers.cli import main as train
 from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
-from vlm_helpers.data.validation import DataValidationError, reserved_text, validate_dataset
-from vlm_helpers.hf_trainer import latest_trainer_checkpoint, trainer_checkpoint_problem
+from vlm_helpers.data.validation import DataValidationError, validate_dataset
+from vlm_helpers.supervision import reserved_text
+from vlm_helpers.checkpoints import latest_trainer_checkpoint, trainer_checkpoint_problem
 from vlm_helpers.runtime import HardwareProfile, choose_preset, override
 
 CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False)
@@ -251,7 +252,8 @@ def test_trainer_nan_loss_is_skipped_and_the_adapter_stays_finite(tiny_cache, tm
 
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
-    from vlm_helpers.lora import add_lora, load_chat_vlm, save_adapter
+    from vlm_helpers.lora import add_lora, load_chat_vlm
+    from vlm_helpers.adapters import save_adapter
     from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer
     from vlm_helpers.tiny import tiny_checkpoint
 
@@ -396,7 +398,8 @@ def test_florence2_collator_draws_only_among_answers_that_fit(tiny_florence2_pat
 def test_trainer_history_is_strict_json_and_skips_count_across_a_resume():
     from types import SimpleNamespace
 
-    from vlm_helpers.hf_trainer import _NonFiniteGuard, history_from_log
+    from vlm_helpers.hf_trainer import _NonFiniteGuard
+    from vlm_helpers.history import history_from_log
 
     log = [{"step": 1, "step_loss": 2.0}, {"step": 2, "step_loss": None, "skipped": "non-finite loss (nan): x"},
            {"step": 2, "loss": 1.5, "grad_norm": float("nan"), "learning_rate": 0.1},

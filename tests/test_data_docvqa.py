@@ -15,7 +15,7 @@ from vlm_helpers.tiny import synthetic_docvqa
 from vlm_helpers.tiny.synthetic_docvqa import QUESTION_TEMPLATES, make_synthetic_docvqa, sample_document
 from vlm_helpers.data.sources import docvqa_dataset
 from vlm_helpers.data.docvqa import load_docvqa
-from vlm_helpers.data.images import ImageDecodeError, to_rgb
+from vlm_helpers.supervision import ImageDecodeError, to_rgb
 from vlm_helpers.data.validation import DataValidationError, validate_dataset, validate_row
 
 # Written out by hand from the HuggingFaceM4/DocumentVQA dataset card, on purpose

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from vlm_helpers import comparison, results
-from vlm_helpers.data.images import to_rgb
+from vlm_helpers.supervision import to_rgb
 from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa, synthetic_split_seed
 
 SEED = synthetic_split_seed(42, "validation")  # notebooks 01-03: docvqa_dataset("validation", seed=42)

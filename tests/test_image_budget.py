@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vlm_helpers import lora, model_choices, runtime
-from vlm_helpers.model_choices import PAGE_SIZE, image_tokens
+from vlm_helpers import adapters, lora, model_choices, runtime
+from vlm_helpers.processors import PAGE_SIZE, image_tokens
 from vlm_helpers.tiny.real import real_json
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_your_data_your_model.ipynb"
@@ -87,7 +87,7 @@ def test_the_budget_survives_saving_and_reloading_the_adapter(tiny_cache, tmp_pa
     trained_cost = image_tokens(processor, PAGE_SIZE)
     assert trained_cost <= 1_600
     model = lora.add_lora(model, target_modules=choice.lora_targets, quantized=False)
-    adapter = lora.save_adapter(model, processor, tmp_path / "adapter")
+    adapter = adapters.save_adapter(model, processor, tmp_path / "adapter")
     _, reloaded = lora.load_adapter(twin, adapter, **kwargs)  # no budget passed: it comes with the adapter
     assert image_tokens(reloaded, PAGE_SIZE) == trained_cost
     assert budget_on(reloaded)["max_pixels"] == choice.image_budget("t4")["max_pixels"]

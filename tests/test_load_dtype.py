@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vlm_helpers import florence2, lora
+from vlm_helpers import adapters, florence2, lora
 from vlm_helpers.tiny import tiny_checkpoint
 from vlm_helpers.tiny.real import REAL_CHECKPOINTS, real_json
 
@@ -94,7 +94,7 @@ def fp16_chat_adapter(fp16_chat_checkpoint, tmp_path_factory):
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.02)
-    return lora.save_adapter(model, processor, tmp_path_factory.mktemp("fp16-chat-adapter") / "adapter")
+    return adapters.save_adapter(model, processor, tmp_path_factory.mktemp("fp16-chat-adapter") / "adapter")
 
 
 @pytest.mark.parametrize("dtype", ASKED, ids=str)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlm_helpers import florence2, runtime
+from vlm_helpers import florence2, runtime, tiny
 from vlm_helpers.tiny import tiny_checkpoint
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -89,7 +89,7 @@ def run_cells(name: str, profile_name: str, tiny_cache, steps: list[tuple[str, s
     namespace and what the cells printed."""
     profile = PROFILES[profile_name]
     choose = runtime.choose_preset
-    namespace: dict = {"runtime": runtime}
+    namespace: dict = {"runtime": runtime, "tiny": tiny}  # what each notebook's set-up cell imports
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLM_TINY", "1")  # tiny models and synthetic data; the preset is the GPU's (below)
@@ -97,7 +97,7 @@ def run_cells(name: str, profile_name: str, tiny_cache, steps: list[tuple[str, s
                                                                                                    choose))
         patch.setattr(runtime, "setup", lambda recipe, *, tiny, seed=0, preset_name=None:
                       (profile, gpu_preset_on_cpu(profile, recipe, choose)))
-        patch.setattr(runtime, "resolve_checkpoint", lambda model_id, *, tiny, tiny_name, cache_dir=None:
+        patch.setattr(tiny, "resolve_checkpoint", lambda model_id, *, tiny, tiny_name, cache_dir=None:
                       str(tiny_checkpoint(tiny_name, tiny_cache)))
         with redirect_stdout(printed):
             for marker, through in steps:

@@ -154,13 +154,14 @@ def test_a_readme_the_module_did_not_write_is_never_replaced(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_cache, tmp_path_factory):
     """Tiny LLaVA-Phi-3 + LoRA: scores before, 4 Trainer steps keeping the best by validation ANLS, scores after,
-    adapter saved with lora.save_adapter (which also drops PEFT's template README.md there)."""
+    adapter saved with adapters.save_adapter (which also drops PEFT's template README.md there)."""
     from vlm_helpers import evaluation
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.data.sources import docvqa_dataset
     from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer
     from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS
-    from vlm_helpers.lora import add_lora, load_chat_vlm, save_adapter
+    from vlm_helpers.lora import add_lora, load_chat_vlm
+    from vlm_helpers.adapters import save_adapter
     from vlm_helpers.tiny import tiny_checkpoint
 
     preset = choose_preset(CPU, "phi3-aircraft", tiny=True)

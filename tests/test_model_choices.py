@@ -10,7 +10,7 @@ import pytest
 
 from vlm_helpers.tiny.families import FAMILIES
 
-from vlm_helpers import evaluation, metrics, model_choices, runtime
+from vlm_helpers import adapters, evaluation, lora_targets, metrics, model_choices, runtime
 
 
 def test_the_other_families_targets_and_twins_are_the_ones_tests_other_families_checks():
@@ -22,8 +22,8 @@ def test_the_other_families_targets_and_twins_are_the_ones_tests_other_families_
         choice = model_choices.MODEL_CHOICES[key]
         assert choice.lora_targets == FAMILIES[key].lora_targets
         assert choice.model_id == FAMILIES[key].model_id
-        module, function = BUILDERS[choice.tiny_name]
-        assert module == families.__name__ and function == f"build_tiny_{key.replace('-', '_')}"
+        build = BUILDERS[choice.tiny_name]
+        assert build.__module__ == families.__name__ and build.__name__ == f"build_tiny_{key.replace('-', '_')}"
 
 
 @pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "smolvlm"])
@@ -143,7 +143,7 @@ def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(key, tiny_cach
     trained_head = model.get_output_embeddings().weight.detach().clone()
     assert not torch.equal(trained_head, embeddings)
     assert torch.equal(model.get_input_embeddings().weight, embeddings)
-    adapter = lora.save_adapter(model, processor, tmp_path / "adapter")
+    adapter = adapters.save_adapter(model, processor, tmp_path / "adapter")
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -170,7 +170,7 @@ def test_a_trained_head_of_a_16_bit_model_trains_in_fp32(tiny_florence2_path):
     from vlm_helpers import lora
 
     model, _ = lora.load_chat_vlm(tiny_florence2_path, dtype="float16", attn_implementation="sdpa", quantize_4bit=False)
-    model = lora.add_lora(model, target_modules=model_choices.FLORENCE2_LORA_TARGETS, quantized=False,
+    model = lora.add_lora(model, target_modules=lora_targets.FLORENCE2_LORA_TARGETS, quantized=False,
                           modules_to_save=["lm_head"])
     trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     assert any("modules_to_save" in n for n in trainable) and set(trainable.values()) == {torch.float32}

@@ -23,7 +23,7 @@ from PIL import Image
 
 from test_notebooks import NOTEBOOKS, output_problems, outputs_text, run_notebook, run_stages
 
-from vlm_helpers import model_card
+from vlm_helpers import model_card, processors
 
 NAME = "06_your_data_your_model.ipynb"
 PLACEHOLDER = "my_data/data.jsonl"  # the parameters cell's DATA, which does not exist
@@ -260,11 +260,11 @@ def test_the_data_report_prices_the_largest_image_under_the_presets_budget(execu
     choice = model_choices.get_model_choice("idefics2")
     twin = tiny_checkpoint(choice.tiny_name, tiny_cache)
     budgeted = lora.load_chat_processor(twin, image_budget=choice.image_budget("tiny"))
-    tokens = model_choices.image_tokens(budgeted, LARGE)
+    tokens = processors.image_tokens(budgeted, LARGE)
     assert (f"largest image: 6000x4000 px, row R-007 (receipts.csv:{receipts['lines']['R-007']}): {tokens:,} image "
             f"tokens for idefics2 on preset tiny (without the budget: "
-            f"{model_choices.image_tokens(lora.load_chat_processor(twin), LARGE):,})") in text
-    photo = [model_choices.image_tokens(processor, LARGE_PHOTO) for processor in (lora.load_chat_processor(twin),
+            f"{processors.image_tokens(lora.load_chat_processor(twin), LARGE):,})") in text
+    photo = [processors.image_tokens(processor, LARGE_PHOTO) for processor in (lora.load_chat_processor(twin),
                                                                                   budgeted)]
     assert photo[0] == photo[1]  # the twin does not split images anyway
     assert (f"image budget: do_image_splitting=False; a 4032x3024 phone photo would cost {photo[1]:,} image tokens, "

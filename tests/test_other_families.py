@@ -22,7 +22,9 @@ from vlm_helpers.tiny.families import FAMILIES, build_family
 from lora_checks import assert_two_steps_train_lora_only
 
 from vlm_helpers.chat_collator import ChatVLMCollator, vision_token_ids
-from vlm_helpers.lora import add_lora, load_adapter, load_chat_processor, load_chat_vlm, save_adapter, vision_encoders
+from vlm_helpers.lora import add_lora, load_chat_processor, load_chat_vlm, vision_encoders
+from vlm_helpers.adapters import save_adapter
+from vlm_helpers.lora import load_adapter
 from vlm_helpers.supervision import IGNORE_INDEX
 from vlm_helpers.evaluation import generate_predictions
 from vlm_helpers.runtime import HardwareProfile, choose_preset
@@ -262,7 +264,7 @@ def _onevision_processor():
     is not in the stored pages; its assistant header is the same, see its SOURCES.md)."""
     from vlm_helpers.tiny.families import Family, tiny_tokenizer
 
-    from vlm_helpers.lora import image_only_processor_class
+    from vlm_helpers.processors import image_only_processor_class
     from vlm_helpers.tiny.common import image_processor_class
 
     tokens = {151643: ("<|endoftext|>", True), 151644: ("<|im_start|>", True), 151645: ("<|im_end|>", True),

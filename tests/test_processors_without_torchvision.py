@@ -3,7 +3,7 @@
 This project's CI has no torchvision (it would pull several GB of CUDA wheels), and neither has a user's CPU
 machine; Colab has it. transformers 5.15's ``AutoProcessor`` could not load Idefics2's and Idefics3's (SmolVLM's)
 image processors there ("None of these classes could be imported ... torchvision"), although their PIL classes
-need no torchvision. ``lora.processor_from_pretrained`` chooses the class itself. ``.ci/run`` runs this file in
+need no torchvision. ``processors.processor_from_pretrained`` chooses the class itself. ``.ci/run`` runs this file in
 its second environment too, on transformers 5.15 (``constraints/colab.txt``).
 """
 
@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 import torch
 
-from vlm_helpers import florence2, lora, model_choices
+from vlm_helpers import florence2, lora, model_choices, processors
 from vlm_helpers.tiny import tiny_checkpoint
 from vlm_helpers.tiny.families import FAMILIES, build_family
 
@@ -42,7 +42,7 @@ def test_each_other_family_loads_a_pil_image_processor(tmp_path, name):
 def test_the_pil_class_is_the_real_one_and_transformers_finds_it(image_processor_type):
     import transformers
 
-    found = lora.pil_image_processor_class(image_processor_type)
+    found = processors.pil_image_processor_class(image_processor_type)
     assert found.__name__ == image_processor_type.removesuffix("Fast") + "Pil"
     assert not getattr(found, "is_dummy", False)
     assert getattr(transformers, found.__name__) is found

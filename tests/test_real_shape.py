@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vlm_helpers import evaluation, florence2, freezing, llava_phi3, lora, runtime
+from vlm_helpers import evaluation, florence2, freezing, llava_phi3, lora, lora_targets, runtime
 from vlm_helpers.chat_collator import ChatVLMCollator
 from vlm_helpers.florence2 import Florence2Collator
 from vlm_helpers.supervision import supervised_text
@@ -108,7 +108,7 @@ def idefics2_qlora(idefics2_dir):
     preset = on_cpu(T4, "idefics2-qlora-docvqa")
     model, processor = lora.load_chat_vlm(idefics2_dir, dtype=preset.dtype, attn_implementation=preset.attn_implementation, quantize_4bit=True,
                                                  image_longest_edge=490)
-    model = lora.add_lora(model, target_modules=lora.IDEFICS2_LORA_TARGETS, r=8, alpha=8,
+    model = lora.add_lora(model, target_modules=lora_targets.IDEFICS2_LORA_TARGETS, r=8, alpha=8,
                                  dropout=0.0, quantized=True, gradient_checkpointing=preset.gradient_checkpointing)
     return model, processor, preset
 

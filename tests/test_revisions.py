@@ -30,7 +30,8 @@ from vlm_helpers import florence2, lora, revisions
 from vlm_helpers.data import aircraft, cauldron, docvqa, formats, sources
 from vlm_helpers.florence2 import FLORENCE2_MODEL_ID
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_MODEL_ID
-from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
+from vlm_helpers.lora import IDEFICS2_MODEL_ID
+from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS
 from vlm_helpers.model_choices import MODEL_CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -95,9 +95,9 @@ def _target_module_kinds(model, pattern: str) -> set[str]:
 
 @pytest.mark.parametrize("name", ["idefics2", "llava-phi3"])
 def test_lora_targets_match_the_same_modules_in_tiny_and_real(tiny_dirs, name):
-    from vlm_helpers import llava_phi3, lora
+    from vlm_helpers import llava_phi3, lora_targets
 
-    pattern = {"idefics2": lora.IDEFICS2_LORA_TARGETS, "llava-phi3": llava_phi3.LLAVA_PHI3_LORA_TARGETS}[name]
+    pattern = {"idefics2": lora_targets.IDEFICS2_LORA_TARGETS, "llava-phi3": llava_phi3.LLAVA_PHI3_LORA_TARGETS}[name]
     real_config = real(name, "config.json")
     with torch.device("meta"):
         real_model = model_class(real_config)(build_config(real_config))

@@ -14,7 +14,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from vlm_helpers import lora, model_choices
+from vlm_helpers import lora, model_choices, processors
 from vlm_helpers.data.formats import Columns, load_your_data, train_validation_test
 from vlm_helpers.data.report import LARGE_PHOTO, headline_metric, reason_kind, source_label, your_data_report
 from vlm_helpers.data.validation import clean_dataset
@@ -109,8 +109,8 @@ def test_the_report_prices_the_largest_image_with_the_budget_and_without(tmp_pat
     report = your_data_report(used, task="qa", load_report=load_report, checks=checks, processor=budgeted,
                               processor_without_budget=unbudgeted, budget=budget, model="qwen2-vl", preset="t4")
     assert report.costs.largest == LARGE and report.costs.largest_row == "u-05 (mine.jsonl:6)"
-    assert report.largest_tokens == model_choices.image_tokens(budgeted, LARGE) <= 1_280
-    assert report.largest_tokens_without == model_choices.image_tokens(unbudgeted, LARGE) > 15_000
+    assert report.largest_tokens == processors.image_tokens(budgeted, LARGE) <= 1_280
+    assert report.largest_tokens_without == processors.image_tokens(unbudgeted, LARGE) > 15_000
     assert report.photo_tokens_without == 15_552 and report.photo_tokens <= 1_280  # a 4032 x 3024 phone photo
     screen = str(report)
     assert (f"largest image: 6000x4000 px, row u-05 (mine.jsonl:6): {report.largest_tokens:,} image tokens for "
@@ -186,4 +186,4 @@ def test_qwen2_vl_in_tiny_mode_keeps_a_users_photo_to_the_t4_budget(qwen2_vl_pro
     assert choice.image_budget("tiny") == choice.image_budget("t4")
     processor = lora.load_chat_processor(tiny_checkpoint(choice.tiny_name, tiny_cache),
                                          image_budget=choice.image_budget("tiny"))
-    assert model_choices.image_tokens(processor, LARGE_PHOTO) <= 1_280
+    assert processors.image_tokens(processor, LARGE_PHOTO) <= 1_280

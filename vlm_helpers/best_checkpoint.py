@@ -105,16 +105,16 @@ def read_best_metadata(folder: str | Path) -> dict | None:
 
 def save_best_adapter(model, processor, folder: str | Path, *, metric: str, step: int, value: float,
                       greater_is_better: bool, base_model: str | None = None) -> Path:
-    """Write the adapter (``lora.save_adapter``; the adapter alone when ``processor`` is None) to ``folder``
+    """Write the adapter (``adapters.save_adapter``; the adapter alone when ``processor`` is None) to ``folder``
     atomically: into ``<folder>.tmp``, :data:`METADATA_FILE` last, then renamed into place.
 
     The previous best is replaced only once the new one is complete. Refuses NaN/inf weights. Its files name
     ``base_model`` (a Hub id) as the base, never the path it was loaded from
-    (:func:`vlm_helpers.lora.portable_adapter_files`). Taught in ``notebooks/06_your_data_your_model.ipynb``,
+    (:func:`vlm_helpers.adapters.portable_adapter_files`). Taught in ``notebooks/06_your_data_your_model.ipynb``,
     section "Training: keep the best checkpoint".
     """
     from vlm_helpers.checkpoints import check_finite_weights
-    from vlm_helpers.lora import portable_adapter_files, save_adapter
+    from vlm_helpers.adapters import portable_adapter_files, save_adapter
 
     folder = Path(folder)
     check_finite_weights(model)

@@ -52,9 +52,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm_helpers.supervision import check_plain_text, format_supervision, IGNORE_INDEX, pick_answer
-from vlm_helpers.data.images import to_rgb
-from vlm_helpers.data.validation import reserved_text
+from vlm_helpers.supervision import IGNORE_INDEX, check_plain_text, format_supervision, pick_answer, reserved_text, to_rgb
 
 __all__ = ["AnswerLayout", "ChatVLMCollator", "answer_layout", "check_chat_processor", "describe_sample",
            "detect_end_of_turn", "special_tokens_flag", "vision_token_ids"]

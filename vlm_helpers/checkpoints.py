@@ -22,6 +22,7 @@ Before anything is written, the trainable weights are checked to be finite
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -344,3 +345,66 @@ def checkpoint_all_ranks(model, optimizer, scheduler, scaler, state, config, ran
     if rank == 0:
         save_checkpoint(model, optimizer, scheduler, scaler, state, config, rng_states, trainable=trainable,
                         optimizer_state=optimizer_state)
+
+
+# The Hugging Face Trainer's checkpoints (``checkpoint-<step>/``), read by :mod:`vlm_helpers.hf_trainer`
+# and by ``vlm-train --resume``.
+
+#: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
+TRAINER_STATE_FILE = "trainer_state.json"
+
+#: Written into each checkpoint by :func:`train_with_trainer` after the Trainer's files: ``{"seconds": ...,
+#: "step": ...}``, the training time up to that checkpoint over every session, so a resumed run reports its
+#: whole training time (the Trainer's ``train_runtime`` counts one session).
+TRAINING_TIME_FILE = "training_time.json"
+
+
+def trainer_checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete Trainer checkpoint, or None.
+
+    The Trainer writes ``trainer_state.json`` last, with a plain (non-atomic) write: a checkpoint
+    is complete when that file exists and reads back with its ``global_step``. Explained in the README,
+    section "When things go wrong"; ``RESUME`` in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section
+    "Parameters", relies on it.
+    """
+    state_file = Path(path) / TRAINER_STATE_FILE
+    if path.name.endswith(".tmp"):
+        return "a staging folder: the run was stopped while writing this checkpoint"
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_FILE} in that folder (a checkpoint cut short by a crash, or not a checkpoint)"
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"{TRAINER_STATE_FILE} is cut short or corrupt ({error}): the run was stopped while writing it"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return f"{TRAINER_STATE_FILE} has no global_step"
+    return None
+
+
+def trainer_checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete Trainer checkpoints (see :func:`trainer_checkpoint_problem`), oldest first.
+
+    What counts as complete: the README, section "When things go wrong".
+    """
+    return scan_checkpoints(output_dir, trainer_checkpoint_problem)[0]
+
+
+def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete Trainer checkpoint in ``output_dir``, or None.
+
+    The checkpoint named when too many NaN steps stop training, and the one a resume continues from
+    (README, section "When things go wrong").
+    """
+    found = trainer_checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_json(checkpoint: str | Path | None, name: str) -> dict | None:
+    """``checkpoint/name`` read as JSON, or None (no checkpoint, no such file, not JSON).
+
+    What a resumed Trainer run reads back (its plan, its training time so far): README, section "When things go
+    wrong"."""
+    try:
+        return json.loads((Path(checkpoint) / name).read_text()) if checkpoint is not None else None
+    except (OSError, ValueError):
+        return None

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlm_helpers.data.images import to_rgb
-from vlm_helpers.data.validation import reserved_text
-from vlm_helpers.lora import processor_from_pretrained, torch_dtype
+from vlm_helpers.processors import processor_from_pretrained
+from vlm_helpers.runtime import torch_dtype
 from vlm_helpers.revisions import revision_kwargs
 from vlm_helpers.runtime import attention_by_part
-from vlm_helpers.supervision import check_plain_text, pad_labels, pick_answer
+from vlm_helpers.supervision import check_plain_text, pad_labels, pick_answer, reserved_text, to_rgb
 
 FLORENCE2_MODEL_ID = "florence-community/Florence-2-base-ft"
 

@@ -40,12 +40,11 @@ Evaluation is by *generation* + ANLS (:func:`vlm_helpers.evaluation.generate_pre
 the Trainer's teacher-forced ``eval_loss``: pass ``eval_fn`` to :func:`train_with_trainer`.
 
 Experiment trackers need keys: they come from Colab secrets or environment variables
-(:func:`secret`), never from a notebook cell (the article's ``wandb.login(key="...")``).
+(:func:`vlm_helpers.tracking.secret`), never from a notebook cell (the article's ``wandb.login(key="...")``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import math
@@ -53,83 +52,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vlm_helpers.checkpoints import resume_point, scan_checkpoints
+from vlm_helpers.checkpoints import (TRAINER_STATE_FILE, TRAINING_TIME_FILE, checkpoint_json, latest_trainer_checkpoint,
+                                     resume_point, trainer_checkpoint_problem)
+from vlm_helpers.history import history_from_log
+from vlm_helpers.tracking import validate_report_to
 
-__all__ = ["LOG_COLUMNS", "REPORT_TO_CHOICES", "TRAINER_STATE_FILE", "TRAINING_TIME_FILE", "history_from_log",
-           "latest_trainer_checkpoint", "log_table_header", "log_table_row", "make_training_arguments", "secret",
-           "train_with_trainer", "trainer_checkpoint_dirs", "trainer_checkpoint_problem", "validate_report_to"]
-
-#: The file that makes ``checkpoint-<step>/`` a complete Trainer checkpoint (the Trainer writes it last).
-TRAINER_STATE_FILE = "trainer_state.json"
-
-#: Written into each checkpoint by :func:`train_with_trainer` after the Trainer's files: ``{"seconds": ...,
-#: "step": ...}``, the training time up to that checkpoint over every session, so a resumed run reports its
-#: whole training time (the Trainer's ``train_runtime`` counts one session).
-TRAINING_TIME_FILE = "training_time.json"
+__all__ = ["LOG_COLUMNS", "log_table_header", "log_table_row", "make_training_arguments",
+           "train_with_trainer"]
 
 #: ``save_steps`` for "only after the last step": never a multiple of a real step number, and with
 #: ``save_strategy="steps"`` the Trainer always saves once the run reaches ``max_steps``.
 _SAVE_ONLY_AT_END = 10**12
-
-#: Tracker -> (Python package it needs, environment variable holding its key, or None).
-REPORT_TO_CHOICES: dict[str, tuple[str | None, str | None]] = {
-    "none": (None, None),
-    "tensorboard": ("tensorboard", None),
-    "trackio": ("trackio", None),  # logs locally; HF_TOKEN only to sync to a Space
-    "wandb": ("wandb", "WANDB_API_KEY"),
-}
-
-
-def secret(name: str) -> str | None:
-    """A secret's value from Colab's secrets panel, else from the environment; ``None`` if absent.
-
-    The value is returned, never printed or logged. Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``,
-    section "Training with the Hugging Face Trainer" (experiment tracking without pasting keys).
-    """
-    try:
-        from google.colab import userdata  # only importable on Colab
-
-        try:
-            value = userdata.get(name)
-        except Exception:  # SecretNotFoundError, or notebook access not granted
-            value = None
-        if value:
-            return value
-    except ImportError:
-        pass
-    return os.environ.get(name) or None
-
-
-def validate_report_to(report_to: str | Sequence[str]) -> list[str]:
-    """Check a ``report_to`` choice and return it as a list for ``TrainingArguments``.
-
-    Accepts ``"none"``, ``"tensorboard"``, ``"trackio"`` or ``"wandb"`` (or a list of them).
-    Raises ``ValueError`` for anything else, for a tracker whose package is missing, and for
-    ``wandb`` without ``WANDB_API_KEY`` in Colab secrets or the environment. A key found only in
-    Colab secrets is copied into this process's environment, where the tracker looks for it.
-    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer".
-    """
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    names = [name.strip().lower() for name in names]
-    unknown = [name for name in names if name not in REPORT_TO_CHOICES]
-    if unknown or not names:
-        raise ValueError(f"report_to must be among {sorted(REPORT_TO_CHOICES)}, got {report_to!r}")
-    if "none" in names:
-        if len(names) > 1:
-            raise ValueError(f"report_to='none' cannot be combined with other trackers: {report_to!r}")
-        return ["none"]
-    for name in names:
-        package, key_name = REPORT_TO_CHOICES[name]
-        if package and importlib.util.find_spec(package) is None:
-            raise ValueError(f"report_to={name!r} needs the {package!r} package: pip install {package}")
-        if key_name:
-            value = secret(key_name)
-            if value is None:
-                raise ValueError(f"report_to={name!r} needs {key_name}: add it to Colab's secrets panel "
-                                 f"(key icon) or export it as an environment variable, never in a cell")
-            os.environ[key_name] = value
-    return names
-
 
 def make_training_arguments(*, output_dir: str, batch_size: int, grad_accum: int, dtype: str,
                             gradient_checkpointing: bool = False, device: str = "cpu", learning_rate: float = 1e-4, epochs: float = 1.0,
@@ -208,84 +141,6 @@ def _checkpointing_arguments(arguments_class, enabled: bool) -> dict:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def history_from_log(log_history: Sequence[dict]) -> list[dict]:
-    """Turn ``trainer.state.log_history`` into ``[{"step", "epoch", "loss", "lr", "grad_norm"}]``.
-
-    :func:`train_with_trainer` logs every optimizer step's own loss (``step_loss``, ``null`` when
-    the step was skipped, with a ``skipped`` reason); where a step has that entry it is the
-    record's ``loss``, and the Trainer's average over the logging window (which would hide a NaN)
-    is dropped. Histories without those entries (older runs) keep the Trainer's logged loss.
-    Entries without a loss (the end-of-run summary) are skipped; other keys logged at the same
-    step (e.g. generation metrics) are merged into that step's record. The ``history`` plotted in
-    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging Face Trainer"; skipped
-    steps are explained in the README, section "When things go wrong".
-    """
-    records: dict[int, dict] = {}
-    own_loss: set[int] = set()
-    for entry in log_history:
-        if "step" not in entry or "train_runtime" in entry:
-            continue
-        step = int(entry["step"])
-        record = records.setdefault(step, {"step": step})
-        if "step_loss" in entry:
-            own_loss.add(step)
-        for key, value in entry.items():
-            if key == "learning_rate":
-                record.setdefault("lr", value)
-            elif key == "step_loss":
-                record["loss"] = value
-            elif key == "loss":
-                if step not in own_loss:
-                    record["loss"] = value
-            elif key != "step":
-                record[key] = value
-    for record in records.values():  # NaN/inf (a skipped step's grad_norm) is not JSON: null
-        for key, value in record.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                record[key] = None
-    return [records[step] for step in sorted(records) if "loss" in records[step] or "skipped" in records[step]]
-
-
-def trainer_checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete Trainer checkpoint, or None.
-
-    The Trainer writes ``trainer_state.json`` last, with a plain (non-atomic) write: a checkpoint
-    is complete when that file exists and reads back with its ``global_step``. Explained in the README,
-    section "When things go wrong"; ``RESUME`` in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section
-    "Parameters", relies on it.
-    """
-    state_file = Path(path) / TRAINER_STATE_FILE
-    if path.name.endswith(".tmp"):
-        return "a staging folder: the run was stopped while writing this checkpoint"
-    if not state_file.is_file():
-        return f"no {TRAINER_STATE_FILE} in that folder (a checkpoint cut short by a crash, or not a checkpoint)"
-    try:
-        state = json.loads(state_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return f"{TRAINER_STATE_FILE} is cut short or corrupt ({error}): the run was stopped while writing it"
-    if not isinstance(state, dict) or "global_step" not in state:
-        return f"{TRAINER_STATE_FILE} has no global_step"
-    return None
-
-
-def trainer_checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete Trainer checkpoints (see :func:`trainer_checkpoint_problem`), oldest first.
-
-    What counts as complete: the README, section "When things go wrong".
-    """
-    return scan_checkpoints(output_dir, trainer_checkpoint_problem)[0]
-
-
-def latest_trainer_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete Trainer checkpoint in ``output_dir``, or None.
-
-    The checkpoint named when too many NaN steps stop training, and the one a resume continues from
-    (README, section "When things go wrong").
-    """
-    found = trainer_checkpoint_dirs(output_dir)
-    return found[-1] if found else None
-
-
 def _continue_schedule(args, optimizer, lr_scheduler, *, step: int, planned: int | None, max_steps: int) -> list[str]:
     """After a resume: give the optimizer the learning rate of step ``step + 1`` on this run's schedule.
 
@@ -328,14 +183,6 @@ def _continue_schedule(args, optimizer, lr_scheduler, *, step: int, planned: int
         lines.append(f"the checkpoint's peak learning rate {scheduler.base_lrs[0]:g} continues; the "
                      f"learning_rate {args.learning_rate:g} given now applies to new runs only")
     return lines
-
-
-def _checkpoint_json(checkpoint: str | Path | None, name: str) -> dict | None:
-    """``checkpoint/name`` read as JSON, or None (no checkpoint, no such file, not JSON)."""
-    try:
-        return json.loads((Path(checkpoint) / name).read_text()) if checkpoint is not None else None
-    except (OSError, ValueError):
-        return None
 
 
 def _guarded_trainer(trainer_class, guard: "_NonFiniteGuard"):
@@ -506,7 +353,7 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     ``base_model`` (the Hub id of the base, e.g. a model choice's ``model_id``) is what the checkpoints' and
     ``best-adapter/``'s ``adapter_config.json`` and README name as the base, not the folder it was loaded from
-    (:func:`vlm_helpers.lora.portable_adapter_files`; without it a local folder is named by its name alone).
+    (:func:`vlm_helpers.adapters.portable_adapter_files`; without it a local folder is named by its name alone).
 
     A step whose loss or gradient is NaN/inf is not applied and is recorded as skipped; more than
     ``max_skipped_steps`` of them stop training with ``FloatingPointError`` (weights stay finite).
@@ -528,7 +375,7 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
 
     from vlm_helpers.best_checkpoint import RUN_RESULTS, BestCheckpointKeeper
     from vlm_helpers.checkpoints import check_finite_weights
-    from vlm_helpers.lora import portable_adapter_files
+    from vlm_helpers.adapters import portable_adapter_files
 
     if keep_best is not None and (eval_fn is None or not eval_every):
         raise ValueError(f"keep_best={keep_best!r} chooses among evaluations: pass eval_fn and eval_every too")
@@ -543,8 +390,8 @@ def train_with_trainer(model, train_rows, collator: Callable, args, *,
         keep_best, greater_is_better=greater_is_better, patience=patience, output_dir=args.output_dir,
         processor=processor, resume=resume, base_model=base_model)
     # what the checkpoint's run had planned, and how long it had trained (None: a checkpoint without the record)
-    planned = (_checkpoint_json(resume, TRAINER_STATE_FILE) or {}).get("max_steps") if resume is not None else None
-    earlier = (_checkpoint_json(resume, TRAINING_TIME_FILE) or {}).get("seconds") if resume is not None else 0.0
+    planned = (checkpoint_json(resume, TRAINER_STATE_FILE) or {}).get("max_steps") if resume is not None else None
+    earlier = (checkpoint_json(resume, TRAINING_TIME_FILE) or {}).get("seconds") if resume is not None else 0.0
     clock = {"started": time.perf_counter(), "first_step": 0}
 
     class ContinuedRun(TrainerCallback):

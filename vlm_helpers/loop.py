@@ -53,7 +53,7 @@ from vlm_helpers.checkpoints import checkpoint_all_ranks, load_checkpoint, resum
 from vlm_helpers.supervision import IGNORE_INDEX
 from vlm_helpers.distributed import all_reduce_sum, is_dtensor, no_gradient_sync, world
 from vlm_helpers.freezing import frozen_to_eval
-from vlm_helpers.results import finite_or_null
+from vlm_helpers.history import finite_or_null
 
 @dataclass
 class TrainConfig:

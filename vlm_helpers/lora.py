@@ -16,7 +16,6 @@ into a project without the series' presets: a notebook passes ``preset.dtype`` a
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -26,10 +25,10 @@ from torch import nn
 
 from vlm_helpers.freezing import count_parameters, forward_without_autograd
 from vlm_helpers.revisions import revision_kwargs
-from vlm_helpers.runtime import attention_by_part
+from vlm_helpers.processors import IMAGE_BUDGET_KEYS, apply_image_budget, processor_from_pretrained
+from vlm_helpers.runtime import attention_by_part, torch_dtype
 
 __all__ = [
-    "IDEFICS2_LORA_TARGETS",
     "quantization_report",
     "IDEFICS2_MODEL_ID",
     "add_lora",
@@ -37,45 +36,20 @@ __all__ = [
     "bnb_4bit_config",
     "default_image_splitting",
     "disable_bnb_cpu_repacking",
-    "load_adapter",
     "load_chat_processor",
     "load_chat_vlm",
     "lora_module_names",
+    "load_adapter",
     "lora_report",
     "merge_for_export",
-    "portable_adapter_files",
-    "portable_base_name",
-    "save_adapter",
+    "output_layer_name",
 ]
 
 IDEFICS2_MODEL_ID = "HuggingFaceM4/idefics2-8b"
 
-#: LoRA targets for Idefics2: every projection of the Mistral text model and of the connector
-#: (``modality_projection`` MLP + ``perceiver_resampler``), none in the SigLIP vision encoder.
-#: The article wrote ``.*(text_model|modality_projection|perceiver_resampler).*(k_proj|q_proj|v_proj|o_proj).*|lm_head$``:
-#: attention projections only (no MLP, so ``modality_projection``'s gate/up/down never matched),
-#: plus ``lm_head`` (its 7,589,912 trainable parameters are exactly 32 text + 3 perceiver layers of
-#: q/k/v/o plus lm_head). We also adapt the MLPs, where most of a layer's weights are, and leave
-#: ``lm_head`` frozen. The pattern is anchored on the module path of transformers 5.x
-#: (``model.text_model...``, ``model.connector.{modality_projection,perceiver_resampler}...``);
-#: PEFT matches a string with ``re.fullmatch``.
-#: Idefics2-8b: 32 text layers x 7 + 3 + 3 perceiver layers x 7 = 248 adapted modules.
-IDEFICS2_LORA_TARGETS = (
-    r"model\.(text_model|connector)\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-)
-
 #: Attribute names a vision encoder goes by, for models whose configuration has no ``vision_config``
 #: (remote-code models such as Microsoft's Phi-3-vision: ``img_processor``); see :func:`vision_encoders`.
 _VISION_ENCODER_NAMES = ("vision_model", "vision_tower", "visual", "img_processor", "vision_encoder")
-
-
-def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"`` or ``torch.bfloat16`` -> ``torch.bfloat16`` (the presets name dtypes as strings).
-
-    The compute dtype is explained in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and
-    the preset".
-    """
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def bnb_4bit_config(compute_dtype: str | torch.dtype):
@@ -124,125 +98,6 @@ def disable_bnb_cpu_repacking(model: nn.Module) -> int:
     return count
 
 
-def image_only_processor_class(processor_class):
-    """``processor_class`` without its video processor, for images only; no torchvision needed.
-
-    Qwen2-VL's and LLaVA-OneVision's processors also hold a video processor, which transformers
-    builds with torchvision; on an install without it (CPU machines, this project's CI) loading
-    the processor fails even when no video is ever passed. This subclass (same name, so a saved
-    processor still names the real class) loads and saves only the image processor and the
-    tokenizer; passing ``videos=`` to it fails. See the README, section "Using the helpers with other
-    models" (Qwen2-VL).
-    """
-    attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
-
-    class ImageOnly(processor_class):
-        @classmethod
-        def get_attributes(cls):
-            return list(attributes)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
-    ImageOnly.__doc__ = f"{processor_class.__name__} for images only (no video processor, no torchvision)."
-    return ImageOnly
-
-
-def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
-    """``AutoProcessor.from_pretrained(path)``, with the image processor class chosen by the package.
-
-    With torchvision installed (Colab) transformers picks the image processor itself: the torchvision
-    ("fast") one, or the PIL one where the fast one would change results (Idefics3's Lanczos resize on an
-    older torchvision). Without torchvision (CPU machines, this project's CI) it must be the PIL one, and
-    :func:`pil_image_processor_class` makes sure transformers can find it: transformers 5.15 lists Idefics2's and
-    Idefics3's (SmolVLM's) PIL classes as needing torchvision, so ``AutoProcessor`` failed with "None of these
-    classes could be imported" although the PIL class imports fine. Families whose processor also handles videos
-    get the image-only processor (:func:`image_only_processor_class`), whose video processor needs torchvision.
-    ``kwargs`` (``revision``, image settings) go to ``from_pretrained``. See the README, section "Using the
-    helpers with other models"."""
-    import importlib.util
-
-    import transformers
-    from transformers import AutoProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    name = PROCESSOR_MAPPING_NAMES.get(model_type)
-    processor_class = getattr(transformers, name, None) if isinstance(name, str) else None
-    if importlib.util.find_spec("torchvision") is None:
-        image_processor_type = _image_processor_type(path, kwargs.get("revision"))
-        if image_processor_type is not None:
-            pil_image_processor_class(image_processor_type)
-        if processor_class is not None and "video_processor" in processor_class.get_attributes():
-            return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
-    return AutoProcessor.from_pretrained(path, **kwargs)
-
-
-def _image_processor_type(path: str | Path, revision: str | None) -> str | None:
-    """The ``image_processor_type`` a checkpoint's ``preprocessor_config.json`` names (None without one)."""
-    import json
-
-    from transformers.utils import cached_file
-
-    found = cached_file(str(path), "preprocessor_config.json", revision=revision,
-                        _raise_exceptions_for_missing_entries=False)
-    return json.loads(Path(found).read_text()).get("image_processor_type") if found else None
-
-
-def pil_image_processor_class(image_processor_type: str):
-    """The PIL image processor class for ``image_processor_type`` (e.g. ``"Idefics3ImageProcessor"`` ->
-    ``Idefics3ImageProcessorPil``), imported from its own module and put where transformers looks it up when that
-    place holds a placeholder (transformers 5.15 without torchvision). Returns the class, or None when transformers
-    has no PIL variant. Used by :func:`processor_from_pretrained`; see the README, section "Using the helpers with
-    other models"."""
-    import importlib
-
-    import transformers
-    from transformers.models.auto.configuration_auto import model_type_to_module_name
-    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
-
-    wanted = image_processor_type.removesuffix("Fast").removesuffix("Pil") + "Pil"
-    for model_type, names in IMAGE_PROCESSOR_MAPPING_NAMES.items():
-        if wanted not in (names.values() if isinstance(names, dict) else names):
-            continue
-        module_name = model_type_to_module_name(model_type)
-        try:
-            real = getattr(importlib.import_module(f"transformers.models.{module_name}.image_processing_pil_{module_name}"),
-                           wanted)
-        except (ImportError, AttributeError):
-            continue
-        for namespace in (importlib.import_module(f"transformers.models.{module_name}"), transformers):
-            try:
-                current = getattr(namespace, wanted)
-            except AttributeError:
-                current = None
-            if current is None or getattr(current, "is_dummy", False):
-                setattr(namespace, wanted, real)  # the placeholder names a missing torchvision this class never needs
-        return real
-    return None
-
-
-#: The keys an image budget (:func:`load_chat_processor`'s ``image_budget``) may hold, by processor kind:
-#: a pixel count per image (Qwen2-VL: ``max_pixels``/``min_pixels``, each 28x28 block one image token), or
-#: the longest side the page is resized to and whether it is split into tiles (Idefics2, Idefics3/SmolVLM).
-_IMAGE_BUDGET_KEYS = {"pixels": ("max_pixels", "min_pixels"), "edge": ("longest_edge", "do_image_splitting")}
-
-
-def _apply_image_budget(processor, model_type: str, budget: dict) -> None:
-    """Set the image processor's settings that bound image tokens (see :func:`load_chat_processor`)."""
-    image_processor = processor.image_processor
-    if set(budget) <= set(_IMAGE_BUDGET_KEYS["pixels"]) and hasattr(image_processor, "merge_size"):
-        size = dict(image_processor.size)  # Qwen2-VL: shortest_edge/longest_edge are pixel counts per image
-        size = {"shortest_edge": budget.get("min_pixels", size["shortest_edge"]),
-                "longest_edge": budget.get("max_pixels", size["longest_edge"])}
-        image_processor.size = size
-    elif set(budget) <= set(_IMAGE_BUDGET_KEYS["edge"]) and hasattr(image_processor, "max_image_size"):
-        if "longest_edge" in budget:  # Idefics3 (SmolVLM): the page is resized to this, then cut in tiles
-            image_processor.size = {"longest_edge": budget["longest_edge"]}
-        if "do_image_splitting" in budget:
-            image_processor.do_image_splitting = budget["do_image_splitting"]
-    else:
-        raise ValueError(f"image budget {budget} does not apply to {model_type!r} "
-                         f"({type(image_processor).__name__}); fixed-size models (Florence-2, LLaVA) take none")
-
-
 def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | None = None,
                         image_longest_edge: int | None = None, image_budget: dict | None = None,
                         revision: str | None = None):
@@ -269,13 +124,13 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
     config = AutoConfig.from_pretrained(checkpoint, **hub)
     model_type = config.model_type
     budget = dict(image_budget or {})
-    known = {key for keys in _IMAGE_BUDGET_KEYS.values() for key in keys}
+    known = {key for keys in IMAGE_BUDGET_KEYS.values() for key in keys}
     if set(budget) - known:
         raise ValueError(f"unknown image budget setting(s) {sorted(set(budget) - known)}; known: {sorted(known)}")
     if model_type == "idefics2":  # the budget's values, unless given as arguments
         do_image_splitting = budget.get("do_image_splitting") if do_image_splitting is None else do_image_splitting
         image_longest_edge = budget.get("longest_edge") if image_longest_edge is None else image_longest_edge
-        budget = {key: value for key, value in budget.items() if key not in _IMAGE_BUDGET_KEYS["edge"]}
+        budget = {key: value for key, value in budget.items() if key not in IMAGE_BUDGET_KEYS["edge"]}
     processor_kwargs: dict = {}
     if model_type == "idefics2":
         if do_image_splitting is not None:
@@ -291,7 +146,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
         raise ValueError(f"do_image_splitting / image_longest_edge apply to Idefics2, not {model_type!r}")
     processor = processor_from_pretrained(checkpoint, model_type, **hub, **processor_kwargs)
     if budget:
-        _apply_image_budget(processor, model_type, budget)
+        apply_image_budget(processor, model_type, budget)
     if model_type == "llava":  # xtuner's LLaVA-Phi-3 has no processor_config.json: see prepare_llava_processor
         from vlm_helpers.llava_phi3 import prepare_llava_processor
 
@@ -397,7 +252,9 @@ def _configs(config) -> list:
     return found
 
 
-def _output_layer_name(model: nn.Module) -> str | None:
+def output_layer_name(model: nn.Module) -> str | None:
+    """The attribute name of the model's output layer (``"lm_head"``), or None: what ``modules_to_save`` names to
+    train it whole (``notebooks/06_your_data_your_model.ipynb``, section "Training: keep the best checkpoint")."""
     output = model.get_output_embeddings()
     return next((name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is output), None)
 
@@ -421,14 +278,6 @@ def untie_output_layer(model: nn.Module) -> bool:
     # (Florence-2's BART: encoder and decoder embeddings to ``shared``), which must stay as they are
     model.config.tie_word_embeddings = False
     return True
-
-
-def _untie_if_trained(model: nn.Module, adapter_path: str | Path) -> None:
-    """Untie the output layer when the saved adapter trained it (as :func:`add_lora` did for training)."""
-    from peft import PeftConfig
-
-    if _output_layer_name(model) in (PeftConfig.from_pretrained(str(adapter_path)).modules_to_save or ()):
-        untie_output_layer(model)
 
 
 def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, alpha: int = 8,
@@ -474,7 +323,7 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
         for config in _configs(model.config):
             if getattr(config, "use_cache", None):
                 config.use_cache = False
-    if modules_to_save and _output_layer_name(model) in modules_to_save:
+    if modules_to_save and output_layer_name(model) in modules_to_save:
         untie_output_layer(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
@@ -533,96 +382,14 @@ def lora_report(model: nn.Module) -> str:
 
 
 #: The tag an adapter trained on a tiny random twin carries (the model card's tiny-mode tag too).
-_TINY_TAG = "tiny-random-not-a-real-result"
 
 
-def portable_base_name(loaded_from: str | None, base_model: str | None = None) -> str | None:
-    """The base model's name as a saved adapter should record it: never a path of this machine.
+def _untie_if_trained(model: nn.Module, adapter_path: str | Path) -> None:
+    """Untie the output layer when the saved adapter trained it (as :func:`add_lora` did for training)."""
+    from peft import PeftConfig
 
-    ``base_model`` (a Hub id such as ``"HuggingFaceM4/idefics2-8b"``) if given; else what the base was loaded
-    from when that is a Hub id; a folder of the Hugging Face cache (``.../models--org--name/snapshots/<rev>``)
-    becomes ``"org/name"``; any other folder (a tiny twin, your own copy) its name alone (``"tiny-idefics2"``).
-    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the same
-    answers".
-    """
-    if base_model:
-        return str(base_model)
-    if not loaded_from:
-        return loaded_from
-    text = str(loaded_from)
-    path = Path(text)
-    if not (path.is_absolute() or path.exists() or text.startswith(("./", "../", "~"))):
-        return text  # "org/name": a Hub id
-    for part in reversed(path.parts):
-        if part.startswith("models--"):
-            return part.removeprefix("models--").replace("--", "/")
-    return path.name
-
-
-def _tiny_twin(loaded_from: str | None) -> bool:
-    """Whether the base was loaded from a tiny twin built by :func:`vlm_helpers.tiny.tiny_checkpoint`."""
-    from vlm_helpers.tiny import BUILDERS
-
-    path = Path(str(loaded_from or ""))
-    return path.name.startswith("tiny-") and path.name.removeprefix("tiny-") in BUILDERS and path.is_dir()
-
-
-def portable_adapter_files(folder: str | Path, base_model: str | None = None) -> str | None:
-    """Make the files PEFT's ``save_pretrained`` wrote in ``folder`` name the base by
-    :func:`portable_base_name`, not by the folder it was loaded from; returns that name.
-
-    PEFT records the path the base was loaded from: a tiny twin's or a local copy's folder is a path of this
-    machine, meaningless anywhere else. Rewritten: ``base_model_name_or_path`` of ``adapter_config.json``, and in
-    ``README.md`` (PEFT's card, or a model card it updated) ``base_model`` and the ``base_model:adapter:...`` tag;
-    an adapter trained on a tiny twin is also tagged ``tiny-random-not-a-real-result``. Done after saving, so
-    PEFT's own checks while saving still see the local folder (and look nothing up on the Hub in tiny mode).
-    Used by :func:`save_adapter` and for the HF Trainer's checkpoints; taught in
-    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the same answers".
-    """
-    folder = Path(folder)
-    config_file = folder / "adapter_config.json"
-    if not config_file.is_file():
-        return None
-    config = json.loads(config_file.read_text())
-    loaded_from = config.get("base_model_name_or_path")
-    name = portable_base_name(loaded_from, base_model)
-    if name != loaded_from:
-        config["base_model_name_or_path"] = name
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
-    tiny = _tiny_twin(loaded_from)
-    readme = folder / "README.md"
-    if readme.is_file() and (name != loaded_from or tiny):
-        from huggingface_hub import ModelCard
-
-        card = ModelCard(readme.read_text(encoding="utf-8"))
-        card.data.base_model = name
-        tags = [tag for tag in (card.data.tags or []) if not str(tag).startswith("base_model:adapter:")]
-        tags += [f"base_model:adapter:{name}"] if name else []
-        tags += [_TINY_TAG] if tiny and _TINY_TAG not in tags else []
-        card.data.tags = sorted(tags)
-        readme.write_text(str(card), encoding="utf-8")
-    return name
-
-
-def save_adapter(model, processor, path: str | Path, *, base_model: str | None = None) -> Path:
-    """Save only the adapter weights (a few MB, not the base model) and the processor to ``path``.
-
-    ``base_model``: the Hub id the adapter belongs on (a model choice's ``model_id``). It is what
-    ``adapter_config.json`` and PEFT's README name as the base, instead of the folder the base was loaded from
-    (:func:`portable_adapter_files`): a tiny twin or a local copy is a path of this machine that means nothing
-    elsewhere. Without ``base_model`` a Hub id stays as loaded and a local folder is named by its name alone.
-    An adapter trained on a tiny twin is tagged ``tiny-random-not-a-real-result``. :func:`load_adapter` is given
-    the base to load, so a tiny adapter still loads onto its tiny twin.
-
-    Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Save the adapter, reload it, get the
-    same answers", and ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Save the adapter, reload it,
-    caption again".
-    """
-    path = Path(path)
-    model.save_pretrained(path)
-    portable_adapter_files(path, base_model)
-    processor.save_pretrained(path)
-    return path
+    if output_layer_name(model) in (PeftConfig.from_pretrained(str(adapter_path)).modules_to_save or ()):
+        untie_output_layer(model)
 
 
 def _has_processor(path: str | Path) -> bool:

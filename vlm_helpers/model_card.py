@@ -18,7 +18,7 @@ PEFT's ``save_pretrained`` drops into every adapter folder, recognised line by l
 
 :func:`push_to_hub` uploads the folder (adapter weights and config, processor files, card) to a private
 repository by default; the token comes from the argument or from ``HF_TOKEN`` in Colab's secrets panel or
-the environment (:func:`vlm_helpers.hf_trainer.secret`), never from a cell, and is never printed.
+the environment (:func:`vlm_helpers.tracking.secret`), never from a cell, and is never printed.
 
 :func:`data_section` builds the card's ``data`` from what was actually loaded (``load_your_data``'s report,
 the splits as used and the checks' reports), for notebook 06 and ``vlm-train --recipe custom`` alike: the file
@@ -399,7 +399,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     visibility) and ``api.upload_folder`` with exactly the folder's files. ``api``: a
     ``huggingface_hub.HfApi`` (default: a new one). Returns ``upload_folder``'s commit info; prints one line
     (never the token). An ``adapter_config.json`` naming its base by a path of this machine (an adapter saved
-    without :func:`vlm_helpers.lora.save_adapter`) is refused too (``ValueError``): the adapter would be uploaded
+    without :func:`vlm_helpers.adapters.save_adapter`) is refused too (``ValueError``): the adapter would be uploaded
     with that path in it, and nobody could find its base. Opt-in cell of
     ``notebooks/06_your_data_your_model.ipynb``, section "Share the result".
     """
@@ -410,15 +410,15 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None, p
     missing = _upload_problems(folder)
     if missing:
         raise FileNotFoundError(f"{folder} is not ready to share: {'; '.join(missing)}")
-    from vlm_helpers.lora import portable_base_name
+    from vlm_helpers.adapters import portable_base_name
 
     base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if base and portable_base_name(base) != base:
         raise ValueError(f"{folder / 'adapter_config.json'} names its base model by a path of this machine ({base}): "
-                         "name the Hub model instead, lora.portable_adapter_files(folder, base_model='org/name') "
-                         "(lora.save_adapter(..., base_model='org/name') does it when saving)")
+                         "name the Hub model instead, adapters.portable_adapter_files(folder, base_model='org/name') "
+                         "(adapters.save_adapter(..., base_model='org/name') does it when saving)")
     if token is None:
-        from vlm_helpers.hf_trainer import secret
+        from vlm_helpers.tracking import secret
 
         token = secret("HF_TOKEN")
     if not token:
@@ -447,7 +447,7 @@ def _upload_problems(folder: Path) -> list[str]:
     elif _is_peft_template(card.read_text(encoding="utf-8")):
         problems.append(f"{CARD_FILE} is PEFT's empty template, not a model card: write one with write_model_card")
     if not (folder / "adapter_config.json").is_file():
-        problems.append("no adapter_config.json (save the adapter with lora.save_adapter)")
+        problems.append("no adapter_config.json (save the adapter with adapters.save_adapter)")
     if not any((folder / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
         problems.append("no adapter weights (adapter_model.safetensors)")
     return problems

@@ -42,16 +42,9 @@ from typing import Any
 
 from vlm_helpers.florence2 import DOCVQA_TASK_PROMPT, FLORENCE2_MODEL_ID
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
-from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
+from vlm_helpers.lora import IDEFICS2_MODEL_ID
+from vlm_helpers.lora_targets import FLORENCE2_LORA_TARGETS, IDEFICS2_LORA_TARGETS, LANGUAGE_MODEL_LORA_TARGETS
 from vlm_helpers.runtime import BATCHING
-
-#: Every projection of a language model called ``language_model`` (LLaVA-style, Qwen2-VL, Gemma 3).
-LANGUAGE_MODEL_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-#: Every projection of Florence-2's BART language model: encoder and decoder self-attention, the decoder's
-#: cross-attention (``encoder_attn``) and both feed-forward layers; the DaViT tower (``vision_tower``) has
-#: ``qkv``/``proj``/``fc1``/``fc2`` too, which ``language_model`` keeps out.
-FLORENCE2_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
 
 #: What Florence-2 reads before the question, by task: notebook 02's ``<DocVQA>`` for short answers; for
 #: captions nothing, so the encoder reads your prompt alone (the question column, or ``Columns.prompt``).
@@ -59,9 +52,6 @@ FLORENCE2_TASK_PROMPTS = {"qa": DOCVQA_TASK_PROMPT, "captioning": ""}
 
 #: The longest Florence-2 answer, in tokens with ``<s>`` and ``</s>``: its decoder's 1,024 positions.
 FLORENCE2_MAX_ANSWER_TOKENS = 1024
-
-#: A scanned page at 200 dpi (US letter), the size notebook 06 prices in image tokens.
-PAGE_SIZE = (1700, 2200)
 
 #: Qwen2-VL's ``max_pixels`` under the T4 preset: Qwen's model card suggests 1280 x 28 x 28, at most 1,280 image
 #: tokens per image (each 28x28 block of pixels is one token after the 2x2 merge of 14-px patches). A 1700x2200
@@ -204,37 +194,6 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
                                for preset in ("t4", "a100", "cpu")},
                 note="the language model is text_model, as in Idefics2; images are split into tiles"),
 )}
-
-
-def budget_text(budget: dict[str, Any]) -> str:
-    """A budget as one readable phrase, e.g. ``max_pixels=1,003,520``; ``none`` when it is empty.
-
-    Printed in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
-    """
-    if not budget:
-        return "none (the processor's own settings)"
-    return ", ".join(f"{key}={value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{key}={value}"
-                     for key, value in sorted(budget.items()))
-
-
-def image_tokens(processor, size: tuple[int, int] = PAGE_SIZE) -> int:
-    """How many image tokens the processor inserts for one image of ``size`` (width, height) pixels.
-
-    Runs the real processor on a blank image of that size, with the model's own prompt (its chat template, or
-    Florence-2's bare prompt, before which the processor puts the image), and counts the positions of its image
-    token: what the language model reads for the image, whatever the processor's resizing, tiling and merging
-    rules. Taught in ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
-    """
-    from PIL import Image
-
-    image = Image.new("RGB", size, "white")
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    else:  # Florence-2: no chat template; the processor puts the image tokens before the prompt itself
-        prompt = ""
-    ids = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
-    return int((ids == processor.image_token_id).sum())
 
 
 def get_model_choice(key: str) -> ModelChoice:

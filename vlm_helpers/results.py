@@ -49,12 +49,13 @@ there) raises a ``ValueError`` naming the file (and the line, for ``.jsonl``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from vlm_helpers.history import finite_or_null
 
 STAGES = ("baseline", "finetuned")
 MODES = ("tiny", "full")
@@ -158,15 +159,6 @@ def check_replaceable(results_dir: str | Path, *, task: str, model: str, mode: s
             raise FileExistsError(problem)
 
 
-def finite_or_null(history: list[dict]) -> list[dict]:
-    """The history with NaN/inf (which JSON cannot hold) as null (also used by ``loop.save_history``).
-
-    Why a skipped step's loss is ``null``: the README, section "When things go wrong".
-    """
-    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-            for record in history]
-
-
 def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mode: str, notebook: str,
               metrics: dict[str, float], records: list[dict] | None = None,
               history: list[dict] | None = None, images=None, thumbnail_size: int = 320,
@@ -175,7 +167,7 @@ def write_run(results_dir: str | Path, *, task: str, model: str, stage: str, mod
 
     ``notebook``: the producer, ``"01"``..``"04"`` or ``"vlm-train"``.
     ``images``: the evaluated images in the order of ``records`` (PIL images or anything
-    :func:`vlm_helpers.data.images.to_rgb` accepts); thumbnails go to ``images/<task>/<run>/``,
+    :func:`vlm_helpers.supervision.to_rgb` accepts); thumbnails go to ``images/<task>/<run>/``,
     replacing the run's earlier ones.
 
     Raises:
@@ -237,7 +229,7 @@ def _thumbnail_file(sample_id) -> str:
 
 def _save_thumbnail(results_dir: Path, folder: Path, sample_id, image, size: int) -> str:
     """Write one thumbnail (always, replacing an earlier one) atomically; return its relative path."""
-    from vlm_helpers.data.images import to_rgb
+    from vlm_helpers.supervision import to_rgb
 
     relative = folder / _thumbnail_file(sample_id)
     target = results_dir / relative

@@ -23,6 +23,10 @@ from dataclasses import dataclass, replace
 
 TINY_ENV_VAR = "VLM_TINY"
 
+#: The file every tiny twin's folder holds (written by :func:`vlm_helpers.tiny.tiny_checkpoint`): what marks a
+#: checkpoint as a tiny random model, so an adapter trained on it is tagged as no real result.
+TINY_TWIN_FILE = "TINY_TWIN.json"
+
 #: (per-device batch size, gradient accumulation steps) per recipe and GPU class.
 #: Florence-2 follows the blog (batch 6 on a 40 GB A100; a T4 gets 2 x 3 = the same 6).
 #: Idefics2 follows the QLoRA article (2 x 8); the T4 halves the batch and doubles accumulation.
@@ -76,9 +80,18 @@ class Preset:
     @property
     def torch_dtype(self):
         """The preset's dtype as a ``torch.dtype``."""
-        import torch
+        return torch_dtype(self.dtype)
 
-        return getattr(torch, self.dtype)
+
+def torch_dtype(dtype):
+    """``"bfloat16"`` or ``torch.bfloat16`` -> ``torch.bfloat16`` (the presets name dtypes as strings).
+
+    The compute dtype is explained in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The machine and
+    the preset".
+    """
+    import torch
+
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def is_tiny(environ: dict | None = None) -> bool:
@@ -220,19 +233,6 @@ def mode_label(tiny: bool) -> str:
     data: questions about scanned documents".
     """
     return "[TINY mode: tiny random model — not a real result]" if tiny else "[FULL mode]"
-
-
-def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: str | None = None) -> str:
-    """Return ``model_id`` in full mode, or the path of the tiny ``tiny_name`` model in tiny mode.
-
-    The one place where the two modes take different models; everything after it is the same code.
-    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder".
-    """
-    if not tiny:
-        return model_id
-    from vlm_helpers.tiny import tiny_checkpoint
-
-    return str(tiny_checkpoint(tiny_name, cache_dir))
 
 
 def seed_everything(seed: int) -> None:

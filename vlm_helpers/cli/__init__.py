@@ -3,7 +3,7 @@
 * :mod:`vlm_helpers.cli.main`: options, settings and ``main()``;
 * :mod:`vlm_helpers.cli.recipes`: what each ``--recipe`` trains, with which defaults;
 * :mod:`vlm_helpers.cli.launch`: distributed setup under ``torchrun`` (DDP or FSDP2);
-* :mod:`vlm_helpers.cli.tracking`: the ``--report-to`` experiment trackers.
+* :mod:`vlm_helpers.tracking` (not in this package): the ``--report-to`` experiment trackers.
 
 Nothing here is taught in a notebook cell: it reuses the helpers the notebooks teach.
 """

@@ -42,7 +42,7 @@ from typing import NoReturn
 
 from vlm_helpers.cli.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
 from vlm_helpers.cli.recipes import RECIPES, RunSettings, UserError, YourData, batching_recipe, get_recipe
-from vlm_helpers.cli.tracking import REPORT_TO_CHOICES, check_report_to
+from vlm_helpers.tracking import REPORT_TO_CHOICES, check_report_to
 
 __all__ = ["build_parser", "main", "resolve_settings", "user_problem"]
 
@@ -470,7 +470,7 @@ def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.A
     """
     from vlm_helpers.best_checkpoint import RUN_RESULTS
     from vlm_helpers.checkpoints import describe_incomplete, loop_checkpoint_problem, scan_checkpoints
-    from vlm_helpers.hf_trainer import trainer_checkpoint_problem
+    from vlm_helpers.checkpoints import trainer_checkpoint_problem
 
     hf = get_recipe(args.recipe).trainer == "hf"
     problem = trainer_checkpoint_problem if hf else loop_checkpoint_problem

@@ -326,7 +326,7 @@ def _validated(dataset, split: str, settings: RunSettings, env: Distributed, rep
 def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     """Fine-tune Florence-2 on DocVQA (or The Cauldron) exactly as notebook 02 does.
 
-    The steps and helpers are the notebook's: :func:`~vlm_helpers.runtime.resolve_checkpoint`
+    The steps and helpers are the notebook's: :func:`~vlm_helpers.tiny.resolve_checkpoint`
     + :func:`~vlm_helpers.florence2.load_florence2`, freeze the DaViT vision tower,
     :class:`~vlm_helpers.florence2.Florence2Collator` with ``answer_choice="random"``,
     :func:`~vlm_helpers.data.validation.clean_dataset`, :func:`vlm_helpers.loop.train`,
@@ -337,7 +337,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
     ``notebooks/02_florence2_docvqa.ipynb``, section "Training"; the command line is in the README, section
     "Scaling out: from one GPU to several machines".
     """
-    from vlm_helpers import checkpoints, distributed, evaluation, florence2, freezing, loop, results, runtime
+    from vlm_helpers import checkpoints, distributed, evaluation, florence2, freezing, loop, results, tiny
     from vlm_helpers.data.sources import docvqa_dataset
 
     preset = settings.preset
@@ -346,7 +346,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         train_rows = _docvqa_style_train_rows(settings)
         eval_rows = docvqa_dataset("validation", tiny=settings.tiny, max_samples=settings.max_eval_samples,
                                    seed=settings.seed)
-        checkpoint = runtime.resolve_checkpoint(florence2.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
+        checkpoint = tiny.resolve_checkpoint(florence2.FLORENCE2_MODEL_ID, tiny=settings.tiny, tiny_name="florence2")
         # fp32 master weights, as notebook 02 (the 1e-6 learning rate is below bf16/fp16 resolution); autocast
         # computes in the preset's dtype. Florence-2-base-ft's config says float16: without dtype= that would win
         model, processor = florence2.load_florence2(checkpoint, device=env.device, dtype="float32",
@@ -407,7 +407,7 @@ def run_florence2_docvqa(settings: RunSettings, env: Distributed) -> dict:
         result = evaluate_on_rank0(f"[vlm-train] step {step}")
         return {f"eval_{k}": v for k, v in result[1].items() if k != "samples"} if result else {}
 
-    from vlm_helpers.cli.tracking import Tracker
+    from vlm_helpers.tracking import Tracker
 
     tracker = Tracker(settings.report_to, settings) if env.is_main else None
 
@@ -519,11 +519,12 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     steps); ``settings.resume`` continues one, and ``history.json`` then starts with the records
     the checkpoint holds. Rank 0 alone writes ``history.json``, ``results/`` and ``adapter/``.
     """
-    from vlm_helpers import evaluation, llava_phi3, loop, lora, results, runtime
+    from vlm_helpers import adapters, evaluation, llava_phi3, loop, lora, results, tiny
     from vlm_helpers.chat_collator import ChatVLMCollator
     from vlm_helpers.checkpoints import check_finite_weights
     from vlm_helpers.comparison import HEADLINE_METRICS
-    from vlm_helpers.hf_trainer import latest_trainer_checkpoint, make_training_arguments, train_with_trainer
+    from vlm_helpers.checkpoints import latest_trainer_checkpoint
+    from vlm_helpers.hf_trainer import make_training_arguments, train_with_trainer
 
     preset = settings.preset  # its batch is the run's (--batch-size, the recipe's or the GPU preset's)
     quantize = llava_phi3.default_4bit(preset.name) if spec.quantize_4bit is None else spec.quantize_4bit
@@ -531,7 +532,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         rows = load_rows(settings)  # (train, validation) or (train, validation, test)
         train_rows, eval_rows = rows[:2]
         test_rows = rows[2] if len(rows) > 2 else None
-        checkpoint = runtime.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
+        checkpoint = tiny.resolve_checkpoint(spec.model_id, tiny=settings.tiny, tiny_name=spec.tiny_name)
         load_kwargs = {}
         if spec.image_splitting_by_preset:
             load_kwargs["do_image_splitting"] = lora.default_image_splitting(preset.name)
@@ -630,7 +631,7 @@ def _run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
                                          metrics=scores, records=records, history=history,
                                          replace=settings.replace_results)
         check_finite_weights(model)  # never save a NaN adapter
-        adapter = lora.save_adapter(model, processor, settings.output_dir / "adapter", base_model=spec.model_id)
+        adapter = adapters.save_adapter(model, processor, settings.output_dir / "adapter", base_model=spec.model_id)
         summary.update(metrics=dict(scores), metrics_file=str(metrics_file), adapter_dir=str(adapter))
         if spec.model_card:
             card = _write_your_data_card(adapter, settings, spec, history, before=baseline[1], after=scores,
@@ -658,7 +659,8 @@ def run_idefics2_qlora_docvqa(settings: RunSettings, env: Distributed) -> dict:
     The notebook's training: ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Training with the Hugging
     Face Trainer"; the recipe: the README, section "Scaling out: from one GPU to several machines".
     """
-    from vlm_helpers.lora import IDEFICS2_LORA_TARGETS, IDEFICS2_MODEL_ID
+    from vlm_helpers.lora import IDEFICS2_MODEL_ID
+    from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS
 
     spec = ChatSpec(model_id=IDEFICS2_MODEL_ID, tiny_name="idefics2", lora_targets=IDEFICS2_LORA_TARGETS,
                     lora_r=8, lora_alpha=8, lora_dropout=0.1, quantize_4bit=True, init_lora_weights="gaussian",

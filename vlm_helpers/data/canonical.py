@@ -39,7 +39,7 @@ from typing import Any, Literal, NamedTuple
 
 import datasets
 
-from vlm_helpers.data.validation import DataValidationError
+from vlm_helpers.data.errors import DataValidationError
 
 __all__ = ["BadRow", "CANONICAL_FEATURES", "DataFormatError", "LoadReport", "RowCollector", "json_container",
            "own_row_id", "read_json_records", "read_jsonl", "resolve_image", "resolve_image_path", "text_lines"]

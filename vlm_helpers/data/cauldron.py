@@ -55,6 +55,7 @@ import datasets
 from datasets import Features, Image, List, Value
 
 from vlm_helpers.data.hub import first_rows
+from vlm_helpers.revisions import revision_kwargs
 
 __all__ = [
     "BREVITY_INSTRUCTIONS",
@@ -186,8 +187,9 @@ def load_cauldron(
     subsets = check_subsets(subsets)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    hub_kwargs = revision_kwargs(dataset_id, revision)  # {"revision": <pin>} for a Hub id, {} for a folder
     return datasets.DatasetDict(
-        {name: first_rows(dataset_id, split, max_samples, name=name, cache_dir=cache_dir, revision=revision)
+        {name: first_rows(dataset_id, split, max_samples, name=name, cache_dir=cache_dir, hub_kwargs=hub_kwargs)
          for name in subsets}
     )
 

@@ -90,7 +90,8 @@ def load_docvqa(
         dataset = datasets.load_dataset(dataset_id, split=split, streaming=True, cache_dir=cache_dir,
                                         **revision_kwargs(dataset_id, revision))
         return dataset.take(max_samples) if max_samples is not None else dataset
-    return first_rows(dataset_id, split, max_samples, cache_dir=cache_dir, revision=revision)
+    return first_rows(dataset_id, split, max_samples, cache_dir=cache_dir,
+                      hub_kwargs=revision_kwargs(dataset_id, revision))
 
 
 def docvqa_1200_rows(dataset: datasets.Dataset, *, language: str = "en") -> datasets.Dataset:
@@ -129,4 +130,4 @@ def load_docvqa_1200(
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     return docvqa_1200_rows(first_rows(dataset_id, DOCVQA_1200_SPLITS[split], max_samples, cache_dir=cache_dir,
-                                       revision=revision), language=language)
+                                       hub_kwargs=revision_kwargs(dataset_id, revision)), language=language)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datasets
 
-from vlm_helpers.revisions import revision_kwargs
-
 __all__ = ["first_rows"]
 
 
@@ -25,21 +23,21 @@ def _split_size(stream: datasets.IterableDataset, split: str) -> int | None:
 
 
 def first_rows(dataset_id: str, split: str, max_samples: int | None, *, name: str | None = None,
-               cache_dir: str | None = None, verbose: bool = True, revision: str | None = None) -> datasets.Dataset:
+               cache_dir: str | None = None, verbose: bool = True, hub_kwargs: dict | None = None) -> datasets.Dataset:
     """The first ``max_samples`` rows of ``split`` as an ordinary ``Dataset``; all rows when None.
 
     With a limit the rows are *streamed* (only the files that hold them are read) and
     collected into an in-memory ``Dataset`` with the original features; images stay encoded
     (their bytes are copied, not decoded and re-encoded). The line printed says how many rows
-    of the split were read, with the split's size when the dataset card records it. ``revision``: the commit to
-    read (``"main"`` for the newest files); None reads a default dataset at its pinned commit and any other
-    unpinned (:func:`vlm_helpers.revisions.hub_revision`; README, section "Pinned revisions"). Behind full mode's
+    of the split were read, with the split's size when the dataset card records it. ``hub_kwargs``: what
+    ``load_dataset`` gets besides, e.g. ``{"revision": <commit>}`` from :func:`vlm_helpers.revisions.revision_kwargs`
+    (the callers pin the series' datasets; README, section "Pinned revisions"). Behind full mode's
     ``docvqa_dataset`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
     documents".
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
-    hub = revision_kwargs(dataset_id, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
+    hub = dict(hub_kwargs or {})
     if max_samples is None:
         return datasets.load_dataset(dataset_id, name, split=split, cache_dir=cache_dir, **hub)
     stream = datasets.load_dataset(dataset_id, name, split=split, streaming=True, cache_dir=cache_dir, **hub)

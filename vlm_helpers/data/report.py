@@ -3,7 +3,7 @@
 Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Your data". Run on canonical rows
 (:data:`vlm_helpers.data.canonical.CANONICAL_FEATURES`) after :func:`vlm_helpers.data.validation.clean_dataset`.
 Images are not decoded: each distinct file is opened once and only its header is read for the size
-(turned by the EXIF orientation, as :func:`vlm_helpers.data.images.to_rgb` will turn it). Only the image of
+(turned by the EXIF orientation, as :func:`vlm_helpers.supervision.to_rgb` will turn it). Only the image of
 the first row is decoded, to count the image tokens the processor puts into the prompt.
 
 * :func:`data_report`: one split's counts and costs (:class:`DataReport`).
@@ -132,7 +132,7 @@ def _prompt_tokens(processor: Any, row: dict) -> tuple[int, int] | None:
     if not getattr(processor, "chat_template", None) or getattr(processor, "image_processor", None) is None:
         return None
     from vlm_helpers.chat_collator import special_tokens_flag, vision_token_ids
-    from vlm_helpers.data.images import to_rgb
+    from vlm_helpers.supervision import to_rgb
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -206,7 +206,7 @@ def headline_metric(task: str) -> tuple[str, str]:
     ``"captioning"``). Printed by the data report of ``notebooks/06_your_data_your_model.ipynb``, section
     "Your data"; its model card (``notebooks/06_your_data_your_model.ipynb``, section "Share the result") says it too.
     """
-    from vlm_helpers.comparison import HEADLINE_METRICS
+    from vlm_helpers.evaluation import HEADLINE_METRICS
 
     if task not in METRIC_REASONS:
         raise ValueError(f"TASK must be one of {sorted(METRIC_REASONS)}, got {task!r}")
@@ -395,7 +395,7 @@ def your_data_report(splits: Mapping[str, datasets.Dataset], *, task: str, load_
         checks: ``clean_dataset``'s :class:`~vlm_helpers.data.validation.ValidationReport` of each split.
         processor: the model's processor as loaded (with the image budget): answer lengths in tokens, a prompt's
             tokens, and the largest image and :data:`LARGE_PHOTO` in image tokens
-            (:func:`vlm_helpers.model_choices.image_tokens`, the real processor on an image of that size).
+            (:func:`vlm_helpers.processors.image_tokens`, the real processor on an image of that size).
         processor_without_budget: the same checkpoint's processor with its own settings, to say what the budget
             saves (omit it when there is no budget).
         budget: the image budget applied (``ModelChoice.image_budget(preset)``); its text is shown.
@@ -412,7 +412,7 @@ def your_data_report(splits: Mapping[str, datasets.Dataset], *, task: str, load_
     costs = data_report(everything, processor=processor, small_side=small_side)
     prices: dict[str, int | None] = {"largest": None, "largest_without": None, "photo": None, "photo_without": None}
     if processor is not None and getattr(processor, "image_processor", None) is not None:
-        from vlm_helpers.model_choices import image_tokens
+        from vlm_helpers.processors import image_tokens
 
         for name, priced_by in (("", processor), ("_without", processor_without_budget)):
             if priced_by is None:
@@ -422,7 +422,7 @@ def your_data_report(splits: Mapping[str, datasets.Dataset], *, task: str, load_
             prices["photo" + name] = image_tokens(priced_by, LARGE_PHOTO)
     budget_shown = None
     if budget is not None:
-        from vlm_helpers.model_choices import budget_text
+        from vlm_helpers.processors import budget_text
 
         budget_shown = budget_text(dict(budget))
     return YourDataReport(

@@ -44,14 +44,14 @@ reference answer is fine).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from datasets import Image as ImageFeature
 
-from vlm_helpers.data.images import ImageDecodeError, to_rgb
+from vlm_helpers.data.errors import DataValidationError
+from vlm_helpers.supervision import ImageDecodeError, ReservedText, find_reserved, reserved_text, to_rgb
 
 __all__ = ["DataValidationError", "ReservedText", "SkippedRow", "ValidationReport", "clean_dataset", "find_reserved",
            "reserved_text", "validate_dataset", "validate_row"]
@@ -60,96 +60,6 @@ _TEST_SPLIT_HINT = (
     "DocVQA's test split ships without answers; train and evaluate on "
     "'train'/'validation', or pass answer_key=None for inference-only data"
 )
-
-
-class DataValidationError(ValueError):
-    """A row failed validation. The message names split, row index, id and problem.
-
-    Attributes:
-        split: split name given to the validator.
-        index: position of the row in the iterable that was validated.
-        question_id: the row's id (``questionId`` by default), or ``None``.
-        problem: what is wrong, without the location prefix.
-        origin: where the row came from, when its ``origin`` field says (notebook 06's loaders write
-            ``"data.jsonl:12"``, file name and line, or ``"train:3"``, split and row of a dataset): the
-            row number above counts within the split, after any hold-out, and a user's own id hides the line.
-
-    Raised by ``ON_BAD_ROWS = "raise"`` in ``notebooks/02_florence2_docvqa.ipynb``, section "The data:
-    questions about scanned documents"; the message format is shown in the README, section "When things go
-    wrong".
-    """
-
-    def __init__(self, problem: str, *, split: str, index: int, question_id: Any = None,
-                 id_key: str | None = "questionId", origin: str | None = None) -> None:
-        self.split = split
-        self.index = index
-        self.question_id = question_id
-        self.problem = problem
-        self.origin = origin
-        where = f"split={split!r}, row {index}"
-        if question_id is not None:
-            where += f", {id_key or 'id'}={question_id}"
-        if origin is not None and origin != question_id:
-            where += f", from {origin}"
-        super().__init__(f"[{where}] {problem}")
-
-
-class ReservedText(NamedTuple):
-    """Strings a model's processor does not read as plain text, and what each one is.
-
-    Why they are refused: ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
-    documents".
-    """
-
-    kinds: dict[str, str]  # string -> e.g. "special token of the tokenizer"
-    pattern: re.Pattern | None  # matches any of them (longest first); None when there are none
-
-
-def reserved_text(processor) -> ReservedText:
-    """The strings that must not appear in a question or answer for this ``processor`` (or tokenizer).
-
-    Collected from the tokenizer (every special token, and every added token that is special or
-    looks like markup, ``<...>`` / ``[...]``) and from the processor (string attributes ending in
-    ``_token``, such as ``image_token``, and the keys of dictionaries named ``task_prompts*``, such
-    as Florence-2's ``<OCR>``). Works for any Hugging Face processor or tokenizer. Why the processor is
-    passed to the check: ``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned
-    documents".
-    """
-    tokenizer = getattr(processor, "tokenizer", processor)
-    kinds: dict[str, str] = {}
-    for token in getattr(tokenizer, "all_special_tokens", []):
-        kinds.setdefault(str(token), "a special token of the tokenizer")
-    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        content = str(getattr(added, "content", added))
-        markup = (content.startswith("<") and content.endswith(">")) or (
-            content.startswith("[") and content.endswith("]"))
-        if len(content.strip()) > 1 and (getattr(added, "special", False) or markup):
-            kinds.setdefault(content, "a special token of the tokenizer")
-    if processor is not tokenizer:
-        for name, value in vars(processor).items():
-            if name.endswith("_token") and isinstance(value, str) and len(value.strip()) > 1:
-                kinds.setdefault(value, f"the processor's {name}")
-            elif name.startswith("task_prompts") and isinstance(value, dict):
-                for key in value:
-                    kinds.setdefault(str(key), "a task token of the processor")
-    kinds = {text: kind for text, kind in kinds.items() if text.strip()}
-    ordered = sorted(kinds, key=len, reverse=True)
-    pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-    return ReservedText(kinds, pattern)
-
-
-def find_reserved(text: str, reserved: ReservedText | None) -> str | None:
-    """A description of the first reserved string in ``text`` (e.g. ``"'<image>' (the processor's
-    image_token)"``), or None when the text is plain. Used before training
-    (``notebooks/02_florence2_docvqa.ipynb``, section "The data: questions about scanned documents") and by
-    the collators at batch time (``notebooks/02_florence2_docvqa.ipynb``, section "Batches, and what the loss
-    may see")."""
-    if reserved is None or reserved.pattern is None or not isinstance(text, str):
-        return None
-    match = reserved.pattern.search(text)
-    if match is None:
-        return None
-    return f"{match.group(0)!r} ({reserved.kinds[match.group(0)]})"
 
 
 class SkippedRow(NamedTuple):

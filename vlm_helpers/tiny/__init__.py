@@ -8,19 +8,27 @@ loaders that take a Hub id in full mode (see ``notebooks/02_florence2_docvqa.ipy
 from __future__ import annotations
 
 import contextlib
-import importlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-#: tiny model name -> (module, builder function)
-BUILDERS: dict[str, tuple[str, str]] = {
-    "florence2": ("vlm_helpers.tiny.florence2", "build_tiny_florence2"),
-    "idefics2": ("vlm_helpers.tiny.idefics2", "build_tiny_idefics2"),
-    "llava-phi3": ("vlm_helpers.tiny.llava_phi3", "build_tiny_llava_phi3"),
-    "qwen2-vl": ("vlm_helpers.tiny.families", "build_tiny_qwen2_vl"),
-    "smolvlm": ("vlm_helpers.tiny.families", "build_tiny_smolvlm"),
+from vlm_helpers.runtime import TINY_TWIN_FILE
+from vlm_helpers.tiny.families import build_tiny_qwen2_vl, build_tiny_smolvlm
+from vlm_helpers.tiny.florence2 import build_tiny_florence2
+from vlm_helpers.tiny.idefics2 import build_tiny_idefics2
+from vlm_helpers.tiny.llava_phi3 import build_tiny_llava_phi3
+
+__all__ = ["BUILDERS", "default_cache_dir", "resolve_checkpoint", "tiny_checkpoint"]
+
+#: tiny model name -> the function that builds it into a folder
+BUILDERS = {
+    "florence2": build_tiny_florence2,
+    "idefics2": build_tiny_idefics2,
+    "llava-phi3": build_tiny_llava_phi3,
+    "qwen2-vl": build_tiny_qwen2_vl,
+    "smolvlm": build_tiny_smolvlm,
 }
 
 
@@ -48,23 +56,29 @@ def default_cache_dir() -> Path:
 def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: bool = False) -> Path:
     """Return ``cache_dir/tiny-<name>``, building the tiny model there if it is missing.
 
+    The folder holds a ``TINY_TWIN.json`` (:data:`vlm_helpers.runtime.TINY_TWIN_FILE`) that says what it is; a
+    folder without it (built by an older version of the series) is built again.
+
     The build goes to a temporary folder that is renamed into place, so two processes
     (e.g. two torchrun ranks) never see a half-written checkpoint. Reached through
-    :func:`vlm_helpers.runtime.resolve_checkpoint` in ``notebooks/02_florence2_docvqa.ipynb``, section "The
+    :func:`resolve_checkpoint` in ``notebooks/02_florence2_docvqa.ipynb``, section "The
     model, and freezing the vision encoder" (tiny mode).
     """
     if name not in BUILDERS:
         raise ValueError(f"Unknown tiny model {name!r}; expected one of {sorted(BUILDERS)}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache_dir / f"tiny-{name}"
-    if (target / "config.json").exists() and not rebuild:
+    if (target / TINY_TWIN_FILE).exists() and not rebuild:
         return target
+    rebuild = rebuild or target.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    module_name, function_name = BUILDERS[name]
-    build = getattr(importlib.import_module(module_name), function_name)
+    build = BUILDERS[name]
     staging = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=cache_dir))
     with _quiet_progress_bars():  # no "Writing model shards" bars in the notebooks' outputs
         build(staging)
+    (staging / TINY_TWIN_FILE).write_text(json.dumps(
+        {"tiny_twin": name, "note": "a tiny random model built by vlm_helpers.tiny: its outputs are no real result"},
+        indent=2) + "\n")
     if rebuild and target.exists():
         shutil.rmtree(target)
     try:
@@ -72,3 +86,14 @@ def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: 
     except OSError:  # another process finished first: keep its copy
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def resolve_checkpoint(model_id: str, *, tiny: bool, tiny_name: str, cache_dir: str | None = None) -> str:
+    """Return ``model_id`` in full mode, or the path of the tiny ``tiny_name`` model in tiny mode.
+
+    The one place where the two modes take different models; everything after it is the same code.
+    Taught in ``notebooks/02_florence2_docvqa.ipynb``, section "The model, and freezing the vision encoder".
+    """
+    if not tiny:
+        return model_id
+    return str(tiny_checkpoint(tiny_name, cache_dir))

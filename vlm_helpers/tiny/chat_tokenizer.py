@@ -22,15 +22,12 @@ from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from vlm_helpers.tiny.corpus import default_corpus
+
 __all__ = ["DEFAULT_CORPUS", "build_byte_fallback_tokenizer", "default_corpus"]
 
-# ---------------------------------------------------------------------------------------------
-# Built-in corpus: words and sentences about documents (DocVQA, notebook 03) and airplanes
-# (aircraft captioning, notebook 04), plus the chat-template words of both models.
-# ---------------------------------------------------------------------------------------------
-
-from .corpus import default_corpus
-
+#: Built-in corpus: words and sentences about documents (DocVQA, notebook 03) and airplanes
+#: (aircraft captioning, notebook 04), plus the chat-template words of both models.
 DEFAULT_CORPUS: tuple[str, ...] = tuple(default_corpus())
 
 _BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))

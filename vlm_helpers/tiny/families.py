@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_helpers.lora import IDEFICS2_LORA_TARGETS
+from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS, LANGUAGE_MODEL_LORA_TARGETS
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
 __all__ = ["FAMILIES", "Family", "build_family", "build_tiny_qwen2_vl", "build_tiny_smolvlm", "tiny_tokenizer"]
@@ -304,8 +304,6 @@ _QWEN2_VL_TOKENS = {  # tokenizer_facts.json of Qwen/Qwen2-VL-2B-Instruct (ids f
     151655: ("<|image_pad|>", True), 151656: ("<|video_pad|>", True),
 }
 
-#: LoRA on the language model's attention and MLP projections only, whatever the prefix.
-from vlm_helpers.model_choices import LANGUAGE_MODEL_LORA_TARGETS as LANGUAGE_MODEL_TARGETS  # noqa: E402
 
 FAMILIES: dict[str, Family] = {
     "qwen2-vl": Family(
@@ -314,7 +312,7 @@ FAMILIES: dict[str, Family] = {
         sizes={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [2, 3, 3]},
                "vision_config": {"depth": 1, "embed_dim": 64, "num_heads": 2, "hidden_size": 64}},
-        lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<|im_end|>",
+        lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<|im_end|>",
         vision_tokens=frozenset({"<|vision_start|>", "<|image_pad|>", "<|vision_end|>"})),
 }
 
@@ -335,7 +333,7 @@ FAMILIES["gemma3"] = Family(
                              "num_attention_heads": 2, "image_size": 56}},
     processor_sizes={"processor_config.json": {"image_seq_length": 4},
                      "preprocessor_config.json": {"image_seq_length": 4, "size": {"height": 56, "width": 56}}},
-    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<end_of_turn>",
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<end_of_turn>",
     vision_tokens=frozenset({"<start_of_image>", "<image_soft_token>", "<end_of_image>"}))
 
 _MLLAMA_TOKENS = {  # tokenizer_facts.json of meta-llama/Llama-3.2-11B-Vision-Instruct; the pad string is inferred
@@ -353,7 +351,7 @@ FAMILIES["mllama"] = Family(
                              "num_global_layers": 1, "attention_heads": 2, "image_size": 56,
                              "intermediate_layers_indices": [0], "vision_output_dim": 128}},
     processor_sizes={"preprocessor_config.json": {"size": {"height": 56, "width": 56}}},
-    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="<|eot_id|>", vision_tokens=frozenset({"<|image|>"}))
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<|eot_id|>", vision_tokens=frozenset({"<|image|>"}))
 
 _LLAVA15_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-1.5-7b-hf (revision 6b71355)
     0: ("<unk>", True), 1: ("<s>", True), 2: ("</s>", True), 32000: ("<image>", True), 32001: ("<pad>", True),
@@ -368,7 +366,7 @@ FAMILIES["llava-1.5"] = Family(
            "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                              "num_attention_heads": 2, "image_size": 56, "projection_dim": 64}},
     processor_sizes={"preprocessor_config.json": {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}},
-    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
 
 _LLAVA_NEXT_TOKENS = {  # tokenizer_facts.json of llava-hf/llava-v1.6-mistral-7b-hf: Mistral's vocabulary + two
     0: ("<unk>", True), 1: ("<s>", True), 2: ("</s>", True),  # tokens the conversion script adds
@@ -388,7 +386,7 @@ FAMILIES["llava-next"] = Family(
                              "num_attention_heads": 2, "image_size": 56, "projection_dim": 64}},
     processor_sizes={"preprocessor_config.json": {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56},
                                                   "image_grid_pinpoints": _NEXT_GRID}},
-    lora_targets=LANGUAGE_MODEL_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="</s>", vision_tokens=frozenset({"<image>"}))
 
 _SMOLVLM_TILES = {49153 + 6 * (r - 1) + (c - 1): (f"<row_{r}_col_{c}>", True) for r in range(1, 7) for c in range(1, 7)}
 _SMOLVLM_TOKENS = {  # SmolLM2's first special tokens, then the added ones; the added ids are SmolVLM2-256M's
