@@ -1,8 +1,31 @@
-"""Shared fixtures: tiny models are built once per test session into a temporary cache."""
+"""Shared fixtures: tiny models are built once per test session into a temporary cache.
+
+No machine that runs these tests reaches the Hugging Face Hub, so the Hub client is told so before anything imports
+it (``HF_HUB_OFFLINE=1``): a lookup of a Hub id answers at once from the local cache instead of retrying the network
+for 20 seconds (full mode's loaders are tested with the tiny twins standing in for the Hub's files).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Naming only slow-tier tests without ``-m slow`` selects nothing: say why, instead of a silent "deselected"."""
+    stats = terminalreporter.stats
+    ran = any(stats.get(outcome) for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"))
+    if stats.get("deselected") and not ran and config.option.markexpr == "not slow":
+        terminalreporter.write_line("every test named here is in the slow tiers: add -m slow "
+                                    "(README, \"Run the tests\")")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the slow tiers (real-shape, several processes, simulated GPU), "
+                                       "deselected by default; `python -m pytest -m slow` runs them (README, \"Run the tests\")")
 
 
 @pytest.fixture(scope="session")

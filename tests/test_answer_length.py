@@ -216,17 +216,17 @@ def test_the_collator_also_brings_its_processors_reserved_text_check(florence_pr
 
 
 def test_vlm_train_refuses_a_long_training_answer_before_the_first_step(tiny_cache, tmp_path, monkeypatch, capsys):
-    from vlm_helpers.cli import main as train
-    from vlm_helpers.cli import recipes
+    from vlm_helpers import cli as train
+    from vlm_helpers.recipes import florence2_docvqa
     from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 
-    def rows_with_a_long_answer(settings):
+    def rows_with_a_long_answer(dataset, **_):
         rows = make_synthetic_docvqa(8, seed=2)
         return rows.map(lambda row, i: {"answers": [LONG] if i == 3 else row["answers"]}, with_indices=True)
 
     monkeypatch.setenv("VLM_CACHE", str(tiny_cache))
     monkeypatch.delenv("VLM_TINY", raising=False)
-    monkeypatch.setattr(recipes, "_docvqa_style_train_rows", rows_with_a_long_answer)
+    monkeypatch.setattr(florence2_docvqa, "docvqa_style_train_rows", rows_with_a_long_answer)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stopped:  # a data problem: one line and exit status 2 (no traceback)
         train.main(["--tiny", "--max-eval-samples", "2", "--batch-size", "4", "--max-steps", "2",

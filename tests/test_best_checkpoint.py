@@ -288,6 +288,7 @@ def test_a_resumed_run_remembers_the_best_and_the_patience_of_its_checkpoint(lla
 DDP_SCRIPT = Path(__file__).with_name("best_checkpoint_ddp.py")
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_two_processes_stop_together_and_load_rank_zeros_best(llava_path, tmp_path):
     """torchrun, 2 processes (gloo): eval_fn scores on rank 0 only (as vlm-train's does), both ranks stop at the
     same step, only rank 0 prints, and both end with the weights rank 0 saved at the best step."""

@@ -19,7 +19,8 @@ from PIL import Image
 
 from lora_checks import assert_two_steps_train_lora_only, trainer_values
 
-from vlm_helpers.chat_collator import ChatVLMCollator, describe_sample, detect_end_of_turn, vision_token_ids
+from vlm_helpers.chat_collator import ChatVLMCollator, detect_end_of_turn, vision_token_ids
+from vlm_helpers.supervision import describe_sample
 from vlm_helpers.supervision import IGNORE_INDEX, supervised_text
 from vlm_helpers.runtime import HardwareProfile, choose_preset, override
 

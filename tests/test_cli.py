@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm_helpers.cli import launch, main as train
+from vlm_helpers import cli as train, launch
 from vlm_helpers.checkpoints import checkpoint_dirs
 from vlm_helpers.checkpoints import trainer_checkpoint_dirs
 from vlm_helpers.loop import load_history
@@ -102,6 +102,7 @@ def monkeypatch_module(no_dropout_cache):
     mp.undo()
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_two_process_run_completes_with_in_sync_replicas_and_one_checkpoint(ddp_run):
     out, result = ddp_run
     assert "2 process(es), backend gloo" in result.stdout
@@ -120,6 +121,7 @@ def test_two_process_run_completes_with_in_sync_replicas_and_one_checkpoint(ddp_
     assert result.stdout.count("after fine-tuning: anls") == 1  # evaluation printed by rank 0 only
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_two_processes_match_one_process_with_the_same_global_batch(ddp_run, single_run):
     out, _ = ddp_run
     ddp, one = load_history(out / "history.json"), load_history(single_run / "history.json")
@@ -130,6 +132,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ddp_run, sin
     assert one[-1]["loss"] < one[0]["loss"]
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_resume_continues_a_two_process_run(ddp_run, single_resumed, cli_env, tmp_path):
     out, _ = ddp_run
     resumed_dir = tmp_path / "resumed"
@@ -144,6 +147,7 @@ def test_resume_continues_a_two_process_run(ddp_run, single_resumed, cli_env, tm
     assert after[6:] == pytest.approx(_losses(single_resumed)[6:], rel=1e-4)
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_fsdp_two_processes_match_one_process_and_resume_anywhere(cli_env, single_run, single_resumed,
                                                                    monkeypatch_module, tmp_path):
     out = tmp_path / "fsdp"
@@ -216,6 +220,7 @@ def _digests(output_dir: Path) -> list[dict]:
 CHAT_SMALL = ["--tiny", "--max-train-samples", "16", "--max-eval-samples", "1", "--logging-steps", "1"]
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_hf_trainer_recipe_two_processes_one_checkpoint_and_resume(cli_env, tmp_path, capsys):
     """QLoRA under torchrun: each process loads its own 4-bit copy. The other HF Trainer recipes share this code
     path (_run_chat_recipe); LoRA on 16/32-bit weights under torchrun is run by the custom recipe's test below."""
@@ -318,6 +323,7 @@ def test_impossible_combinations_are_usage_errors(argv, message, tmp_path, capsy
     assert "usage: vlm-train" in err
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_resume_needs_a_checkpoint_and_fresh_runs_refuse_to_overwrite(ddp_run, tmp_path, capsys):
     out, _ = ddp_run
     err = _usage_error(["--tiny", "--output-dir", str(tmp_path / "empty"), "--resume"], capsys)
@@ -347,7 +353,7 @@ def test_validation_stops_at_or_skips_a_bad_row(capsys):
     import datasets
 
     from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
-    from vlm_helpers.cli.recipes import _validated
+    from vlm_helpers.recipes.common import validated as _validated
 
     rows = make_synthetic_docvqa(4, seed=0).to_list()
     rows[2]["answers"] = []  # what DocVQA's test split looks like
@@ -369,7 +375,7 @@ def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
     from vlm_helpers.llava_phi3 import default_4bit
     from vlm_helpers.lora import load_chat_processor
     from vlm_helpers.data.aircraft import AIRCRAFT_PROMPT
-    from vlm_helpers.cli.recipes import phi3_aircraft_spec
+    from vlm_helpers.recipes.phi3_aircraft import phi3_aircraft_spec
     from vlm_helpers.tiny import tiny_checkpoint
 
     spec = phi3_aircraft_spec()
@@ -395,7 +401,7 @@ def test_phi3_recipe_prompts_and_quantizes_like_notebook_04():
 def test_the_preset_line_printed_names_the_batch_that_is_trained(argv, batch, tmp_path):
     """vlm-train once printed the GPU preset's batch 4 and then trained the recipe's batch 8."""
     from vlm_helpers import runtime
-    from vlm_helpers.cli.main import build_parser, resolve_settings
+    from vlm_helpers.cli import build_parser, resolve_settings
 
     parser = build_parser()
     settings = resolve_settings(parser.parse_args(argv + ["--output-dir", str(tmp_path / "out"),
@@ -460,6 +466,7 @@ def test_custom_recipe_names_a_broken_row_by_file_and_line_before_training(monke
     assert err.splitlines()[-1].startswith("vlm-train: error: [") and f"data.jsonl:{line}]" in err.splitlines()[-1]
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_custom_recipe_under_torchrun_two_processes_agree_on_the_best_checkpoint(cli_env, tmp_path):
     """LLaVA-Phi-3 (LoRA on unquantized weights) captioning under torchrun: the replicas agree, rank 0 keeps
     the best adapter."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlm_helpers.cli import main as train
+from vlm_helpers import cli as train
 from vlm_helpers.loop import load_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_full_mode_without_a_gpu_stops_at_once(cache_env, tmp_path, capsys, monk
     line and exit status 2, and the recipe never starts."""
     import torch
 
-    from vlm_helpers.cli.recipes import RECIPES
+    from vlm_helpers.cli import RECIPES
 
     started = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -172,8 +172,9 @@ def test_answer_separator_reaches_the_loader(cache_env, tmp_path):
     """--answer-separator (new with the CSV list answers of finding 9) splits 'a|b' cells as Columns does."""
     from other_data import receipts_csv
 
-    from vlm_helpers.cli.main import build_parser, resolve_settings
-    from vlm_helpers.cli.recipes import YourDataLoader
+    from vlm_helpers.cli import build_parser, resolve_settings
+    from vlm_helpers.recipes import options
+    from vlm_helpers.recipes.custom import YourDataLoader
 
     data = receipts_csv(tmp_path / "d", delimiter="\t", answers="pipe")
     assert "--answer-separator" in data.cli_args()
@@ -181,7 +182,7 @@ def test_answer_separator_reaches_the_loader(cache_env, tmp_path):
     settings = resolve_settings(parser.parse_args(["--recipe", "custom", "--tiny", *data.cli_args(), "--output-dir",
                                                    str(tmp_path / "out"), "--results-dir", str(tmp_path / "r")]),
                                 parser)
-    assert settings.your_data.columns().answer_separator == "|"
+    assert options.columns(settings.your_data).answer_separator == "|"
     read = {row["id"]: row["answers"] for split in YourDataLoader()(settings) for row in split}
     assert read == dict(zip(data.ids, data.answers))
 
@@ -190,7 +191,7 @@ def test_answer_separator_reaches_the_loader(cache_env, tmp_path):
 def test_a_program_error_keeps_its_traceback(error, cache_env, tmp_path, monkeypatch):
     """Only the user's problems become one line: an error raised while training (not while reading the data)
     propagates with its traceback, a ValueError included."""
-    from vlm_helpers.cli.recipes import RECIPES
+    from vlm_helpers.cli import RECIPES
 
     def run(settings, env):
         raise error
@@ -202,6 +203,7 @@ def test_a_program_error_keeps_its_traceback(error, cache_env, tmp_path, monkeyp
                     "--output-dir", str(tmp_path / "out"), "--results-dir", str(tmp_path / "results")])
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_under_torchrun_a_bad_row_is_one_line_from_rank_0_and_every_rank_exits(cache_env, tmp_path):
     """A row that fails the checks (its question holds the processor's <image>) is found by rank 0, which sends
     the verdict to the others: one line, printed once; both processes end with status 2, none hangs (torchrun
@@ -353,7 +355,7 @@ def test_portable_base_name_never_keeps_a_path(loaded_from, expected):
 
 def test_push_to_hub_refuses_an_adapter_that_names_a_local_base(tmp_path):
     """An adapter saved without save_adapter (PEFT's save_pretrained alone) is refused before any network call."""
-    from vlm_helpers import model_card
+    from vlm_helpers import model_card, sharing
 
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -366,4 +368,4 @@ def test_push_to_hub_refuses_an_adapter_that_names_a_local_base(tmp_path):
             raise AssertionError("the Hub was called")
 
     with pytest.raises(ValueError, match="path of this machine"):
-        model_card.push_to_hub(folder, "someone/adapter", token="hf_x", api=NoNetwork())
+        sharing.push_to_hub(folder, "someone/adapter", token="hf_x", api=NoNetwork())

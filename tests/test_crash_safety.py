@@ -24,7 +24,7 @@ from PIL import Image
 from lora_checks import trainer_values
 
 from vlm_helpers import checkpoints, florence2, freezing, loop, supervision
-from vlm_helpers.cli import main as train
+from vlm_helpers import cli as train
 from vlm_helpers.tiny.synthetic_docvqa import make_synthetic_docvqa
 from vlm_helpers.data.validation import DataValidationError, validate_dataset
 from vlm_helpers.supervision import reserved_text
@@ -67,7 +67,7 @@ else:
             stop_here(json_path)
     TrainerState.save_to_json = save_to_json
 
-from vlm_helpers.cli.main import main
+from vlm_helpers.cli import main
 sys.exit(main(sys.argv[4:]))
 """
 
@@ -107,6 +107,7 @@ def _tree(folder: Path) -> dict[str, int]:
 # ------------------------------------------------------------------ kills while writing a checkpoint
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_sigkill_during_a_loop_checkpoint_then_fresh_run_refuses_and_resume_continues(tiny_cache, tmp_path):
     env = _env(tiny_cache)
     out = tmp_path / "run"
@@ -132,6 +133,7 @@ def test_sigkill_during_a_loop_checkpoint_then_fresh_run_refuses_and_resume_cont
     assert [r["step"] for r in history] == [1, 2, 3]
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_sigkill_before_the_first_checkpoint_completes_refuses_a_fresh_run_cleanly(tiny_cache, tmp_path):
     env = _env(tiny_cache)
     out = tmp_path / "run"
@@ -145,6 +147,7 @@ def test_sigkill_before_the_first_checkpoint_completes_refuses_a_fresh_run_clean
     assert (out / "checkpoint-1.tmp").is_dir()
 
 
+@pytest.mark.slow  # several processes: the multi-process tier (README, "Run the tests")
 def test_sigkill_during_a_trainer_checkpoint_resumes_from_the_previous_complete_one(tiny_cache, tmp_path):
     env = _env(tiny_cache)
     out = tmp_path / "run"

@@ -16,7 +16,8 @@ from PIL import Image
 
 from vlm_helpers.data.canonical import CANONICAL_FEATURES, BadRow, DataFormatError
 from vlm_helpers.data.conversations import load_conversations
-from vlm_helpers.data.formats import Columns, load_hf_dataset, load_jsonl_or_csv, load_your_data, split_off_validation
+from vlm_helpers.data.formats import Columns, load_hf_dataset, load_jsonl_or_csv, load_your_data
+from vlm_helpers.data.splits import split_off_validation
 from vlm_helpers.data.report import data_report, summarise
 from vlm_helpers.data.validation import DataValidationError, clean_dataset
 from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
@@ -360,7 +361,7 @@ def test_clean_dataset_names_the_file_and_line_of_a_corrupt_image(folder):
 def test_with_your_own_ids_clean_dataset_still_names_the_file_and_line_after_the_hold_outs(folder, tmp_path):
     """A user's id column replaces the "file:line" id, and a hold-out renumbers the rows of each split: the
     rows' origin field keeps the file and line in clean_dataset's messages, for files and for datasets."""
-    from vlm_helpers.data.formats import train_validation_test
+    from vlm_helpers.data.splits import train_validation_test
 
     (folder / "images" / "corrupt.png").write_bytes(b"these bytes are not an image")
     lines = [{"image": "images/a.png", "question": f"Q{i}?", "answer": "a", "key": f"doc-{i}"} for i in range(30)]
@@ -598,7 +599,7 @@ def test_a_split_left_empty_by_skip_mode_stops_before_training(tmp_path):
 def test_train_validation_test_places_common_split_names_and_refuses_others():
     import datasets
 
-    from vlm_helpers.data.formats import train_validation_test
+    from vlm_helpers.data.splits import train_validation_test
 
     def rows(n, start=0):
         return datasets.Dataset.from_dict({"id": [str(start + i) for i in range(n)]})

@@ -133,8 +133,9 @@ def test_vlm_train_custom_loads_the_chat_model_with_the_choices_budget(tiny_cach
     """``vlm-train --recipe custom --model qwen2-vl`` on a T4 preset passes the same budget to the loader."""
     from dataclasses import replace
 
-    from vlm_helpers.cli import launch, recipes
-    from vlm_helpers.cli.main import build_parser, resolve_settings
+    from vlm_helpers import launch
+    from vlm_helpers.recipes import custom
+    from vlm_helpers.cli import build_parser, resolve_settings
     from vlm_helpers.tiny.synthetic_your_data import write_synthetic_image_folder
 
     monkeypatch.setenv("VLM_CACHE", str(tiny_cache))
@@ -156,5 +157,5 @@ def test_vlm_train_custom_loads_the_chat_model_with_the_choices_budget(tiny_cach
 
     monkeypatch.setattr(lora, "load_chat_vlm", load_chat_vlm)
     with pytest.raises(Loaded):
-        recipes.run_custom(settings, launch.Distributed())
+        custom.run_custom(settings, launch.Distributed())
     assert seen.get("image_budget") == model_choices.get_model_choice("qwen2-vl").image_budget("t4")

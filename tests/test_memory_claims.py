@@ -254,8 +254,8 @@ def test_notebook_03_quantization_images_batch_and_checkpointing_are_as_it_says(
     name = "03_idefics2_qlora_docvqa.ipynb"
     text = markdown(name)
     namespace, printed = run_cells(name, profile_name, tiny_cache, [
-        (PARAMETERS, None), ('runtime.setup("idefics2-qlora-docvqa"', None), ("lora.load_chat_vlm(checkpoint", None),
-        ("model = lora.add_lora(", None)])
+        (PARAMETERS, None), ('runtime.setup("idefics2-qlora-docvqa"', None), ("def qlora_quantization(", None),
+        ("lora.load_chat_vlm(checkpoint", None), ("def lora_adapters(", None), ("model = lora.add_lora(", None)])
     model, processor, preset = namespace["model"], namespace["processor"], namespace["preset"]
     # "Gradient checkpointing (on for GPUs)", and the preset line
     claim(text, r"\*\*Gradient checkpointing\*\* \(on for GPUs\)")

@@ -17,10 +17,10 @@ from vlm_helpers.model_card import (
     CARD_MARKER,
     METRIC_DEFINITIONS,
     metric_definition,
-    push_to_hub,
     read_model_card,
     write_model_card,
 )
+from vlm_helpers.sharing import push_to_hub
 from vlm_helpers.runtime import HardwareProfile, choose_preset, mode_label
 
 CPU = HardwareProfile("cpu", None, None, None, on_colab=False, flash_attn_installed=False)
@@ -291,8 +291,6 @@ def test_an_edited_peft_template_is_the_users_and_is_kept(tmp_path, tiny_run):
 
 
 def test_push_to_hub_checks_the_repository_name_first(tmp_path):
-    from vlm_helpers.model_card import push_to_hub
-
     for bad in (None, "", "a/b/c", "has space/x"):
         with pytest.raises(ValueError, match="repo_id must name a Hub repository"):
             push_to_hub(tmp_path, bad, token="x", api=object())
@@ -314,7 +312,8 @@ def test_a_card_names_local_data_by_its_name_only(tmp_path):
 
 def _loaded(path, columns, *, format="auto"):
     """Notebook 06's steps before the card: load (skipping), hold out, check (``data_section``'s inputs)."""
-    from vlm_helpers.data.formats import load_your_data, train_validation_test
+    from vlm_helpers.data.formats import load_your_data
+    from vlm_helpers.data.splits import train_validation_test
     from vlm_helpers.data.validation import clean_dataset
 
     splits, load_report = load_your_data(path, columns, format=format, on_bad="skip")

@@ -121,10 +121,30 @@ def variants(folder: Path) -> dict[str, tuple[dict[str, str], str, dict]]:
     }
 
 
+DEFAULT = "qa-qwen2-vl-synthetic"  # the notebook as committed: part of the tiny series, in the fast tier
+SLOW = pytest.mark.slow  # the other data and models: the slow tier (README, "Run the tests"), `python -m pytest -m slow`
+#: what the tests that read a run directly need (the parametrized ones name theirs in their parameters)
+NEEDS = {"test_tiny_mode_reads_the_users_file_with_the_twin_of_the_users_model": {"receipts-csv-idefics2-qlora"},
+         "test_conversations_without_columns_finish_with_a_card_that_describes_the_layout":
+             {"chats-smolvlm-conversations"},
+         "test_the_data_report_prices_the_largest_image_under_the_presets_budget":
+             {"receipts-csv-idefics2-qlora", DEFAULT}}
+ORDER = ["qa-qwen2-vl-synthetic", "captioning-florence2-synthetic", "receipts-csv-idefics2-qlora",
+         "chats-smolvlm-conversations"]  # the two longer runs first, so the two short ones share the second slots
+
+
 @pytest.fixture(scope="module")
-def executed_variants(tmp_path_factory, tiny_cache):
-    """Every variant, two side by side (each kernel uses one thread), each into its own results folder."""
-    runs = variants(tmp_path_factory.mktemp("users-data"))
+def executed_variants(request, tmp_path_factory, tiny_cache):
+    """The variants this session's selected tests need, two side by side (each kernel uses one thread), each into
+    its own results folder."""
+    wanted = set()
+    for item in request.session.items:
+        if item.module is request.module:
+            params = getattr(item, "callspec", None)
+            wanted |= {value for name, value in (params.params.items() if params else ())
+                       if name in ("executed", "synthetic")}
+            wanted |= NEEDS.get(item.originalname, set())
+    runs = {variant: run for variant, run in variants(tmp_path_factory.mktemp("users-data")).items() if variant in wanted}
     results_dirs = {variant: tmp_path_factory.mktemp("results") for variant in runs}
 
     def run(variant):
@@ -132,9 +152,7 @@ def executed_variants(tmp_path_factory, tiny_cache):
         return (run_notebook(NAME, results_dirs[variant], tiny_cache, timeout=300) if not parameters
                 else run_with(parameters, results_dirs[variant], tiny_cache, edits))
 
-    # the two longer runs first, so that the two short ones share the second pair of slots
-    notebooks, errors = run_stages([["qa-qwen2-vl-synthetic", "captioning-florence2-synthetic",
-                                     "receipts-csv-idefics2-qlora", "chats-smolvlm-conversations"]], run)
+    notebooks, errors = run_stages([[variant for variant in ORDER if variant in runs]], run)
     return notebooks, errors, {variant: written for variant, (_, _, written) in runs.items()}
 
 
@@ -149,13 +167,14 @@ def _executed(variant: str, executed_variants):
     return variant, notebook, text, model_card.read_model_card(card_path.parent), card_path, written[variant]
 
 
-@pytest.fixture(params=["qa-qwen2-vl-synthetic", "captioning-florence2-synthetic", "receipts-csv-idefics2-qlora",
-                        "chats-smolvlm-conversations"])
+@pytest.fixture(params=[DEFAULT, pytest.param("captioning-florence2-synthetic", marks=SLOW),
+                        pytest.param("receipts-csv-idefics2-qlora", marks=SLOW),
+                        pytest.param("chats-smolvlm-conversations", marks=SLOW)])
 def executed(request, executed_variants):
     return _executed(request.param, executed_variants)
 
 
-@pytest.fixture(params=["qa-qwen2-vl-synthetic", "captioning-florence2-synthetic"])
+@pytest.fixture(params=[DEFAULT, pytest.param("captioning-florence2-synthetic", marks=SLOW)])
 def synthetic(request, executed_variants):
     return _executed(request.param, executed_variants)
 
@@ -205,6 +224,7 @@ def test_tiny_mode_says_in_one_line_what_stands_in_for_data_it_cannot_read(synth
     assert card["data"]["skipped"]["train"] == 3 and sum(card["data"]["skipped_reasons"].values()) == 3
 
 
+@SLOW
 def test_tiny_mode_reads_the_users_file_with_the_twin_of_the_users_model(executed_variants):
     """DATA set to a user's CSV and MODEL to Idefics2 in the parameters cell: tiny mode reads that file (its first
     MAX_ROWS rows, its ids, its broken rows named by file and line, quoted newlines counted) with Idefics2's twin in
@@ -235,6 +255,7 @@ def test_tiny_mode_reads_the_users_file_with_the_twin_of_the_users_model(execute
                      r"\d+ image tokens for idefics2 on preset tiny", text)
 
 
+@SLOW
 def test_conversations_without_columns_finish_with_a_card_that_describes_the_layout(executed_variants):
     """``DATA_FORMAT = "conversations"`` and ``COLUMNS = None`` (the README: conversations need no Columns), on
     ShareGPT conversations in one JSON array (``tests/other_data.py``): the run trains and writes its card, whose
@@ -249,6 +270,7 @@ def test_conversations_without_columns_finish_with_a_card_that_describes_the_lay
     assert "rows have a system turn" in text
 
 
+@SLOW
 def test_the_data_report_prices_the_largest_image_under_the_presets_budget(executed_variants, tiny_cache):
     """The one-screen report before training: the largest image in image tokens as the loaded processor (with the
     preset's budget) makes it, and what the budget does to a 4032x3024 phone photo; the metric and why."""

@@ -6,8 +6,11 @@ compare them with ``vlm_helpers`` on fixed inputs:
 
 - notebook 02: the Florence-2 collate step (labels padded with -100), ANLS, and one training
   step with the token-summed loss over the accumulation window;
-- notebook 03: the chat label masking;
+- notebook 03: the chat label masking, and the QLoRA configs (``BitsAndBytesConfig``, ``LoraConfig``) the
+  notebook builds in view and hands to the loaders;
 - notebook 04: the LoRA target selection;
+- notebook 06: the hold-out split (which rows are held out) and the keep-best rule (what wins, what patience
+  counts);
 - notebook 01: Florence-2's location tokens for a region; notebook 05: loss smoothing over steps.
 """
 
@@ -29,9 +32,10 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LESSONS = {  # notebook -> the names its lesson cells must define
     "01_baseline_inference.ipynb": {"location_tokens"},
     "02_florence2_docvqa.ipynb": {"florence2_collate", "normalize", "anls", "token_loss_sum", "training_step"},
-    "03_idefics2_qlora_docvqa.ipynb": {"chat_labels"},
+    "03_idefics2_qlora_docvqa.ipynb": {"chat_labels", "qlora_quantization", "lora_adapters"},
     "04_phi3_aircraft_captioning.ipynb": {"lora_targets"},
     "05_before_after_comparison.ipynb": {"smooth_by_steps"},
+    "06_your_data_your_model.ipynb": {"held_out_rows", "beats_best", "evaluations_since_best"},
 }
 
 
@@ -195,6 +199,98 @@ def test_notebook_chat_labels_equal_chat_collator(tiny_cache, name):
     assert (batch["attention_mask"] == 0).any(), "rows of different lengths, so padding is compared"
     kept = [processor.tokenizer.decode(row[row != -100]) for row in ours]
     assert [k.endswith(collator.end_of_turn) for k in kept] == [True] * len(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_notebook_quantization_config_equals_the_package(dtype):
+    """The ``BitsAndBytesConfig`` notebook 03 writes out is the one ``lora.bnb_4bit_config`` builds, and the
+    loader accepts it; a config of another kind or compute dtype is refused by name."""
+    from transformers import BitsAndBytesConfig
+
+    from vlm_helpers import lora
+
+    ours = lesson("03_idefics2_qlora_docvqa.ipynb")["qlora_quantization"](dtype)
+    assert ours.to_dict() == lora.bnb_4bit_config(dtype).to_dict()
+    assert lora.check_quantization_config(ours, dtype) is ours
+    with pytest.raises(ValueError, match="4 bits"):
+        lora.check_quantization_config(BitsAndBytesConfig(load_in_8bit=True), dtype)
+    other = torch.bfloat16 if dtype != torch.bfloat16 else torch.float16
+    with pytest.raises(ValueError, match="computes in"):
+        lora.check_quantization_config(ours, other)
+
+
+def test_notebook_lora_config_equals_the_package_and_add_lora_takes_it(tiny_cache):
+    """The ``LoraConfig`` of notebook 03's lesson is :func:`lora.build_lora_config` of the same settings, and
+    ``add_lora(lora_config=...)`` adapts exactly the modules ``add_lora(target_modules=...)`` does; settings
+    given both ways, or a config without targets, are refused."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+
+    from vlm_helpers import lora
+    from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    lora_adapters = lesson("03_idefics2_qlora_docvqa.ipynb")["lora_adapters"]
+    ours = lora_adapters(IDEFICS2_LORA_TARGETS, r=8, alpha=16, dropout=0.1, modules_to_save=["lm_head"])
+    theirs = lora.build_lora_config(IDEFICS2_LORA_TARGETS, r=8, alpha=16, dropout=0.1, modules_to_save=["lm_head"],
+                                    init_lora_weights="gaussian")
+    assert ours.to_dict() == theirs.to_dict()
+
+    def fresh():
+        return AutoModelForImageTextToText.from_pretrained(tiny_checkpoint("idefics2", tiny_cache))
+
+    by_config = lora.add_lora(fresh(), lora_config=lora_adapters(IDEFICS2_LORA_TARGETS, r=4, alpha=4, dropout=0.0),
+                              quantized=False)
+    by_arguments = lora.add_lora(fresh(), target_modules=IDEFICS2_LORA_TARGETS, r=4, alpha=4, dropout=0.0,
+                                 init_lora_weights="gaussian", quantized=False)
+    assert lora.lora_module_names(by_config) == lora.lora_module_names(by_arguments)
+    assert by_config.peft_config["default"].to_dict() == by_arguments.peft_config["default"].to_dict()
+    with pytest.raises(ValueError, match="not both"):
+        lora.add_lora(fresh(), lora_config=ours, r=4, quantized=False)
+    with pytest.raises(ValueError, match="no target_modules"):
+        lora.add_lora(fresh(), lora_config=LoraConfig(r=4), quantized=False)
+    with pytest.raises(ValueError, match="needs target_modules"):
+        lora.add_lora(fresh(), quantized=False)
+
+
+# ---------------------------------------------------------------------------------- notebook 06
+
+
+@pytest.fixture(scope="module")
+def nb06():
+    return lesson("06_your_data_your_model.ipynb")
+
+
+@pytest.mark.parametrize("n_rows, fraction, seed", [(10, 0.1, 0), (57, 0.12, 3), (57, 0.11, 3), (400, 0.1, 43), (3, 0.5, 7)])
+def test_notebook_held_out_rows_are_the_ones_the_package_holds_out(nb06, n_rows, fraction, seed):
+    import datasets
+
+    from vlm_helpers.data.splits import split_off_validation
+
+    rows = datasets.Dataset.from_dict({"row": list(range(n_rows))})
+    train, held, _ = split_off_validation(rows, fraction=fraction, seed=seed)
+    assert list(held["row"]) == nb06["held_out_rows"](n_rows, fraction, seed)
+    assert sorted(list(train["row"]) + list(held["row"])) == list(range(n_rows))
+
+
+def test_notebook_keep_best_rule_is_the_callbacks(nb06):
+    """On random score sequences with ties and NaNs, for a metric to maximise and one to minimise."""
+    from vlm_helpers import best_checkpoint
+
+    rng = random.Random(4)
+    for _ in range(300):
+        scores = [rng.choice([0.1, 0.2, 0.2, 0.5, float("nan"), float("inf"), rng.random()])
+                  for _ in range(rng.randint(0, 8))]
+        log = [{"step": 10 * (i + 1), "val_anls": value} for i, value in enumerate(scores)]
+        for greater in (True, False):
+            assert nb06["evaluations_since_best"](scores, greater_is_better=greater) == \
+                best_checkpoint.evaluations_without_improvement(log, "val_anls", greater_is_better=greater)
+            best = None
+            for value in scores:
+                assert nb06["beats_best"](value, best, greater_is_better=greater) == \
+                    best_checkpoint.is_improvement(value, best, greater_is_better=greater)
+                best = value if best_checkpoint.is_improvement(value, best, greater_is_better=greater) else best
+    assert not nb06["beats_best"](0.5, 0.5) and nb06["beats_best"](0.4, 0.5, greater_is_better=False)
 
 
 # ---------------------------------------------------------------------------------- notebook 04

@@ -29,6 +29,8 @@ from vlm_helpers.supervision import IGNORE_INDEX
 from vlm_helpers.evaluation import generate_predictions
 from vlm_helpers.runtime import HardwareProfile, choose_preset
 
+pytestmark = pytest.mark.slow  # the other-family tier, also run in the Colab-constraints environment (README, "Run the tests"): `python -m pytest -m slow`
+
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 

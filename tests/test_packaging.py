@@ -48,6 +48,8 @@ def test_ci_runs_exactly_the_readme_commands():
             assert step in ci, step
     assert '".[notebook,test]"' in setup, "the set-up installs Jupyter as well as the tests"
     assert ci.rstrip().splitlines()[-1] == tests == "python -m pytest"
+    slow = _fenced_commands((ROOT / "README.md").read_text())[4]
+    assert slow == "python -m pytest -m slow" and f"\n{slow}\n" in ci, "the slow tiers run in CI, by marker"
     assert "--nbmake notebooks/" in tiny_series and "VLM_TINY=1" in tiny_series
     assert jupyter == "VLM_TINY=1 jupyter lab notebooks/"
 

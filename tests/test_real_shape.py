@@ -25,6 +25,8 @@ from vlm_helpers.florence2 import Florence2Collator
 from vlm_helpers.supervision import supervised_text
 from vlm_helpers.tiny.real import LAYOUT_FILES, REAL_CHECKPOINTS, real_json, real_repo_files
 
+pytestmark = pytest.mark.slow  # the real-shape tier (README, "Run the tests"): run by `python -m pytest -m slow`
+
 T4 = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)
 A100 = runtime.HardwareProfile("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40.0, on_colab=True,
                                flash_attn_installed=False)
@@ -199,7 +201,7 @@ def llava_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llava_lora(llava_dir):
     """Loaded as notebook 04 does on a T4 (4-bit, as llava_phi3.default_4bit says), its LoRA added."""
-    from vlm_helpers.cli.recipes import phi3_aircraft_spec
+    from vlm_helpers.recipes.phi3_aircraft import phi3_aircraft_spec
 
     spec, preset = phi3_aircraft_spec(), on_cpu(T4, "phi3-aircraft")
     model, processor = lora.load_chat_vlm(llava_dir, dtype=preset.dtype, attn_implementation=preset.attn_implementation,
@@ -240,7 +242,7 @@ def test_llava_phi3_raw_processor_is_one_image_token_short_at_336_px(llava_dir):
 
 def test_llava_phi3_collates_trains_and_generates_at_336_px(llava_lora):
     model, processor, preset = llava_lora
-    from vlm_helpers.cli.recipes import phi3_aircraft_spec
+    from vlm_helpers.recipes.phi3_aircraft import phi3_aircraft_spec
 
     spec = phi3_aircraft_spec()
     collator = ChatVLMCollator(processor, instruction=spec.instruction, question_key=spec.question_key,

@@ -31,6 +31,8 @@ import torch
 
 from vlm_helpers import checkpoints, florence2, freezing, loop
 
+pytestmark = pytest.mark.slow  # the simulated-GPU tier: a T4's fp16 grad scaler across a resume (README, "Run the tests"): `python -m pytest -m slow`
+
 OVERFLOW_ABOVE = 8192.0  # simulated: gradients overflow fp16 at any loss scale above this
 GROWTH_INTERVAL = 3  # simulated: the scaler grows after 3 good steps (torch's default: 2000)
 _RealGradScaler = torch.amp.GradScaler

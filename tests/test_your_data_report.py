@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from vlm_helpers import lora, model_choices, processors
-from vlm_helpers.data.formats import Columns, load_your_data, train_validation_test
+from vlm_helpers.data.formats import Columns, load_your_data
+from vlm_helpers.data.splits import train_validation_test
 from vlm_helpers.data.report import LARGE_PHOTO, headline_metric, reason_kind, source_label, your_data_report
 from vlm_helpers.data.validation import clean_dataset
 from vlm_helpers.tiny.synthetic_your_data import synthetic_columns, tiny_data

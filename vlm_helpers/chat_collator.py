@@ -52,9 +52,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm_helpers.supervision import IGNORE_INDEX, check_plain_text, format_supervision, pick_answer, reserved_text, to_rgb
+from vlm_helpers.supervision import IGNORE_INDEX, check_plain_text, pick_answer, reserved_text, to_rgb
 
-__all__ = ["AnswerLayout", "ChatVLMCollator", "answer_layout", "check_chat_processor", "describe_sample",
+__all__ = ["AnswerLayout", "ChatVLMCollator", "answer_layout", "check_chat_processor",
            "detect_end_of_turn", "special_tokens_flag", "vision_token_ids"]
 
 #: Processor attributes that may name vision placeholder tokens (Idefics2 has the first two;
@@ -496,13 +496,3 @@ class ChatVLMCollator:
         batch = dict(full)
         batch["labels"] = labels
         return batch
-
-
-def describe_sample(batch: dict[str, torch.Tensor], tokenizer, row: int = 0, *, width: int = 100) -> str:
-    """One row of a training batch, ``[supervised]`` vs ``·masked·`` tokens (padding left out).
-
-    Used in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see", and
-    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Batches, and what the loss may see".
-    """
-    length = int(batch["attention_mask"][row].sum())
-    return format_supervision(batch["input_ids"][row, :length], batch["labels"][row, :length], tokenizer, width=width)

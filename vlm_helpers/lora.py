@@ -28,22 +28,10 @@ from vlm_helpers.revisions import revision_kwargs
 from vlm_helpers.processors import IMAGE_BUDGET_KEYS, apply_image_budget, processor_from_pretrained
 from vlm_helpers.runtime import attention_by_part, torch_dtype
 
-__all__ = [
-    "quantization_report",
-    "IDEFICS2_MODEL_ID",
-    "add_lora",
-    "untie_output_layer",
-    "bnb_4bit_config",
-    "default_image_splitting",
-    "disable_bnb_cpu_repacking",
-    "load_chat_processor",
-    "load_chat_vlm",
-    "lora_module_names",
-    "load_adapter",
-    "lora_report",
-    "merge_for_export",
-    "output_layer_name",
-]
+__all__ = ["IDEFICS2_MODEL_ID", "add_lora", "bnb_4bit_config", "build_lora_config", "check_quantization_config",
+           "default_image_splitting", "disable_bnb_cpu_repacking", "load_adapter", "load_chat_processor",
+           "load_chat_vlm", "lora_module_names", "lora_report", "merge_for_export", "output_layer_name",
+           "quantization_report", "untie_output_layer"]
 
 IDEFICS2_MODEL_ID = "HuggingFaceM4/idefics2-8b"
 
@@ -65,6 +53,21 @@ def bnb_4bit_config(compute_dtype: str | torch.dtype):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
     )
+
+
+def check_quantization_config(config, dtype: str | torch.dtype):
+    """Return ``config`` (a ``BitsAndBytesConfig``) if it is QLoRA's kind: 4-bit weights computing in ``dtype``;
+    ``ValueError`` naming what differs otherwise (8-bit storage, or a compute dtype that is not the preset's: fp16
+    matmuls on a bf16 GPU, or bf16 on a T4, which has no bf16 units). The check of
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "The model in 4 bits"."""
+    if not getattr(config, "load_in_4bit", False):
+        raise ValueError(f"quantization_config must store the weights in 4 bits (load_in_4bit=True), got "
+                         f"{type(config).__name__} with load_in_4bit={getattr(config, 'load_in_4bit', None)}")
+    compute = getattr(config, "bnb_4bit_compute_dtype", None)
+    if compute != torch_dtype(dtype):
+        raise ValueError(f"quantization_config computes in {compute}, the preset in {torch_dtype(dtype)}: pass "
+                         f"bnb_4bit_compute_dtype=preset.torch_dtype")
+    return config
 
 
 def default_image_splitting(preset_name: str) -> bool:
@@ -157,7 +160,7 @@ def load_chat_processor(checkpoint: str | Path, *, do_image_splitting: bool | No
 def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_implementation: str, quantize_4bit: bool,
                   device: str = "cpu", device_map=None, do_image_splitting: bool | None = None,
                   image_longest_edge: int | None = None, image_budget: dict | None = None,
-                  revision: str | None = None):
+                  revision: str | None = None, quantization_config=None):
     """Load a chat VLM and its processor with the Auto classes; return ``(model, processor)``.
 
     Args:
@@ -178,6 +181,9 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
         revision: the commit of a Hub id to load (``"main"`` for the newest files, at your own risk); None loads
             a default id at its pinned commit, any other id unpinned (:func:`vlm_helpers.revisions.hub_revision`;
             README, section "Pinned revisions"). A local folder gets none.
+        quantization_config: with ``quantize_4bit``, your own ``BitsAndBytesConfig`` (notebook 03 writes it out)
+            instead of :func:`bnb_4bit_config`'s; it must store 4-bit weights and compute in ``dtype``
+            (``ValueError`` otherwise).
 
     LLaVA checkpoints get :func:`vlm_helpers.llava_phi3.prepare_llava_processor`, so the processor
     inserts exactly as many image tokens as the vision tower yields features.
@@ -188,6 +194,9 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    quantization = check_quantization_config(quantization_config, dtype) if quantization_config is not None else None
+    if quantization is not None and not quantize_4bit:
+        raise ValueError("quantization_config is QLoRA's 4-bit storage: pass quantize_4bit=True with it")
     hub = revision_kwargs(checkpoint, revision)  # {"revision": <pin>} for a Hub id, {} for a local folder
     processor = load_chat_processor(checkpoint, do_image_splitting=do_image_splitting,
                                     image_longest_edge=image_longest_edge, image_budget=image_budget,
@@ -201,7 +210,7 @@ def load_chat_vlm(checkpoint: str | Path, *, dtype: str | torch.dtype, attn_impl
         dtype=torch_dtype(dtype),
         # FlashAttention-2 for the language model only, sdpa for the vision tower (runtime.attention_by_part)
         attn_implementation=attention_by_part(AutoConfig.from_pretrained(checkpoint, **hub), attn_implementation),
-        quantization_config=bnb_4bit_config(dtype) if quantize_4bit else None,
+        quantization_config=(quantization or bnb_4bit_config(dtype)) if quantize_4bit else None,
         device_map=device_map,
     )
     if quantize_4bit:
@@ -280,10 +289,26 @@ def untie_output_layer(model: nn.Module) -> bool:
     return True
 
 
-def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, alpha: int = 8,
-             dropout: float = 0.1, use_dora: bool = False, quantized: bool, gradient_checkpointing: bool = False,
-             modules_to_save: list[str] | None = None, init_lora_weights: bool | str = True):
+def build_lora_config(target_modules: str | list[str], *, r: int = 8, alpha: int = 8, dropout: float = 0.1,
+                use_dora: bool = False, modules_to_save: list[str] | None = None, init_lora_weights: bool | str = True):
+    """PEFT's ``LoraConfig`` for rank-``r`` adapters ``B @ A`` (scaled by ``alpha / r``) on the modules
+    ``target_modules`` matches (``re.fullmatch`` for a string). What :func:`add_lora` builds from its arguments;
+    ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", writes the same config out."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, use_dora=use_dora,
+                      modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
+
+
+def add_lora(model: nn.Module, *, target_modules: str | list[str] | None = None, r: int | None = None,
+             alpha: int | None = None, dropout: float | None = None, use_dora: bool | None = None, quantized: bool,
+             gradient_checkpointing: bool = False, modules_to_save: list[str] | None = None,
+             init_lora_weights: bool | str | None = None, lora_config=None):
     """Wrap ``model`` with LoRA adapters on ``target_modules``; everything else stays frozen.
+
+    The adapters are described either by the arguments (defaults r=8, alpha=8, dropout=0.1, no DoRA,
+    ``init_lora_weights=True``: :func:`build_lora_config`) or by your own PEFT ``LoraConfig`` as ``lora_config`` (notebook
+    03 writes one out), not both (``ValueError``); a config without ``target_modules`` is refused too.
 
     ``quantized=True`` first runs PEFT's ``prepare_model_for_kbit_training`` (freezes the base,
     keeps norms and the non-quantized layers in fp32). ``gradient_checkpointing`` (from
@@ -303,8 +328,21 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
     Taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "LoRA adapters", and
     ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "LoRA on the language model only".
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
+    settings = {"target_modules": target_modules, "r": r, "alpha": alpha, "dropout": dropout, "use_dora": use_dora,
+                "modules_to_save": modules_to_save, "init_lora_weights": init_lora_weights}
+    if lora_config is None:
+        if target_modules is None:
+            raise ValueError("add_lora needs target_modules (which modules get adapters), or a LoraConfig as lora_config")
+        lora_config = build_lora_config(**{k: v for k, v in settings.items() if v is not None})
+    else:
+        given = sorted(name for name, value in settings.items() if value is not None)
+        if given:
+            raise ValueError(f"pass the adapters' settings in lora_config or as arguments, not both: got {given} too")
+        if not lora_config.target_modules:
+            raise ValueError("lora_config names no target_modules: which modules get adapters?")
+    modules_to_save = lora_config.modules_to_save
     encoders = vision_encoders(model)  # before wrapping: an error names the model's own class
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -325,9 +363,7 @@ def add_lora(model: nn.Module, *, target_modules: str | list[str], r: int = 8, a
                 config.use_cache = False
     if modules_to_save and output_layer_name(model) in modules_to_save:
         untie_output_layer(model)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        use_dora=use_dora, modules_to_save=modules_to_save, init_lora_weights=init_lora_weights)
-    model = get_peft_model(model, config)
+    model = get_peft_model(model, lora_config)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
             parameter.data = parameter.data.float()

@@ -37,7 +37,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 
 __all__ = ["IGNORE_INDEX", "ImageDecodeError", "ImageLike", "ReservedText", "check_plain_text", "find_reserved",
-           "format_supervision", "pad_labels", "pick_answer", "reserved_text", "supervised_text", "to_rgb"]
+           "describe_sample", "format_supervision", "pad_labels", "pick_answer", "reserved_text", "supervised_text", "to_rgb"]
 
 IGNORE_INDEX = -100
 
@@ -129,6 +129,16 @@ def format_supervision(token_ids: torch.Tensor, labels: torch.Tensor | None, tok
         line += part + " "
     lines.append(line)
     return "\n".join(l.rstrip() for l in lines)
+
+
+def describe_sample(batch: dict[str, torch.Tensor], tokenizer, row: int = 0, *, width: int = 100) -> str:
+    """One row of a training batch, ``[supervised]`` vs ``·masked·`` tokens (padding left out).
+
+    Used in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may see", and
+    ``notebooks/04_phi3_aircraft_captioning.ipynb``, section "Batches, and what the loss may see".
+    """
+    length = int(batch["attention_mask"][row].sum())
+    return format_supervision(batch["input_ids"][row, :length], batch["labels"][row, :length], tokenizer, width=width)
 
 
 class ReservedText(NamedTuple):

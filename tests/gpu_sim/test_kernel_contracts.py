@@ -28,6 +28,8 @@ from vlm_helpers import evaluation, florence2, freezing, lora, model_choices, ru
 from vlm_helpers.loop import TrainConfig, train
 from vlm_helpers.tiny import tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # the simulated-GPU tier (README, "Run the tests"): run by `python -m pytest -m slow`
+
 pytest.importorskip("peft")
 
 #: An A100 with flash-attn installed (a Colab user who ran `pip install flash-attn`).

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the simulated-GPU tier (README, "Run the tests"): run by `python -m pytest -m slow`
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_memory.py"
 
 

@@ -30,6 +30,8 @@ from vlm_helpers import evaluation, florence2, freezing, lora, model_choices, ru
 from vlm_helpers.loop import TrainConfig, train
 from vlm_helpers.tiny import tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # the simulated-GPU tier (README, "Run the tests"): run by `python -m pytest -m slow`
+
 pytest.importorskip("peft")
 
 T4 = runtime.HardwareProfile("cuda", "Tesla T4", (7, 5), 15.0, on_colab=True, flash_attn_installed=False)

@@ -125,3 +125,13 @@ def cauldron_dataset(
         parts.append(flat.select(range(min(per_subset, len(flat)))) if per_subset is not None else flat)
     flat = datasets.concatenate_datasets(parts)
     return flat.select(range(min(max_samples, len(flat)))) if max_samples is not None else flat
+
+
+def docvqa_style_train_rows(dataset: str, *, subsets: tuple[str, ...], tiny: bool, max_samples: int | None,
+                            seed: int):
+    """Training rows with DocVQA's columns: DocVQA itself (``dataset="docvqa"``), or The Cauldron's ``subsets``
+    flattened into them (``"cauldron"``). What ``vlm-train --dataset`` reads for the DocVQA recipes (README, section
+    "Scaling out: from one GPU to several machines")."""
+    if dataset == "cauldron":
+        return cauldron_dataset(subsets, tiny=tiny, max_samples=max_samples, seed=seed)
+    return docvqa_dataset("train", tiny=tiny, max_samples=max_samples, seed=seed)

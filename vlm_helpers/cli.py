@@ -1,7 +1,7 @@
 """``vlm-train``: the notebooks' fine-tuning recipes as one command, on one GPU or many.
 
 Run ``python -m vlm_helpers.cli --help`` (or ``vlm-train --help``) for the options and
-examples. The recipes themselves live in :mod:`vlm_helpers.cli.recipes`; this module only
+examples. The recipes themselves live in :mod:`vlm_helpers.recipes`, one module each; this module only
 
 1. parses and checks the command line (impossible combinations stop here, with
    argparse's exit code 2, before any model is loaded);
@@ -40,132 +40,31 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from vlm_helpers.cli.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
-from vlm_helpers.cli.recipes import RECIPES, RunSettings, UserError, YourData, batching_recipe, get_recipe
+from vlm_helpers import runtime
+from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
+from vlm_helpers.data.errors import DataValidationError
+from vlm_helpers.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
+from vlm_helpers.recipes import custom, florence2_docvqa, idefics2_docvqa, phi3_aircraft
+from vlm_helpers.recipes.options import (batching_recipe, check_resume, epilog, fraction, names, non_negative_float, non_negative_int,
+                                         positive_float, positive_int, your_data)
+from vlm_helpers.recipes.settings import Recipe, RunSettings, UserError
+from vlm_helpers.results import default_results_dir, replace_problem
 from vlm_helpers.tracking import REPORT_TO_CHOICES, check_report_to
 
-__all__ = ["build_parser", "main", "resolve_settings", "user_problem"]
+__all__ = ["RECIPES", "build_parser", "get_recipe", "main", "resolve_settings", "user_problem"]
 
-# ------------------------------------------------------------- command line
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number (1 or more), got {value}")
-    return value
+#: Every ``--recipe``, by name: each module's ``RECIPE`` (README, section "Scaling out: from one GPU to several
+#: machines"). A new recipe is one module and one line here.
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    florence2_docvqa.RECIPE, idefics2_docvqa.RECIPE, phi3_aircraft.RECIPE, custom.RECIPE)}
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 1e-5, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _defaults_table() -> str:
-    lines = []
-    for recipe in RECIPES.values():
-        for mode, d in (("full", recipe.full), ("tiny", recipe.tiny)):
-            batch = (f"{d.batch_size} x {d.grad_accum}" if d.batch_size is not None else "from GPU preset")
-            ckpt = f"checkpoint every {d.checkpoint_every}" if d.checkpoint_every else "checkpoint at the end"
-            lines.append(f"  {recipe.name:22s} {mode}: lr {d.learning_rate:g}, {d.epochs} epoch(s), batch {batch}, "
-                         f"warm-up {d.warmup_steps:g}, {ckpt}")
-    return "\n".join(lines)
-
-
-def _epilog() -> str:
-    recipes = "\n".join(f"  {r.name:22s} {r.summary}" for r in RECIPES.values())
-    return f"""\
-recipes:
-{recipes}
-
-default hyper-parameters (full mode follows the articles; tiny mode makes the tiny models learn):
-{_defaults_table()}
-
-examples:
-  # try it in a minute on any CPU: tiny random model, synthetic documents, no download
-  python -m vlm_helpers.cli --recipe florence2-docvqa --tiny --max-steps 20
-
-  # the Florence-2 blog's run on one GPU (batch size from the GPU preset)
-  vlm-train --recipe florence2-docvqa --dataset docvqa --epochs 7 --eval-steps 1000 --max-eval-samples 500
-
-  # 4 GPUs on one machine; --batch-size is per GPU, so this trains on 4 x 6 rows per step
-  torchrun --nproc_per_node 4 -m vlm_helpers.cli --recipe florence2-docvqa --dataset cauldron \\
-      --epochs 10 --eval-steps 10000 --batch-size 6
-  accelerate launch --multi_gpu --num_processes 4 -m vlm_helpers.cli --recipe florence2-docvqa
-
-  # the same with fully sharded weights, gradients and optimizer state (FSDP2) instead of DDP
-  torchrun --nproc_per_node 4 -m vlm_helpers.cli --recipe florence2-docvqa --fsdp
-  accelerate launch --config_file configs/accelerate_fsdp.yaml -m vlm_helpers.cli --recipe florence2-docvqa
-
-  # Idefics2 QLoRA on 2 GPUs (the HF Trainer does the DDP; each GPU holds its own 4-bit copy)
-  torchrun --nproc_per_node 2 -m vlm_helpers.cli --recipe idefics2-qlora-docvqa --max-steps 178
-
-  # continue the newest checkpoint in the output folder (after a Colab disconnect, or to train longer)
-  vlm-train --recipe florence2-docvqa --output-dir outputs/florence --resume --max-steps 20000
-
-notes:
-  * --max-steps, when given, overrides --epochs.
-  * Batch sizes are per process: one optimizer step sees processes x --batch-size x --grad-accum rows.
-  * The run writes checkpoints, history.json and final/ (florence2-docvqa: the fine-tuned model) or
-    adapter/ (the chat recipes: the LoRA adapter) to --output-dir, and predictions + metrics to
-    --results-dir (read by notebook 05). It never replaces a notebook's fine-tuned results of the same
-    name, nor full-mode results with tiny ones, unless you pass --replace-results; a fresh run never
-    writes into an --output-dir holding an earlier run's checkpoints, final/ or adapter/.
-  * Crash-safe: a checkpoint is written to checkpoint-N.tmp and renamed when complete; --resume takes
-    the newest complete checkpoint and sets aside one cut short by a crash. A step with a NaN/inf loss
-    or gradient is not applied (see --max-skipped-steps); history.json lists it as skipped.
-  * A problem you can fix (a broken row, named by file:line or split/row/id; a missing file or column; an
-    --output-dir holding an earlier run; full mode on a machine without a GPU) stops the run before training
-    with one line and exit status 2; --debug adds the traceback. Under torchrun rank 0 prints it.
-  * The HF Trainer recipes' --resume continues the step count and the learning-rate schedule (a higher
-    --max-steps continues on the longer plan, without a second warm-up); the last line counts the steps
-    trained now.
-  * --resume works with every recipe (each continues its own checkpoint format: florence2-docvqa's
-    training_state.pt, the HF Trainer's trainer_state.json). --fsdp is for florence2-docvqa (the
-    series' own loop); the chat recipes train with the HF Trainer, which takes accelerate's
-    FSDP/DeepSpeed config instead.
-  * VLM_TINY=1 in the environment is the same as --tiny. VLM_CACHE says where tiny models are built.
-  * Multi-GPU and multi-node recipes: the README, section "Scaling out: from one GPU to several machines".
-"""
+def get_recipe(name: str) -> Recipe:
+    """The :class:`~vlm_helpers.recipes.settings.Recipe` called ``name`` (README, section "Scaling out: from one GPU
+    to several machines")."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vlm-train",
         description="Fine-tune a small vision-language model with one of the series' recipes. "
                     "Works as a plain command on one CPU/GPU and under torchrun on several GPUs or machines.",
-        epilog=_epilog(),
+        epilog=epilog(RECIPES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to train")
@@ -186,15 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dataset", default=None,
                       help="training data: docvqa or cauldron for the DocVQA recipes, aircraft for phi3-aircraft "
                            "(default: the recipe's first)")
-    what.add_argument("--cauldron-subsets", type=_names, default=None, metavar="A,B,...",
+    what.add_argument("--cauldron-subsets", type=names, default=None, metavar="A,B,...",
                       help="with --dataset cauldron: which configs of HuggingFaceM4/the_cauldron to mix "
                            "(default: docvqa,ai2d,chartqa)")
     what.add_argument("--tiny", action="store_true",
                       help="tiny random model + synthetic data: runs offline on a CPU in seconds "
                            "(also switched on by VLM_TINY=1)")
-    what.add_argument("--max-train-samples", type=_positive_int, default=None, metavar="N",
+    what.add_argument("--max-train-samples", type=positive_int, default=None, metavar="N",
                       help="use only the first N training rows (questions)")
-    what.add_argument("--max-eval-samples", type=_positive_int, default=None, metavar="N",
+    what.add_argument("--max-eval-samples", type=positive_int, default=None, metavar="N",
                       help="evaluate on the first N validation rows (default: all; tiny: a few dozen)")
 
     yours = parser.add_argument_group("your own data (--recipe custom; notebook 06)")
@@ -229,47 +128,47 @@ def build_parser() -> argparse.ArgumentParser:
                             'chat models only: florence2 reads its task prompt (<DocVQA> for qa) instead')
     yours.add_argument("--split-seed", type=int, default=None, metavar="SEED",
                        help="seed of the validation/test hold-outs when the data has no such splits (default: 42)")
-    yours.add_argument("--validation-fraction", type=_fraction, default=None, metavar="F",
+    yours.add_argument("--validation-fraction", type=fraction, default=None, metavar="F",
                        help="held out of what is left after the test hold-out, to choose the best checkpoint "
                             "(default: 0.1)")
-    yours.add_argument("--test-fraction", type=_fraction, default=None, metavar="F",
+    yours.add_argument("--test-fraction", type=fraction, default=None, metavar="F",
                        help="held out for the final scores (default: 0.1)")
 
     how = parser.add_argument_group("how long and how fast (defaults: the recipe's, see below)")
-    how.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training data")
-    how.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+    how.add_argument("--epochs", type=positive_int, default=None, help="passes over the training data")
+    how.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                      help="stop after N optimizer steps in total (overrides --epochs; counts steps before a resume)")
-    how.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
+    how.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                      help="rows per process per micro-batch (default: from the recipe or the GPU preset)")
-    how.add_argument("--grad-accum", type=_positive_int, default=None, metavar="K",
+    how.add_argument("--grad-accum", type=positive_int, default=None, metavar="K",
                      help="micro-batches accumulated per optimizer step")
-    how.add_argument("--lr", type=_positive_float, default=None, metavar="LR", help="peak learning rate")
-    how.add_argument("--warmup-steps", type=_non_negative_float, default=None, metavar="N",
+    how.add_argument("--lr", type=positive_float, default=None, metavar="LR", help="peak learning rate")
+    how.add_argument("--warmup-steps", type=non_negative_float, default=None, metavar="N",
                      help="linear warm-up steps before the linear decay (HF Trainer recipes: a value below 1 "
                           "is a fraction of the run)")
-    how.add_argument("--weight-decay", type=_non_negative_float, default=None, metavar="W", help="AdamW weight decay")
+    how.add_argument("--weight-decay", type=non_negative_float, default=None, metavar="W", help="AdamW weight decay")
     how.add_argument("--seed", type=int, default=0, help="seed for data order, answer picks and synthetic data")
 
     out = parser.add_argument_group("evaluation, checkpoints and output")
-    out.add_argument("--eval-steps", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--eval-steps", type=positive_int, default=None, metavar="N",
                      help="also evaluate (generation + the task's metric, on rank 0) every N steps; "
                           "there is always a final evaluation")
     out.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                      help="HF Trainer recipes: keep the adapter of the best evaluation (by the task's metric on "
                           "generated answers) and end with it; needs --eval-steps (default: on for custom)")
-    out.add_argument("--patience", type=_positive_int, default=None, metavar="K",
+    out.add_argument("--patience", type=positive_int, default=None, metavar="K",
                      help="with --keep-best: stop after K evaluations without improvement")
-    out.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                      help="beam width when generating answers for evaluation (default: the recipe's)")
-    out.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
                      help="longest generated answer, in tokens (default: the recipe's)")
     out.add_argument("--output-dir", type=Path, default=None,
                      help="checkpoints, history.json and the final model or adapter (default: outputs/<recipe>-<dataset>)")
     out.add_argument("--results-dir", type=Path, default=None,
                      help="where predictions and metrics go (default: $VLM_RESULTS_DIR or ./results)")
-    out.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                      help="save a checkpoint every N steps (the last step is always saved too)")
-    out.add_argument("--keep-checkpoints", type=_positive_int, default=2, metavar="N",
+    out.add_argument("--keep-checkpoints", type=positive_int, default=2, metavar="N",
                      help="keep only the newest N checkpoints (default: %(default)s)")
     out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                      help="continue a run: alone, from the newest checkpoint in --output-dir; "
@@ -278,19 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let this run's evaluation replace a fine-tuned run of the same name that a notebook "
                           "(or a full-mode run) wrote in --results-dir; without it such a run is refused before "
                           "training")
-    out.add_argument("--report-to", type=_names, default=("none",), metavar="TRACKER",
+    out.add_argument("--report-to", type=names, default=("none",), metavar="TRACKER",
                      help=f"experiment tracker(s): {', '.join(REPORT_TO_CHOICES)} (keys come from the environment, "
                           "e.g. WANDB_API_KEY)")
-    out.add_argument("--logging-steps", type=_positive_int, default=10, metavar="N",
+    out.add_argument("--logging-steps", type=positive_int, default=10, metavar="N",
                      help="print the loss every N steps; the HF Trainer recipes also record it only every N "
                           "steps, averaged (default: %(default)s)")
 
     adv = parser.add_argument_group("advanced")
-    adv.add_argument("--num-workers", type=_non_negative_int, default=None, metavar="N",
+    adv.add_argument("--num-workers", type=non_negative_int, default=None, metavar="N",
                      help="DataLoader worker processes per training process (default: 2 on GPU, 0 on CPU)")
     adv.add_argument("--skip-bad-rows", action="store_true",
                      help="drop rows that fail validation (and list them) instead of stopping at the first one")
-    adv.add_argument("--max-skipped-steps", type=_non_negative_int, default=10, metavar="N",
+    adv.add_argument("--max-skipped-steps", type=non_negative_int, default=10, metavar="N",
                      help="a step with a NaN/inf loss or gradient is not applied (and is recorded in history.json); "
                           "after more than N such steps training stops (default: %(default)s)")
     adv.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -299,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2, "
                           "full shard) instead of replicating them (DDP). accelerate launch with "
                           "configs/accelerate_fsdp.yaml switches this on by itself")
-    adv.add_argument("--dist-timeout-minutes", type=_positive_float, default=60.0, metavar="M",
+    adv.add_argument("--dist-timeout-minutes", type=positive_float, default=60.0, metavar="M",
                      help="how long ranks wait for each other, e.g. while rank 0 evaluates (default: %(default)s)")
     adv.add_argument("--debug", action="store_true",
                      help="on a problem with the data, the files or the machine (normally one line, exit status 2), "
@@ -313,13 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunSettings:
     """Check combinations and fill in defaults; impossible combinations end in ``parser.error`` (exit 2), problems
     with files (``--data``, ``--output-dir``, ``--resume``, ``--results-dir``) in a
-    :class:`~vlm_helpers.cli.recipes.UserError` (one line, exit 2).
+    :class:`~vlm_helpers.recipes.settings.UserError` (one line, exit 2).
 
     Where the defaults come from (recipe, mode, GPU preset): the README, section "One GPU".
     """
-    from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
-    from vlm_helpers.runtime import choose_preset, detect_hardware, is_tiny, override
-
     recipe = get_recipe(args.recipe)
     dataset = args.dataset or recipe.datasets[0]
     if dataset not in recipe.datasets:
@@ -335,22 +231,20 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     problem = check_report_to(args.report_to)
     if problem:
         parser.error(f"--report-to: {problem}")
-    tiny = args.tiny or is_tiny()
-    your_data = _your_data(args, recipe.name, tiny, parser)
+    tiny = args.tiny or runtime.is_tiny()
+    data = your_data(args, recipe.name, tiny, parser)
     defaults = recipe.defaults(tiny)
     output_dir = args.output_dir or Path("outputs") / f"{recipe.name}-{dataset}{'-tiny' if tiny else ''}"
-    resume = _check_resume(args, output_dir, parser)
+    resume = check_resume(args, output_dir, hf=recipe.trainer == "hf")
     warmup = args.warmup_steps if args.warmup_steps is not None else defaults.warmup_steps
     if recipe.trainer == "loop":
         if warmup != int(warmup):
             parser.error(f"--warmup-steps: {recipe.name} counts warm-up in whole steps, got {warmup:g}")
         warmup = int(warmup)
 
-    from vlm_helpers.results import default_results_dir, replace_problem
-
     results_dir = args.results_dir or default_results_dir()
     if not args.replace_results:
-        task, model = recipe.results_run(dataset) if your_data is None else your_data.results_run()
+        task, model = recipe.results_run(dataset) if data is None else data.results_run()
         problem = replace_problem(results_dir, task=task, model=model, stage="finetuned",
                                   mode="tiny" if tiny else "full", notebook="vlm-train")
         if problem:
@@ -358,14 +252,14 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     if recipe.trainer != "hf" and (args.keep_best or args.patience):
         parser.error(f"--keep-best and --patience apply to the HF Trainer recipes, not {recipe.name}")
-    preset = choose_preset(detect_hardware(), batching_recipe(recipe.name, your_data), tiny=tiny)
+    preset = runtime.choose_preset(runtime.detect_hardware(), batching_recipe(recipe.name, data), tiny=tiny)
     batch_size = args.batch_size or defaults.batch_size or preset.batch_size
     grad_accum = args.grad_accum or defaults.grad_accum or preset.grad_accum
     # the preset carries the batch that is trained, so the line describing it says what happens
-    preset = override(preset, batch_size=batch_size, grad_accum=grad_accum)
+    preset = runtime.override(preset, batch_size=batch_size, grad_accum=grad_accum)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     eval_steps = args.eval_steps or defaults.eval_steps
-    keep_best = args.keep_best if args.keep_best is not None else your_data is not None
+    keep_best = args.keep_best if args.keep_best is not None else data is not None
     if keep_best and not eval_steps:
         parser.error("--keep-best needs --eval-steps N: the best checkpoint is chosen among evaluations")
     if args.patience and not keep_best:
@@ -388,133 +282,18 @@ def resolve_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         logging_steps=args.logging_steps, skip_bad_rows=args.skip_bad_rows,
         max_skipped_steps=args.max_skipped_steps, replace_results=args.replace_results,
         write_weight_digests=args.write_weight_digests, progress=progress, preset=preset,
-        keep_best=keep_best, patience=args.patience, your_data=your_data,
+        keep_best=keep_best, patience=args.patience, your_data=data,
     )
-
-
-def _your_data(args: argparse.Namespace, recipe: str, tiny: bool, parser: argparse.ArgumentParser):
-    """``--recipe custom``'s options as a :class:`~vlm_helpers.cli.recipes.YourData` (None for other recipes).
-
-    The options are notebook 06's parameters: the README, section "Your data: the formats notebook 06 reads".
-    """
-    custom_only = ("data", "data_format", "image_column", "question_column", "answer_column", "id_column", "prompt",
-                   "task", "model", "method", "instruction", "split_seed", "validation_fraction", "test_fraction",
-                   "answer_separator")
-    if recipe != "custom":
-        given = [f"--{name.replace('_', '-')}" for name in custom_only if getattr(args, name) is not None]
-        if given:
-            parser.error(f"{', '.join(given)} only apply to --recipe custom")
-        return None
-    from vlm_helpers.model_choices import get_model_choice
-
-    if args.data is None and not tiny:
-        parser.error("--recipe custom needs --data (a .jsonl/.csv file, a save_to_disk folder or a Hub id)")
-    if args.data is not None and not Path(args.data).exists():
-        from vlm_helpers.data.formats import looks_local
-
-        if looks_local(args.data):
-            raise UserError(f"--data: no such file or folder: {Path(args.data).absolute()} (a Hub dataset id looks "
-                            "like 'owner/name')")
-    task = args.task or "qa"
-    data_format = args.data_format or "auto"
-    model = args.model or ("idefics2" if tiny else "qwen2-vl")
-    try:
-        get_model_choice(model)
-    except ValueError as error:
-        parser.error(f"--model: {error}")
-    captioning = task == "captioning"
-    conversations = data_format == "conversations" or (
-        args.data is not None and data_format == "auto" and Path(args.data).is_file()
-        and _detected_format(args.data, parser) == "conversations")
-    if args.prompt is not None and not captioning:
-        parser.error("--prompt is for --task captioning (one instruction for every image); qa rows have questions")
-    if args.prompt is not None and args.question_column is not None:
-        parser.error("give --question-column (qa) or --prompt (captioning), not both")
-    if captioning and args.prompt is None and args.data is not None and not conversations:
-        parser.error("--task captioning needs --prompt TEXT: the instruction every image is captioned with")
-    instruction = args.instruction if args.instruction is not None else ("" if captioning else "Answer briefly.")
-    data = YourData(source=args.data, format=data_format, image_column=args.image_column or "image",
-                    question_column=None if args.prompt is not None else args.question_column or "question",
-                    answer_column=args.answer_column or "answer", id_column=args.id_column, prompt=args.prompt,
-                    task=task, model=model, method=args.method, instruction=instruction,
-                    split_seed=42 if args.split_seed is None else args.split_seed,
-                    validation_fraction=args.validation_fraction or 0.1, test_fraction=args.test_fraction or 0.1,
-                    answer_separator=args.answer_separator)
-    if not conversations:
-        try:  # the column mapping is checked now, not after the model has loaded
-            data.columns()
-        except ValueError as error:
-            raise UserError(f"the column options: {error}") from None
-    return data
-
-
-def _detected_format(source: str, parser: argparse.ArgumentParser) -> str:
-    """``--data-format auto`` for a file, as the loader will see it (a file it cannot tell is a usage error)."""
-    from vlm_helpers.data.formats import detect_format
-
-    try:
-        return detect_format(source)
-    except ValueError as error:
-        raise UserError(f"--data: {error}") from None
-
-
-def _check_resume(args: argparse.Namespace, output_dir: Path, parser: argparse.ArgumentParser) -> str | None:
-    """The checkpoint folder to resume from (or None); refuse to overwrite or resume nothing.
-
-    A checkpoint is a complete ``checkpoint-<step>/``: holding ``training_state.pt``
-    (florence2-docvqa's loop) or a ``trainer_state.json`` that reads back (the HF Trainer
-    recipes). A staging folder or a checkpoint cut short by a crash is never resumed from;
-    a fresh run refuses a folder holding any checkpoint, complete or not, or the final
-    model (``final/``), adapter (``adapter/``) or best adapter (``best-adapter/``) of an earlier run.
-    Each refusal is a :class:`~vlm_helpers.cli.recipes.UserError` (one line, exit status 2).
-    """
-    from vlm_helpers.best_checkpoint import RUN_RESULTS
-    from vlm_helpers.checkpoints import describe_incomplete, loop_checkpoint_problem, scan_checkpoints
-    from vlm_helpers.checkpoints import trainer_checkpoint_problem
-
-    hf = get_recipe(args.recipe).trainer == "hf"
-    problem = trainer_checkpoint_problem if hf else loop_checkpoint_problem
-    complete, incomplete = scan_checkpoints(output_dir, problem)
-    if args.resume is None:
-        if complete:
-            raise UserError(f"--output-dir {output_dir} already holds {complete[-1].name}: pass --resume to continue "
-                            "that run, or choose another --output-dir")
-        results = [name for name in (("adapter", *RUN_RESULTS) if hf else ("final",)) if (output_dir / name).exists()]
-        if incomplete or results:
-            what = describe_incomplete(incomplete) if incomplete else f"{results[0]}/ (the result of a finished run)"
-            raise UserError(f"--output-dir {output_dir} already holds {what} from an earlier run and no complete "
-                            "checkpoint to resume; nothing was changed: choose another --output-dir (or delete "
-                            "those folders yourself)")
-        return None
-    if args.resume == "latest":
-        if not complete:
-            found = f" (incomplete only: {describe_incomplete(incomplete)})" if incomplete else ""
-            raise UserError(f"--resume: {output_dir} holds no complete checkpoint{found}; start without --resume in "
-                            "another --output-dir, or pass --output-dir of the run to continue")
-        checkpoint = complete[-1]
-    else:
-        checkpoint = Path(args.resume)
-        why = problem(checkpoint)
-        if why is not None:
-            raise UserError(f"--resume {checkpoint}: not a complete {args.recipe} checkpoint ({why}); give a "
-                            "checkpoint-<step> folder, or --resume alone for the newest complete one in --output-dir")
-    step = checkpoint.name.rpartition("-")[2]
-    if args.max_steps is not None and step.isdigit() and args.max_steps <= int(step):
-        raise UserError(f"--resume: {checkpoint} is already at step {step}; pass a --max-steps above {step} "
-                        "to train further")
-    return str(checkpoint)
 
 
 def user_problem(error: BaseException) -> str | None:
     """The one line ``vlm-train`` prints for ``error`` when it is the user's to fix, or None for a program error.
 
-    The user's: :class:`~vlm_helpers.cli.recipes.UserError` (data files, options, output folders, no GPU), a
+    The user's: :class:`~vlm_helpers.recipes.settings.UserError` (data files, options, output folders, no GPU), a
     row that fails validation (:class:`~vlm_helpers.data.validation.DataValidationError`, which names file and
     line or split, row and id), and a folder the run refuses to overwrite (``FileExistsError``). Anything else
     keeps its traceback. The README, section "When things go wrong".
     """
-    from vlm_helpers.data.validation import DataValidationError
-
     if not isinstance(error, (UserError, DataValidationError, FileExistsError)):
         return None
     return " ".join(str(error).split())  # one line, whatever the message holds
@@ -535,11 +314,9 @@ def _stop(error: BaseException, line: str, *, debug: bool, is_main: bool) -> NoR
 def _require_gpu(settings: RunSettings) -> None:
     """Full mode (real checkpoints and data) on a machine without a GPU stops here, before anything loads: the
     command line's form of the notebooks' :func:`vlm_helpers.runtime.require_gpu_unless_tiny`."""
-    from vlm_helpers.runtime import NeedsGPU, require_gpu_unless_tiny
-
     try:
-        require_gpu_unless_tiny(settings.tiny, notebook="vlm-train")
-    except NeedsGPU:
+        runtime.require_gpu_unless_tiny(settings.tiny, notebook="vlm-train")
+    except runtime.NeedsGPU:
         raise UserError(f"--recipe {settings.recipe} in full mode loads the real checkpoint and data, and this "
                         "machine has no GPU (torch.cuda.is_available() is False): add --tiny to run the recipe on a "
                         "tiny random model on this CPU, or run it on a GPU machine (Colab: Runtime > Change "
@@ -573,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
                      "the HF Trainer: launch it with accelerate launch --config_file configs/accelerate_fsdp.yaml")
     env = init_distributed(timeout_minutes=args.dist_timeout_minutes, fsdp=fsdp)
     try:
-        from vlm_helpers import runtime
-
         # as in every notebook's first cell: seeds, and one torch thread for tiny models on a CPU
         profile, _ = runtime.setup(batching_recipe(settings.recipe, settings.your_data), tiny=settings.tiny,
                                    seed=settings.seed)

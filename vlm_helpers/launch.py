@@ -4,7 +4,7 @@
 starts N processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` set. :func:`init_distributed` reads them and joins the process group (NCCL on
 GPUs, gloo on CPUs); :class:`Distributed` is what a recipe receives as ``env``; without those
-variables it describes one ordinary process. See :mod:`vlm_helpers.cli.main` for the whole story.
+variables it describes one ordinary process. See :mod:`vlm_helpers.cli` for the whole story.
 """
 
 from __future__ import annotations
