@@ -18,15 +18,17 @@ def test_the_other_families_targets_and_twins_are_the_ones_tests_other_families_
     puts the chat helpers through (vlm_helpers.tiny.families, shrunk from the real configurations)."""
     from vlm_helpers.tiny import BUILDERS, families
 
-    for key in ("qwen2-vl", "smolvlm"):
+    for key in ("qwen2-vl", "qwen2.5-vl-3b", "smolvlm"):
         choice = model_choices.MODEL_CHOICES[key]
-        assert choice.lora_targets == FAMILIES[key].lora_targets
-        assert choice.model_id == FAMILIES[key].model_id
+        family = FAMILIES[choice.tiny_name]
+        assert choice.lora_targets == family.lora_targets
+        assert choice.model_id == family.model_id
         build = BUILDERS[choice.tiny_name]
-        assert build.__module__ == families.__name__ and build.__name__ == f"build_tiny_{key.replace('-', '_')}"
+        assert build.__module__ == families.__name__
+        assert build.__name__ == "build_tiny_" + choice.tiny_name.replace("-", "_").replace(".", "_")
 
 
-@pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "qwen2.5-vl-3b", "smolvlm"])
 def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_module(key, tiny_cache):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
@@ -110,7 +112,7 @@ def test_each_kind_gets_its_collator_and_florence2_reads_its_task_prompt(tiny_fl
     assert idefics2.prompt_settings("qa", "Answer briefly.") == {"instruction": "Answer briefly."}
 
 
-@pytest.mark.parametrize("key", ["florence2", "qwen2-vl"])
+@pytest.mark.parametrize("key", ["florence2", "qwen2-vl", "qwen2.5-vl-3b"])
 def test_a_trained_head_of_a_tied_model_survives_reload_and_merge(key, tiny_cache, tmp_path):
     """Florence-2 and Qwen2-VL-2B tie lm_head to their embeddings. Training the head (modules_to_save, tiny mode)
     unties it first: no PEFT tie warning, the embeddings stay as they were, and the reloaded adapter and the

@@ -336,3 +336,54 @@ def test_florence2_lora_of_notebook_06_reaches_every_projection_of_encoder_and_d
     assert not [name for name in names if "vision_tower" in name or "projector" in name]
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)  # training it: notebook 06 in tiny mode (test_notebook_06)
+
+
+# ------------------------------------------------------------------------------------ Qwen2.5-VL
+
+@pytest.fixture(scope="module")
+def qwen2_5_vl_dir(tmp_path_factory):
+    """Qwen2.5-VL-3B-Instruct's published configuration at its real widths, one text layer and two vision blocks
+    (one window-attention, one full-attention), saved like the Hub repository (the tiny twin's tokenizer)."""
+    from dataclasses import replace
+
+    from vlm_helpers.tiny.families import FAMILIES, build_family
+
+    family = replace(FAMILIES["qwen2.5-vl"],
+                     sizes={"num_hidden_layers": 1, "vision_config": {"depth": 2, "fullatt_block_indexes": [1]}})
+    return build_family(family, tmp_path_factory.mktemp("qwen2.5-vl-real-shape"), init_std=0.02)
+
+
+def test_qwen2_5_vl_at_real_widths_prices_a_page_collates_trains_and_generates(qwen2_5_vl_dir):
+    """Notebook 06's ``qwen2.5-vl-3b`` under the T4 preset's image budget: a 1700x2200 page becomes 1,240 image
+    tokens (4,960 vision patches through window attention), the answer and <|im_end|> alone are supervised, LoRA
+    adapts the 7 projections of the language model and nothing of ``model.visual``, one step trains, generation runs."""
+    from vlm_helpers import model_choices, processors
+
+    published = real_json("Qwen/Qwen2.5-VL-3B-Instruct", "config.json")
+    saved = json.loads((qwen2_5_vl_dir / "config.json").read_text())
+    text = saved.get("text_config", saved)
+    assert text["hidden_size"] == published["hidden_size"] == 2048 and text["num_hidden_layers"] == 1
+    vision = saved["vision_config"]
+    for key in ("hidden_size", "intermediate_size", "num_heads", "out_hidden_size", "window_size", "patch_size"):
+        assert vision[key] == published["vision_config"][key], key
+    choice = model_choices.get_model_choice("qwen2.5-vl-3b")
+    preset = on_cpu(T4, choice.recipe)
+    model, processor = lora.load_chat_vlm(qwen2_5_vl_dir, dtype=preset.dtype, attn_implementation=preset.attn_implementation,
+                                          quantize_4bit=choice.method("t4") == "qlora",
+                                          image_budget=choice.image_budget("t4"))
+    assert processors.image_tokens(processor, (1700, 2200)) == 1240
+    collator = ChatVLMCollator(processor, instruction="Answer briefly.", answer_choice="first")
+    rows = docvqa_rows(1)
+    batch = collator(rows)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 1240
+    assert_supervises_answer_and_end_of_turn(batch, collator, rows)
+    model = lora.add_lora(model, target_modules=choice.lora_targets, r=8, alpha=8, dropout=0.0, quantized=False,
+                          gradient_checkpointing=False)
+    assert lora_types(model) == Counter({name: 1 for name in
+                                         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")})
+    assert not any(".visual." in name for name in lora.lora_module_names(model))
+    loss = one_lora_step(model, batch)
+    assert 2 < loss < 15
+    predictions = evaluation.generate_predictions(model, processor, collator, rows, batch_size=1, max_new_tokens=3,
+                                                  device="cpu", dtype=preset.dtype)
+    assert len(predictions) == 1 and isinstance(predictions[0], str)

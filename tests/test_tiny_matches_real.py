@@ -228,3 +228,24 @@ def test_shrink_changes_sizes_only():
         shrink(config, {"text_config": {"model_type": "phi3"}})
     with pytest.raises(ValueError, match="not a sub-configuration"):  # e.g. sizes nested one level too deep
         shrink(config, {"config": {"text_config": {"hidden_size": 64}}})
+
+
+#: The tiny twins of notebook 06's other model choices, built by vlm_helpers/tiny/families.py from the vendored
+#: configuration; their token ids follow the twin's small tokenizer (test_other_families.py checks every special
+#: token by its text), so only the ids may differ besides the sizes.
+FAMILY_TWINS = ("qwen2-vl", "qwen2.5-vl", "smolvlm")
+TOKEN_IDS = frozenset({"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                       "vision_token_id", "bos_token_id", "eos_token_id", "pad_token_id"})
+
+
+@pytest.mark.parametrize("name", FAMILY_TWINS)
+def test_family_twins_differ_from_the_published_configuration_in_sizes_and_token_ids_only(tiny_cache, tmp_path, name):
+    from vlm_helpers.tiny.families import FAMILIES
+
+    (tmp_path / "config.json").write_text(json.dumps(real_json(FAMILIES[name].model_id, "config.json",
+                                                               reconstructed=True)))
+    tiny, published = loaded_config(tiny_checkpoint(name, tiny_cache)), loaded_config(tmp_path)
+    for config in (tiny, published):  # one attention kind per layer: the same kinds, fewer layers
+        text = config.get("text_config", config)
+        text["layer_types"] = sorted(set(text.get("layer_types") or ()))
+    assert structural_differences(tiny, published, skip=TOKEN_IDS) == []

@@ -62,9 +62,9 @@ NOTEBOOKS = (
     NotebookInfo("05_before_after_comparison.ipynb", "Before/after comparison", "none (CPU)", "< 1 min (no model)",
                  "the table, bar chart, loss curves and an honest gallery of improved/unchanged/regressed examples"),
     NotebookInfo("06_your_data_your_model.ipynb", "Your data, your model",
-                 f"T4 preset (LoRA or 4-bit QLoRA by model): peak 7.4 GiB at most; A100 preset: 22.9 GiB ({SIMULATED})",
-                 f"per 1,000 training rows and epoch on T4: from under 1 min (Florence-2) to 20 min (Qwen2-VL), plus "
-                 f"evaluation ({ESTIMATED})",
+                 f"T4 preset (LoRA or 4-bit QLoRA by model): peak 9.7 GiB at most; A100 preset: 22.9 GiB ({SIMULATED})",
+                 f"per 1,000 training rows and epoch on T4: from under 1 min (Florence-2) to 28 min (Qwen2.5-VL-3B), "
+                 f"plus evaluation ({ESTIMATED})",
                  "your images (JSONL/CSV, HF dataset, conversations), validated by file and line; the best checkpoint "
                  "by generated answers; a model card"),
 )

@@ -44,9 +44,10 @@ from vlm_helpers import runtime
 from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
 from vlm_helpers.data.errors import DataValidationError
 from vlm_helpers.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
+from vlm_helpers.model_choices import MODEL_CHOICES
 from vlm_helpers.recipes import custom, florence2_docvqa, idefics2_docvqa, phi3_aircraft
-from vlm_helpers.recipes.options import (batching_recipe, check_resume, epilog, fraction, names, non_negative_float, non_negative_int,
-                                         positive_float, positive_int, your_data)
+from vlm_helpers.recipes.options import (batching_recipe, check_resume, epilog, fraction, names, non_negative_float,
+                                         non_negative_int, positive_float, positive_int, your_data)
 from vlm_helpers.recipes.settings import Recipe, RunSettings, UserError
 from vlm_helpers.results import default_results_dir, replace_problem
 from vlm_helpers.tracking import REPORT_TO_CHOICES, check_report_to
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="qa (the default): short answers (ANLS, exact match); captioning: free text (ROUGE, "
                             "tag F1)")
     yours.add_argument("--model", default=None, metavar="CHOICE",
-                       help="florence2, idefics2, llava-phi3, qwen2-vl or smolvlm (default: qwen2-vl; tiny: idefics2)")
+                       help=f"{', '.join(MODEL_CHOICES)} (default: qwen2-vl; tiny: idefics2)")
     yours.add_argument("--method", choices=("lora", "qlora"), default=None,
                        help="LoRA or 4-bit QLoRA (default: what the GPU preset needs for the model)")
     yours.add_argument("--instruction", default=None, metavar="TEXT",

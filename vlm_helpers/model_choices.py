@@ -188,6 +188,13 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
                                "tiny": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}},
                 note="the vision encoder is model.visual; images of any size become variable token counts, "
                      "bounded by max_pixels"),
+    ModelChoice("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", 3.75, LANGUAGE_MODEL_LORA_TARGETS,
+                "qwen2.5-vl-3b-lora", qlora_on=(), tiny_name="qwen2.5-vl",
+                image_budgets={"t4": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}, "cpu": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS},
+                               "a100": {"max_pixels": QWEN2_VL_A100_MAX_PIXELS},
+                               "tiny": {"max_pixels": QWEN2_VL_T4_MAX_PIXELS}},
+                note="Qwen2-VL's successor: window attention in the vision encoder (model.visual), the same "
+                     "image-token rule, bounded by max_pixels"),
     ModelChoice("smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", 0.26, IDEFICS2_LORA_TARGETS, "smolvlm-lora",
                 qlora_on=(), tiny_name="smolvlm",
                 image_budgets={preset: {"longest_edge": SMOLVLM_LONGEST_EDGE, "do_image_splitting": True}

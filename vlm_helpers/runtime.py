@@ -36,6 +36,7 @@ BATCHING: dict[str, dict[str, tuple[int, int]]] = {
     "phi3-aircraft": {"a100": (4, 2), "t4": (1, 8), "cpu": (1, 2), "tiny": (4, 1)},
     # notebook 06's other choices (vlm_helpers.model_choices): 16 rows per optimizer step, as Idefics2
     "qwen2-vl-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
+    "qwen2.5-vl-3b-lora": {"a100": (2, 8), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "smolvlm-lora": {"a100": (16, 1), "t4": (4, 4), "cpu": (1, 2), "tiny": (4, 1)},
 }
 

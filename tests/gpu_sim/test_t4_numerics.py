@@ -137,7 +137,7 @@ class _Messages(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@pytest.mark.parametrize("key", ["idefics2", "smolvlm", "qwen2-vl"])
+@pytest.mark.parametrize("key", ["idefics2", "smolvlm", "qwen2-vl", "qwen2.5-vl-3b"])
 def test_checkpointed_training_is_quiet_and_generation_keeps_its_cache(tiny_cache, key):
     """A GPU preset trains with checkpointing, which tiny mode never switches on: on a T4 every model printed
     "`use_cache=True` is incompatible with gradient checkpointing" at its first step. ``add_lora`` turns the

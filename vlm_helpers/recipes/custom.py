@@ -17,7 +17,7 @@ from vlm_helpers.data.splits import train_validation_test
 from vlm_helpers.data.report import your_data_report
 from vlm_helpers.evaluation import HEADLINE_METRICS
 from vlm_helpers.launch import Distributed
-from vlm_helpers.model_choices import get_model_choice
+from vlm_helpers.model_choices import MODEL_CHOICES, get_model_choice
 from vlm_helpers.recipes.chat import ChatSpec, run_chat_recipe
 from vlm_helpers.recipes.options import columns as your_data_columns
 from vlm_helpers.recipes.settings import Defaults, Recipe, RunSettings, UserError
@@ -145,7 +145,7 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
 RECIPE = Recipe(
     name="custom",
     summary="your data (--data: JSONL/CSV + images, a dataset folder or Hub id, conversations), the model of "
-            "--model (florence2, idefics2, llava-phi3, qwen2-vl, smolvlm), LoRA or QLoRA by preset, the best "
+            f"--model ({', '.join(MODEL_CHOICES)}), LoRA or QLoRA by preset, the best "
             "checkpoint by the task metric; notebook 06",
     datasets=("your-data",),
     full=Defaults(learning_rate=1e-4, epochs=2, warmup_steps=0.05, eval_steps=50),

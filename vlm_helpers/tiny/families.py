@@ -316,6 +316,19 @@ FAMILIES: dict[str, Family] = {
         vision_tokens=frozenset({"<|vision_start|>", "<|image_pad|>", "<|vision_end|>"})),
 }
 
+#: Qwen2.5-VL uses Qwen2-VL's vocabulary and special tokens (config.json names the same ids).
+FAMILIES["qwen2.5-vl"] = Family(
+    name="qwen2.5-vl", model_id="Qwen/Qwen2.5-VL-3B-Instruct", tokenizer_kind="qwen2", tokens=_QWEN2_VL_TOKENS,
+    roles={"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None},
+    # the vision tower: window attention in every block but the full-attention ones (fullatt_block_indexes), a
+    # gated MLP, and a merger to out_hidden_size (= the language model's width)
+    sizes={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [2, 3, 3]},
+           "vision_config": {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2,
+                             "out_hidden_size": 64, "fullatt_block_indexes": [1]}},
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<|im_end|>",
+    vision_tokens=frozenset({"<|vision_start|>", "<|image_pad|>", "<|vision_end|>"}))
+
 _GEMMA3_TOKENS = {  # tokenizer_facts.json of google/gemma-3-4b-it; 105 (<start_of_turn>) is inferred
     0: ("<pad>", True), 1: ("<eos>", True), 2: ("<bos>", True), 3: ("<unk>", True), 4: ("<mask>", True),
     105: ("<start_of_turn>", True), 106: ("<end_of_turn>", True), 255999: ("<start_of_image>", True),
@@ -419,6 +432,14 @@ def build_tiny_qwen2_vl(save_dir: str | Path) -> Path:
     Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
     return build_family(FAMILIES["qwen2-vl"], save_dir)
+
+
+def build_tiny_qwen2_5_vl(save_dir: str | Path) -> Path:
+    """Notebook 06's ``qwen2.5-vl-3b`` in tiny mode: Qwen2.5-VL-3B-Instruct's configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["qwen2.5-vl"], save_dir)
 
 
 def build_tiny_smolvlm(save_dir: str | Path) -> Path:

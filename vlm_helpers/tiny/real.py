@@ -49,7 +49,8 @@ SIZE_FIELDS = frozenset({
     # families the chat helpers are tested on (vlm_helpers/tiny/families.py): Qwen2-VL's vision depth and
     # its rotary sections (they split head_dim), Gemma 3's image tokens, Mllama's vision stack and
     # which text layers cross-attend (indices below num_hidden_layers), LLaVA-NeXT's tiling grid
-    "depth", "mrope_section", "mm_tokens_per_image", "num_global_layers", "vision_output_dim",
+    "depth", "mrope_section", "out_hidden_size", "fullatt_block_indexes", "mm_tokens_per_image",
+    "num_global_layers", "vision_output_dim",
     "intermediate_layers_indices", "cross_attention_layers", "max_num_tiles", "image_grid_pinpoints",
     "image_seq_len", "attention_heads",
 })
