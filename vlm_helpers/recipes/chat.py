@@ -53,7 +53,6 @@ class ChatSpec:
     # preset name -> the processor settings bounding a page's image tokens (custom: ModelChoice.image_budget)
     image_budget: Callable[[str], dict] | None = None
     results_model: str | None = None  # the model name of its results (default: the recipe's)
-    model_card: bool = False  # score the test rows before training too, and write a model card by the adapter
     # the collator of the rows; None: ChatVLMCollator(instruction, question/answer/id keys). custom: the model
     # choice's own (model_choices.ModelChoice.collator: Florence-2's for florence2)
     make_collator: Callable[[Any], Any] | None = None
@@ -123,7 +122,8 @@ def run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
     env.log(lora.lora_report(model))
     args = make_training_arguments(
         output_dir=str(settings.output_dir), batch_size=preset.batch_size, grad_accum=preset.grad_accum,
-        dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing, device=env.device, learning_rate=settings.learning_rate, epochs=settings.epochs,
+        dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing, device=env.device,
+        learning_rate=settings.learning_rate, epochs=settings.epochs,
         max_steps=settings.max_steps or -1, warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
         report_to=list(settings.report_to), logging_steps=settings.logging_steps,
         save_steps=settings.checkpoint_every, save_total_limit=settings.keep_checkpoints, save_at_end=True,
@@ -149,7 +149,7 @@ def run_chat_recipe(settings: RunSettings, env: Distributed, spec: ChatSpec,
         return {f"eval_{k}": v for k, v in result[1].items() if k != "samples"} if result else {}
 
     baseline = None
-    if spec.model_card:  # the card's "before": the untrained adapter (LoRA's B starts at 0) on the test rows
+    if write_card is not None:  # the card's "before": the untrained adapter (LoRA's B starts at 0) on the test rows
         baseline = evaluate_on_rank0("[vlm-train] before fine-tuning (test split)", test_rows or eval_rows)
     started = time.perf_counter()  # the card's time only if a resumed checkpoint has no record of earlier sessions
     env.log(f"training with the HF Trainer: {env.world_size} process(es) x batch {settings.batch_size} x "

@@ -133,7 +133,7 @@ def run_custom(settings: RunSettings, env: Distributed) -> dict:
                     quantize_4bit=choice.method(settings.preset.name, data.method) == "qlora",
                     init_lora_weights=True, instruction=data.instruction, question_key="question",
                     answer_key="answers", id_key="id", task=data.task, tiny_modules_to_save=("lm_head",),
-                    image_budget=choice.image_budget, results_model=data.results_run()[1], model_card=True,
+                    image_budget=choice.image_budget, results_model=data.results_run()[1],
                     make_collator=lambda processor: choice.collator(processor, task=data.task,
                                                                     instruction=data.instruction, seed=settings.seed),
                     prompt_settings=tuple(choice.prompt_settings(data.task, data.instruction).items()))

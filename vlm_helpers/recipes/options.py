@@ -17,64 +17,59 @@ from vlm_helpers.data.formats import Columns, detect_format, looks_local
 from vlm_helpers.model_choices import get_model_choice
 from vlm_helpers.recipes.settings import Recipe, UserError, YourData
 
-__all__ = ["batching_recipe", "check_resume", "columns", "epilog", "fraction", "names", "non_negative_float", "non_negative_int", "positive_float",
-           "positive_int", "your_data"]
+__all__ = ["batching_recipe", "check_resume", "columns", "epilog", "fraction", "names", "non_negative_float",
+           "non_negative_int", "positive_float", "positive_int", "your_data"]
+
+def _parse(text: str, kind: type, expected: str):
+    """``kind(text)``, or argparse's usage error naming what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _refuse(problem: str):
+    raise argparse.ArgumentTypeError(problem)
 
 
 def positive_int(text: str) -> int:
-    """A whole number of 1 or more (``--epochs``, ``--batch-size``, ...). The options: the README, section "Scaling out: from one GPU to several machines"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number (1 or more), got {value}")
-    return value
+    """A whole number of 1 or more (``--epochs``, ``--batch-size``, ...). The options: the README, section
+    "Scaling out: from one GPU to several machines"."""
+    value = _parse(text, int, "a whole number")
+    return value if value > 0 else _refuse(f"must be a positive whole number (1 or more), got {value}")
 
 
 def non_negative_int(text: str) -> int:
-    """A whole number of 0 or more (``--num-workers``, ``--max-skipped-steps``, ...). The options: the README, section "Scaling out: from one GPU to several machines"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    """A whole number of 0 or more (``--num-workers``, ``--max-skipped-steps``, ...). The options: the README,
+    section "Scaling out: from one GPU to several machines"."""
+    value = _parse(text, int, "a whole number")
+    return value if value >= 0 else _refuse(f"must be 0 or more, got {value}")
 
 
 def positive_float(text: str) -> float:
-    """A number above 0 (``--lr``). The options: the README, section "Scaling out: from one GPU to several machines"."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 1e-5, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+    """A number above 0 (``--lr``). The options: the README, section "Scaling out: from one GPU to several
+    machines"."""
+    value = _parse(text, float, "a number such as 1e-5")
+    return value if value > 0 else _refuse(f"must be greater than 0, got {text}")
 
 
 def non_negative_float(text: str) -> float:
-    """A number of 0 or more (``--weight-decay``, ``--warmup-steps``). The options: the README, section "Scaling out: from one GPU to several machines"."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    """A number of 0 or more (``--weight-decay``, ``--warmup-steps``). The options: the README, section "Scaling
+    out: from one GPU to several machines"."""
+    value = _parse(text, float, "a number")
+    return value if value >= 0 else _refuse(f"must be 0 or more, got {text}")
 
 
 def fraction(text: str) -> float:
-    """A number between 0 and 1 (``--validation-fraction``, ``--test-fraction``). The options: the README, section "Scaling out: from one GPU to several machines"."""
+    """A number between 0 and 1 (``--validation-fraction``, ``--test-fraction``). The options: the README, section
+    "Scaling out: from one GPU to several machines"."""
     value = positive_float(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+    return value if value < 1 else _refuse(f"must be between 0 and 1, got {text}")
 
 
 def names(text: str) -> tuple[str, ...]:
-    """A comma-separated list (``--report-to``, ``--cauldron-subsets``). The options: the README, section "Scaling out: from one GPU to several machines"."""
+    """A comma-separated list (``--report-to``, ``--cauldron-subsets``). The options: the README, section "Scaling
+    out: from one GPU to several machines"."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
