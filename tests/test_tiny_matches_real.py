@@ -249,3 +249,18 @@ def test_family_twins_differ_from_the_published_configuration_in_sizes_and_token
         text = config.get("text_config", config)
         text["layer_types"] = sorted(set(text.get("layer_types") or ()))
     assert structural_differences(tiny, published, skip=TOKEN_IDS) == []
+
+
+def test_an_old_tiny_build_without_its_marker_is_built_again_and_a_marked_one_is_kept(tmp_path):
+    """A tiny twin's folder says what it is (``TINY_TWIN.json``, which tags its adapters as no real result); a
+    folder built by an older version of the series has no such file and is built again, once."""
+    from vlm_helpers.runtime import TINY_TWIN_FILE
+
+    old = tmp_path / "tiny-florence2"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    built = tiny_checkpoint("florence2", tmp_path)
+    assert json.loads((built / TINY_TWIN_FILE).read_text())["tiny_twin"] == "florence2"
+    assert json.loads((built / "config.json").read_text())["model_type"] == "florence2"
+    stamp = (built / "config.json").stat().st_mtime_ns
+    assert tiny_checkpoint("florence2", tmp_path) == built and (built / "config.json").stat().st_mtime_ns == stamp

@@ -71,7 +71,6 @@ def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: 
     target = cache_dir / f"tiny-{name}"
     if (target / TINY_TWIN_FILE).exists() and not rebuild:
         return target
-    rebuild = rebuild or target.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
     build = BUILDERS[name]
     staging = Path(tempfile.mkdtemp(prefix=f".tiny-{name}-", dir=cache_dir))
@@ -80,7 +79,8 @@ def tiny_checkpoint(name: str, cache_dir: str | Path | None = None, *, rebuild: 
     (staging / TINY_TWIN_FILE).write_text(json.dumps(
         {"tiny_twin": name, "note": "a tiny random model built by vlm_helpers.tiny: its outputs are no real result"},
         indent=2) + "\n")
-    if rebuild and target.exists():
+    # an old build (no marker) goes, unless another process has put a new one there meanwhile (a torchrun rank)
+    if target.exists() and (rebuild or not (target / TINY_TWIN_FILE).exists()):
         shutil.rmtree(target)
     try:
         os.replace(staging, target)
