@@ -101,15 +101,21 @@ ALLOCATOR_BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocati
 
 @dataclass(frozen=True)
 class GPU:
-    """The card a preset stands for: its peak tensor-core FLOPS in the preset's dtype, and its bandwidth."""
+    """The card a preset stands for: its peak tensor-core FLOPS in 16-bit and in fp32, and its bandwidth."""
 
     name: str
     peak_flops: float
     bandwidth: float  # bytes/s
     limit_gib: float
+    fp32_flops: float = 0.0  # no tensor cores for fp32 on a T4; TF32 off (PyTorch's default for matmuls)
+
+    def flops(self, dtype: str) -> float:
+        """Peak FLOPS when computing in ``dtype`` (a preset's: "float16", "bfloat16" or "float32")."""
+        return self.fp32_flops if dtype == "float32" else self.peak_flops
 
 
-GPUS = {"t4": GPU("T4 16 GB", 65e12, 320e9, T4_LIMIT_GIB), "a100": GPU("A100 40 GB", 312e12, 1555e9, A100_LIMIT_GIB)}
+GPUS = {"t4": GPU("T4 16 GB", 65e12, 320e9, T4_LIMIT_GIB, fp32_flops=8.1e12),
+        "a100": GPU("A100 40 GB", 312e12, 1555e9, A100_LIMIT_GIB, fp32_flops=19.5e12)}
 PROFILES = {  # the hardware runtime.choose_preset sees on each card
     "t4": dict(device="cuda", gpu_name="Tesla T4", compute_capability=(7, 5), gpu_memory_gb=15.0),
     "a100": dict(device="cuda", gpu_name="NVIDIA A100-SXM4-40GB", compute_capability=(8, 0), gpu_memory_gb=39.4),
@@ -306,14 +312,18 @@ def fake_model(model_id: str, *, dtype: torch.dtype, quantize_4bit: bool, mode) 
 
     16-bit or fp32 weights in ``dtype`` (as ``from_pretrained(dtype=...)`` loads them); with ``quantize_4bit``
     the linear layers become :class:`FourBitLinear` stand-ins and the rest stays in ``dtype`` (the compute
-    dtype), as bitsandbytes loads a model. Attention: ``sdpa`` everywhere (see the module docstring).
+    dtype), as bitsandbytes loads a model. Attention: ``sdpa`` wherever the class supports it (see the module
+    docstring), else what ``runtime.attention_by_part`` gives it (Gemma 2, PaliGemma 2's language model: ``eager``,
+    its attention matrices counted).
     """
+    from vlm_helpers.runtime import attention_by_part
     from vlm_helpers.tiny.real import build_config, model_class, real_json
 
     config_dict = real_json(model_id, "config.json", reconstructed=True)
     config = build_config(config_dict)
     with torch.device("meta"):
-        model = model_class(config_dict)._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        model = model_class(config_dict)._from_config(config, attn_implementation=attention_by_part(config, "sdpa"),
+                                                      dtype=dtype)
     keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
     if keep_fp32:  # from_pretrained keeps these in fp32 whatever the dtype
         for name, module in model.named_modules():
@@ -819,7 +829,7 @@ def estimate(case: Case, preset_name: str, train: Result | None, generate: Resul
         rows = settings.get("train_rows")
         if settings.get("optimizer_steps"):
             rows = settings["optimizer_steps"] * preset.batch_size * preset.grad_accum
-        train_hours = train.flops / preset.batch_size * rows / (gpu.peak_flops * UTILISATION) / 3600
+        train_hours = train.flops / preset.batch_size * rows / (gpu.flops(preset.dtype) * UTILISATION) / 3600
     eval_rows = settings.get("eval_rows")
     if eval_rows is None and settings.get("eval_every"):  # notebook 04: validation during training, test twice
         steps = settings["train_rows"] // (preset.batch_size * preset.grad_accum)
@@ -830,7 +840,7 @@ def estimate(case: Case, preset_name: str, train: Result | None, generate: Resul
     batches = math.ceil(eval_rows / eval_batch)
     token = max(generate.weight_bytes / (gpu.bandwidth * BANDWIDTH_UTILISATION),
                 generate.decode_ops * KERNEL_SECONDS + STEP_SECONDS)
-    seconds = batches * (generate.flops / (gpu.peak_flops * UTILISATION) + settings["new_tokens"] * token)
+    seconds = batches * (generate.flops / (gpu.flops(preset.dtype) * UTILISATION) + settings["new_tokens"] * token)
     return Estimate(train_hours, seconds / 3600)
 
 

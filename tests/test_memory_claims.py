@@ -83,10 +83,11 @@ def gpu_preset_on_cpu(profile, recipe: str, choose=runtime.choose_preset) -> run
     return runtime.override(choose(profile, recipe), device="cpu")
 
 
-def run_cells(name: str, profile_name: str, tiny_cache, steps: list[tuple[str, str | None]]) -> tuple[dict, str]:
+def run_cells(name: str, profile_name: str, tiny_cache, steps: list[tuple[str, str | None]],
+              parameters: dict | None = None) -> tuple[dict, str]:
     """Run the notebook's cells named by ``(marker, through)`` (``through``: stop after the statement
-    containing it) under a GPU preset on this CPU, with the tiny models and tiny data. Returns the
-    namespace and what the cells printed."""
+    containing it) under a GPU preset on this CPU, with the tiny models and tiny data; ``parameters`` are set
+    after the parameters cell (as papermill injects them). Returns the namespace and what the cells printed."""
     profile = PROFILES[profile_name]
     choose = runtime.choose_preset
     namespace: dict = {"runtime": runtime, "tiny": tiny}  # what each notebook's set-up cell imports
@@ -105,6 +106,7 @@ def run_cells(name: str, profile_name: str, tiny_cache, steps: list[tuple[str, s
                 exec(compile(statements_through(source, through) if through else source, f"{name} [{marker}]",
                              "exec"), namespace)
                 if marker == PARAMETERS:
+                    namespace.update(parameters or {})
                     namespace["REPLACE_RESULTS"] = True  # no results/ check: nothing is written
                     output_dir = Path(str(namespace.get("OUTPUT_DIR", "")))
                     if output_dir.is_absolute() and output_dir.parent == Path(tempfile.gettempdir()):
@@ -312,3 +314,22 @@ def test_notebook_04_precision_batch_and_checkpointing_are_as_it_says(profile_na
         assert not layers and float_dtypes(model, frozen_only=True) == {torch.bfloat16}
     # the preset line's "gradient checkpointing on", applied by add_lora
     assert checkpointing_claimed(printed) is checkpointing(model) is True
+
+
+# ------------------------------------------------------------------------------------------- 06
+
+@pytest.mark.parametrize("profile_name", ["t4", "a100"])
+def test_notebook_06_gemma3_computes_in_fp32_on_a_t4_and_bf16_on_an_a100(profile_name, tiny_cache):
+    """Issue 28: Gemma 3's activations overflow fp16 (tests/test_fp16_overflow.py), so its T4 plan computes in fp32:
+    the preset line says so, and the model notebook 06 loads holds no fp16 tensor; on an A100, bf16 as usual."""
+    name = "06_your_data_your_model.ipynb"
+    namespace, printed = run_cells(name, profile_name, tiny_cache, [
+        (PARAMETERS, None), ("choice = model_choices.get_model_choice(MODEL)", None),
+        ("LOAD_KWARGS = dict(", "model, processor = lora.load_chat_vlm")], parameters={"MODEL": "gemma3-4b"})
+    expected = {"t4": "float32", "a100": "bfloat16"}[profile_name]
+    claim(printed, rf"preset {profile_name}: {expected},")
+    model = namespace["model"]
+    assert namespace["QUANTIZE"] == (profile_name == "t4") and bool(linear_4bit(model)) == (profile_name == "t4")
+    assert float_dtypes(model) == {getattr(torch, expected)}
+    if profile_name == "t4":
+        assert {module.compute_dtype for module in linear_4bit(model)} == {torch.float32}

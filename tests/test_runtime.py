@@ -119,8 +119,7 @@ def test_quiet_libraries_drops_known_messages_and_in_tiny_mode_the_bars(mode, tm
 
 
 @pytest.mark.parametrize("model_id", ["HuggingFaceM4/idefics2-8b", "Qwen/Qwen2-VL-2B-Instruct",
-                                      "xtuner/llava-phi-3-mini-hf", "google/gemma-3-4b-it",
-                                      "llava-hf/llava-v1.6-mistral-7b-hf"])
+                                      "xtuner/llava-phi-3-mini-hf", "llava-hf/llava-v1.6-mistral-7b-hf"])
 def test_flash_attention_goes_to_the_language_model_only(model_id):
     """Issue 24: one ``flash_attention_2`` for the whole model crashed Florence-2's DaViT on an A100. The language
     models that get it have a head dimension the kernel takes (at most 256), at their real sizes."""
@@ -138,6 +137,39 @@ def test_flash_attention_goes_to_the_language_model_only(model_id):
             assert head_dim <= 256, (key, head_dim)
     assert runtime.attention_by_part(config, "sdpa") == "sdpa"
     assert runtime.attention_by_part(config, "eager") == "eager"
+
+
+def test_each_part_gets_only_what_its_class_supports():
+    """Issue 28: Gemma 3 and PaliGemma refuse FlashAttention-2 for the whole model (it drops their bidirectional
+    mask over image tokens), and PaliGemma 2's Gemma 2 language model has no sdpa path at all: asked for sdpa (a
+    T4, a CPU, tiny mode) it must get eager, or loading fails with "Gemma2Model does not support ... sdpa"."""
+    import transformers
+
+    from vlm_helpers.tiny.real import build_config, real_json
+
+    gemma3 = build_config(real_json("google/gemma-3-4b-it", "config.json"))
+    assert runtime.attention_by_part(gemma3, "flash_attention_2") == "sdpa"
+    assert runtime.attention_by_part(gemma3, "sdpa") == "sdpa"
+    paligemma2 = build_config(real_json("google/paligemma2-3b-pt-448", "config.json", reconstructed=True))
+    expected = {"text_config": "eager", "vision_config": "sdpa", "": "sdpa"}
+    assert runtime.attention_by_part(paligemma2, "sdpa") == expected
+    assert runtime.attention_by_part(paligemma2, "flash_attention_2") == expected
+    assert runtime.attention_by_part(paligemma2, "eager") == "eager"
+    # the rule reads the classes' own flags, so it follows transformers when they change
+    assert not transformers.Gemma2Model._supports_sdpa and not transformers.Gemma3ForConditionalGeneration._supports_flash_attn
+    assert runtime.supported_attention(transformers.Gemma2Model, "flash_attention_2") == "flash_attention_2"
+    assert runtime.supported_attention(transformers.PaliGemmaForConditionalGeneration, "flash_attention_2") == "sdpa"
+
+
+def test_paligemma2_twin_loads_on_the_cpu_preset(tiny_cache):
+    """What notebook 06 does on a CPU, a T4 or in tiny mode (sdpa asked for): the Gemma 2 part runs eager."""
+    from vlm_helpers import lora
+    from vlm_helpers.tiny import tiny_checkpoint
+
+    model, _ = lora.load_chat_vlm(str(tiny_checkpoint("paligemma2", tiny_cache)), dtype="float32",
+                                  attn_implementation="sdpa", quantize_4bit=False)
+    assert model.config.text_config._attn_implementation == "eager"
+    assert model.config.vision_config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("model_id", ["florence-community/Florence-2-base-ft", "florence-community/Florence-2-large-ft"])

@@ -52,7 +52,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm_helpers.supervision import IGNORE_INDEX, check_plain_text, pick_answer, reserved_text, to_rgb
+from vlm_helpers.supervision import (IGNORE_INDEX, check_plain_text, is_prefix_lm_processor, pick_answer,
+                                     reserved_text, to_rgb)
 
 __all__ = ["AnswerLayout", "ChatVLMCollator", "answer_layout", "check_chat_processor",
            "detect_end_of_turn", "special_tokens_flag", "vision_token_ids"]
@@ -105,16 +106,11 @@ def check_chat_processor(processor) -> None:
     guards is taught in ``notebooks/03_idefics2_qlora_docvqa.ipynb``, section "Batches, and what the loss may
     see".
     """
-    import inspect
-
-    kwargs_class = getattr(processor, "valid_processor_kwargs", None)
-    text_kwargs = getattr(kwargs_class, "__annotations__", {}).get("text_kwargs")
-    takes_suffix = "suffix" in inspect.signature(processor.__call__).parameters
-    if takes_suffix or "suffix" in getattr(text_kwargs, "__annotations__", {}):
+    if is_prefix_lm_processor(processor):
         raise ValueError(
             f"{type(processor).__name__} is a prefix-LM processor (PaliGemma-style), not a chat model: the prompt "
-            "is attended bidirectionally and only the suffix is generated. ChatVLMCollator cannot train it. "
-            "Fine-tune it with processor(text=['<image>' + prefix, ...], images=..., suffix=[answer, ...], "
+            "is attended bidirectionally and only the suffix is generated. ChatVLMCollator cannot train it: "
+            "use vlm_helpers.prefix_collator.PrefixLMCollator (notebook 06's paligemma2-3b), or fine-tune it with processor(text=['<image>' + prefix, ...], images=..., suffix=[answer, ...], "
             "return_tensors='pt'), which returns input_ids, token_type_ids and labels (prefix masked, eos "
             "appended to the answer), and generate from processor(text=prompts, images=...) without a suffix.")
     if not getattr(processor, "chat_template", None):

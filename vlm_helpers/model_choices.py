@@ -40,9 +40,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlm_helpers.florence2 import DOCVQA_TASK_PROMPT, FLORENCE2_MODEL_ID
+from vlm_helpers.chat_collator import ChatVLMCollator
+from vlm_helpers.florence2 import DOCVQA_TASK_PROMPT, FLORENCE2_MODEL_ID, Florence2Collator
 from vlm_helpers.llava_phi3 import LLAVA_PHI3_LORA_TARGETS, LLAVA_PHI3_MODEL_ID
 from vlm_helpers.lora import IDEFICS2_MODEL_ID
+from vlm_helpers.prefix_collator import PALIGEMMA_TASK_PREFIXES, PrefixLMCollator
 from vlm_helpers.lora_targets import FLORENCE2_LORA_TARGETS, IDEFICS2_LORA_TARGETS, LANGUAGE_MODEL_LORA_TARGETS
 from vlm_helpers.runtime import BATCHING
 
@@ -71,7 +73,7 @@ QWEN2_VL_A100_MAX_PIXELS = 2560 * 28 * 28
 SMOLVLM_LONGEST_EDGE = 2048
 
 METHODS = ("lora", "qlora")
-KINDS = ("chat", "florence2")
+KINDS = ("chat", "florence2", "prefix-lm")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ class ModelChoice:
     # not listed (and every fixed-size model) keeps the checkpoint's own settings
     image_budgets: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     note: str = ""
-    kind: str = "chat"  # "chat" (ChatVLMCollator) or "florence2" (Florence2Collator): see the module docstring
+    # "chat" (ChatVLMCollator), "florence2" (Florence2Collator) or "prefix-lm" (PrefixLMCollator, PaliGemma)
+    kind: str = "chat"
+    gated: bool = False  # the Hub repository needs its license accepted and a token (Gemma, PaliGemma)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -110,13 +114,12 @@ class ModelChoice:
         """
         if task not in FLORENCE2_TASK_PROMPTS:
             raise ValueError(f"TASK must be one of {sorted(FLORENCE2_TASK_PROMPTS)}, got {task!r}")
+        if self.kind == "prefix-lm":
+            return PrefixLMCollator(processor, task_prefix=PALIGEMMA_TASK_PREFIXES[task], answer_choice="random",
+                                    seed=seed, question_key="question", answer_key="answers", id_key="id")
         if self.kind == "florence2":
-            from vlm_helpers.florence2 import Florence2Collator
-
             return Florence2Collator(processor, task_prompt=FLORENCE2_TASK_PROMPTS[task], answer_choice="random",
                                      seed=seed, id_key="id", max_answer_tokens=FLORENCE2_MAX_ANSWER_TOKENS)
-        from vlm_helpers.chat_collator import ChatVLMCollator
-
         return ChatVLMCollator(processor, instruction=instruction, seed=seed, question_key="question",
                                answer_key="answers", id_key="id")
 
@@ -126,6 +129,8 @@ class ModelChoice:
         result"."""
         if self.kind == "florence2":
             return {"task_prompt": FLORENCE2_TASK_PROMPTS[task]}
+        if self.kind == "prefix-lm":
+            return {"task_prefix": PALIGEMMA_TASK_PREFIXES[task]}
         return {"instruction": instruction}
 
     def method(self, preset_name: str, forced: str | None = None) -> str:
@@ -200,6 +205,15 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
                 image_budgets={preset: {"longest_edge": SMOLVLM_LONGEST_EDGE, "do_image_splitting": True}
                                for preset in ("t4", "a100", "cpu")},
                 note="the language model is text_model, as in Idefics2; images are split into tiles"),
+    ModelChoice("gemma3-4b", "google/gemma-3-4b-it", 4.3, LANGUAGE_MODEL_LORA_TARGETS, "gemma3-4b-lora",
+                qlora_on=("t4",), tiny_name="gemma3", gated=True,
+                note="gated (accept the license on the Hub, then a token); 896-px images, 256 image tokens; "
+                     "on a T4 it computes in fp32, not fp16 (its activations overflow fp16: runtime.FP16_OVERFLOWS)"),
+    ModelChoice("paligemma2-3b", "google/paligemma2-3b-pt-448", 3.0, LANGUAGE_MODEL_LORA_TARGETS,
+                "paligemma2-3b-lora", qlora_on=(), tiny_name="paligemma2", kind="prefix-lm", gated=True,
+                note="gated (accept the license on the Hub, then a token); a prefix-LM, no chat template: a task "
+                     "prefix (answer en / caption en) replaces INSTRUCTION, the answer is the suffix; 448-px "
+                     "images, 1,024 image tokens"),
 )}
 
 

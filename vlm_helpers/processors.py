@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlm_helpers.supervision import is_prefix_lm_processor
+
 __all__ = ["IMAGE_BUDGET_KEYS", "PAGE_SIZE", "apply_image_budget", "budget_text", "image_only_processor_class", "image_tokens",
            "pil_image_processor_class", "processor_from_pretrained"]
 
@@ -161,10 +163,16 @@ def image_tokens(processor, size: tuple[int, int] = PAGE_SIZE) -> int:
     from PIL import Image
 
     image = Image.new("RGB", size, "white")
-    if getattr(processor, "chat_template", None):
+    if is_prefix_lm_processor(processor):  # PaliGemma: its image token, then the text prefix
+        prompt = processor.image_token
+    elif getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     else:  # Florence-2: no chat template; the processor puts the image tokens before the prompt itself
         prompt = ""
     ids = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0]
-    return int((ids == processor.image_token_id).sum())
+    # the token the processor expands into the image's tokens: its own image_token_id, except where that is the
+    # placeholder written in the text and the tokenizer names the expanded one (Gemma 3: <start_of_image>, then
+    # 256 x <image_soft_token>)
+    candidates = {processor.image_token_id, getattr(getattr(processor, "tokenizer", None), "image_token_id", None)}
+    return max(int((ids == token).sum()) for token in candidates if token is not None)

@@ -38,6 +38,19 @@ BATCHING: dict[str, dict[str, tuple[int, int]]] = {
     "qwen2-vl-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "qwen2.5-vl-3b-lora": {"a100": (2, 8), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "smolvlm-lora": {"a100": (16, 1), "t4": (4, 4), "cpu": (1, 2), "tiny": (4, 1)},
+    "gemma3-4b-lora": {"a100": (2, 8), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
+    "paligemma2-3b-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
+}
+
+#: Recipes whose model overflows fp16, so a GPU without bf16 (a T4) computes them in fp32 instead. Gemma 3's
+#: embeddings are scaled by sqrt(hidden size) and its post-norm weights are large, so its residual stream and
+#: norm outputs pass fp16's 65,504 (transformers PR #37226; issue #39972): the losses become inf/NaN. Unsloth
+#: keeps the residual stream, norms, MLP products and attention in fp32 with fp16 matmuls
+#: (https://unsloth.ai/blog/gemma3); vLLM refuses fp16 for Gemma 3. The series takes the plain, certain form:
+#: fp32 compute on fp16-only GPUs (4-bit storage keeps the weights small), about 8x slower matmuls than fp16 on
+#: a T4, estimated in the README's GPU table. bf16 (A100) has fp32's range and is kept.
+FP16_OVERFLOWS: dict[str, str] = {
+    "gemma3-4b-lora": "Gemma 3's activations overflow fp16 (65,504): computed in fp32 on this GPU",
 }
 
 
@@ -141,7 +154,7 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
         gpu_class, dtype, attn = "cpu", "float32", "sdpa"
     else:
         ampere = profile.compute_capability is not None and profile.compute_capability >= (8, 0)
-        dtype = "bfloat16" if ampere else "float16"
+        dtype = "bfloat16" if ampere else "float32" if recipe in FP16_OVERFLOWS else "float16"
         attn = "flash_attention_2" if (ampere and profile.flash_attn_installed and allow_flash_attn) else "sdpa"
         gpu_class = "a100" if (profile.gpu_memory_gb or 0) >= 30 else "t4"
     name = "tiny" if tiny else gpu_class
@@ -151,9 +164,46 @@ def choose_preset(profile: HardwareProfile, recipe: str, *, tiny: bool = False,
                   batch_size=batch_size, grad_accum=grad_accum, gradient_checkpointing=checkpointing, tiny=tiny)
 
 
+#: What to try when a model class does not support an attention implementation: the next one down.
+ATTENTION_FALLBACK = {"flash_attention_2": "sdpa", "sdpa": "eager"}
+
+
+def _supports(model_class, implementation: str) -> bool:
+    flag = {"flash_attention_2": "_supports_flash_attn", "sdpa": "_supports_sdpa"}.get(implementation)
+    return model_class is None or flag is None or bool(getattr(model_class, flag, True))
+
+
+def supported_attention(model_class, requested: str) -> str:
+    """``requested`` if ``model_class`` supports it, else the next of :data:`ATTENTION_FALLBACK` it supports.
+
+    Gemma 2 (PaliGemma 2's language model) has no ``sdpa`` path (its attention logits are soft-capped) and gets
+    ``eager``; Gemma 3, PaliGemma and Mllama refuse FlashAttention-2 for the whole model (it would drop their
+    bidirectional mask over image tokens) and get ``sdpa``. Taught in ``notebooks/02_florence2_docvqa.ipynb``,
+    section "The machine and the preset".
+    """
+    implementation = requested
+    while not _supports(model_class, implementation) and implementation in ATTENTION_FALLBACK:
+        implementation = ATTENTION_FALLBACK[implementation]
+    return implementation
+
+
+def _model_class(config, *, top: bool):
+    """The class ``from_pretrained`` builds for ``config`` (its ``architectures`` at the top), or None if unknown."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    names = list(getattr(config, "architectures", None) or []) if top else []
+    names.append(MODEL_MAPPING_NAMES.get(getattr(config, "model_type", None), ""))
+    for name in names:
+        if name and hasattr(transformers, name):
+            return getattr(transformers, name)
+    return None
+
+
 def attention_by_part(config, attn_implementation: str) -> str | dict[str, str]:
     """The ``attn_implementation`` to pass to ``from_pretrained`` for a model with this ``config``:
-    FlashAttention-2 for a decoder-only language model only, ``sdpa`` everywhere else.
+    FlashAttention-2 for a decoder-only language model only, ``sdpa`` everywhere else, and in every part only
+    what that part's class supports.
 
     transformers hands a single ``attn_implementation`` to every part of a vision-language model, and
     FlashAttention-2 does not suit every part:
@@ -165,23 +215,29 @@ def attention_by_part(config, attn_implementation: str) -> str | dict[str, str]:
     - encoder-decoder language models (Florence-2's BART): transformers' FlashAttention path unpads the
       decoder's cross-attention queries with the *encoder's* padding mask, so with padded questions answer
       tokens lose the page and the question, silently (huggingface/transformers#35032; reproduced by
-      ``tests/gpu_sim/test_kernel_contracts.py``). Such models stay on ``sdpa`` altogether.
+      ``tests/gpu_sim/test_kernel_contracts.py``). Such models stay on ``sdpa`` altogether;
+    - some classes refuse an implementation outright (:func:`supported_attention`): Gemma 3 and PaliGemma
+      refuse FlashAttention-2 for the whole model (no part gets it), and Gemma 2, PaliGemma 2's language model,
+      has no ``sdpa`` (it gets ``eager``, on a T4 and in tiny mode too).
 
     So for a decoder-only model a request for ``"flash_attention_2"`` becomes one value per sub-configuration
     (``{"text_config": "flash_attention_2", "vision_config": "sdpa"}``, per-part attention as
-    ``from_pretrained`` accepts it in transformers 5); an encoder-decoder gets ``"sdpa"``; any other request,
-    or a model without sub-configurations, is returned unchanged. Taught in
-    ``notebooks/02_florence2_docvqa.ipynb``, section "The machine and the preset".
+    ``from_pretrained`` accepts it in transformers 5); an encoder-decoder gets ``"sdpa"``; a request every part
+    supports as it is comes back unchanged, a string. Taught in ``notebooks/02_florence2_docvqa.ipynb``, section
+    "The machine and the preset".
     """
-    if attn_implementation != "flash_attention_2":
-        return attn_implementation
-    if getattr(config, "is_encoder_decoder", False):
-        return "sdpa"
+    requested = attn_implementation
+    if requested == "flash_attention_2" and getattr(config, "is_encoder_decoder", False):
+        requested = "sdpa"
+    top = supported_attention(_model_class(config, top=True), requested)
     parts = list(getattr(config, "sub_configs", None) or {})
-    if not parts:
-        return attn_implementation
-    by_part = {part: ("sdpa" if "vision" in part else attn_implementation) for part in parts}
-    by_part[""] = attn_implementation  # the top-level model (its own masks follow the language model's)
+    by_part = {}
+    for part in parts:
+        wanted = "sdpa" if ("vision" in part and top == "flash_attention_2") else top
+        by_part[part] = supported_attention(_model_class(getattr(config, part, None), top=False), wanted)
+    by_part[""] = top  # the top-level model (its own masks follow the language model's)
+    if len(set(by_part.values())) == 1:
+        return top
     return by_part
 
 

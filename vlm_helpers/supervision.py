@@ -152,6 +152,22 @@ class ReservedText(NamedTuple):
     pattern: re.Pattern | None  # matches any of them (longest first); None when there are none
 
 
+def is_prefix_lm_processor(processor) -> bool:
+    """True for a processor that builds labels from ``suffix=`` (PaliGemma's), not from a chat template.
+
+    Such a processor is batched by :class:`vlm_helpers.prefix_collator.PrefixLMCollator` and refused by the chat
+    collator. Taught in ``notebooks/06_your_data_your_model.ipynb``, section "Before fine-tuning".
+    """
+    import inspect
+
+    call = getattr(processor, "__call__", None)
+    if call is not None and "suffix" in inspect.signature(call).parameters:
+        return True
+    kwargs_class = getattr(processor, "valid_processor_kwargs", None)
+    text_kwargs = getattr(kwargs_class, "__annotations__", {}).get("text_kwargs")
+    return "suffix" in getattr(text_kwargs, "__annotations__", {})
+
+
 def reserved_text(processor) -> ReservedText:
     """The strings that must not appear in a question or answer for this ``processor`` (or tokenizer).
 

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from vlm_helpers.runtime import TINY_TWIN_FILE
-from vlm_helpers.tiny.families import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, build_tiny_smolvlm
+from vlm_helpers.tiny.families import (build_tiny_gemma3, build_tiny_paligemma2, build_tiny_qwen2_5_vl,
+                                       build_tiny_qwen2_vl, build_tiny_smolvlm)
 from vlm_helpers.tiny.florence2 import build_tiny_florence2
 from vlm_helpers.tiny.idefics2 import build_tiny_idefics2
 from vlm_helpers.tiny.llava_phi3 import build_tiny_llava_phi3
@@ -25,8 +26,10 @@ __all__ = ["BUILDERS", "default_cache_dir", "resolve_checkpoint", "tiny_checkpoi
 #: tiny model name -> the function that builds it into a folder
 BUILDERS = {
     "florence2": build_tiny_florence2,
+    "gemma3": build_tiny_gemma3,
     "idefics2": build_tiny_idefics2,
     "llava-phi3": build_tiny_llava_phi3,
+    "paligemma2": build_tiny_paligemma2,
     "qwen2-vl": build_tiny_qwen2_vl,
     "qwen2.5-vl": build_tiny_qwen2_5_vl,
     "smolvlm": build_tiny_smolvlm,

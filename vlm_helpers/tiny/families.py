@@ -30,7 +30,7 @@ from pathlib import Path
 from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS, LANGUAGE_MODEL_LORA_TARGETS
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
-__all__ = ["FAMILIES", "Family", "build_family", "build_tiny_qwen2_vl", "build_tiny_smolvlm", "tiny_tokenizer"]
+__all__ = ["FAMILIES", "Family", "build_family", "build_tiny_gemma3", "build_tiny_paligemma2", "build_tiny_qwen2_vl", "build_tiny_smolvlm", "tiny_tokenizer"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,8 @@ def tiny_tokenizer(family: Family, extra_corpus: list[str] = (), vocab_size: int
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **family.tokenizer_settings)
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}")
+    if family.name == "paligemma2":  # the real vocabulary's location and segmentation tokens, before <image>
+        tokenizer.add_tokens(PALIGEMMA_EXTRA_TOKENS)
     vocabulary = tokenizer.get_vocab()
     tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)
                           for _, (content, special) in sorted(family.tokens.items()) if content not in vocabulary])
@@ -426,6 +428,30 @@ FAMILIES["smolvlm"] = Family(
     vision_tokens=frozenset({"<fake_token_around_image>", "<global-img>", "<image>", "<row_1_col_1>"}))
 
 
+_PALIGEMMA2_TOKENS = {  # tokenizer_facts.json of google/paligemma2-3b-pt-448 (Gemma 2's tokenizer + <image>)
+    0: ("<pad>", True), 1: ("<eos>", True), 2: ("<bos>", True), 3: ("<unk>", True),
+    106: ("<start_of_turn>", True), 107: ("<end_of_turn>", True), 257152: ("<image>", True),
+}
+FAMILIES["paligemma2"] = Family(
+    name="paligemma2", model_id="google/paligemma2-3b-pt-448", tokenizer_kind="gemma", tokens=_PALIGEMMA2_TOKENS,
+    roles={"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    # PaliGemmaProcessor writes <bos> itself, after the image tokens, and adds <locXXXX>/<segXXX> (PALIGEMMA_EXTRA_TOKENS)
+    tokenizer_settings={"add_bos_token": False, "add_eos_token": False},
+    # image 56 px in 14-px patches: 16 image tokens (real: 448 px, 1,024); no chat template: a prefix-LM
+    sizes={"projection_dim": 64,
+           "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_image_tokens": 16},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "image_size": 56, "projection_dim": 64,
+                             "num_image_tokens": 16}},
+    processor_sizes={"preprocessor_config.json": {"image_seq_length": 16, "size": {"height": 56, "width": 56}}},
+    lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<eos>", vision_tokens=frozenset({"<image>"}))
+
+#: The tokens PaliGemmaProcessor adds to any tokenizer it is given (transformers' EXTRA_TOKENS): the real vocabulary
+#: has them (ids 256000-257151), so the twin's has them too, and a <loc0042> in an answer is one token in both.
+PALIGEMMA_EXTRA_TOKENS = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+
+
 def build_tiny_qwen2_vl(save_dir: str | Path) -> Path:
     """Notebook 06's ``qwen2-vl`` in tiny mode: Qwen2-VL-2B-Instruct's configuration shrunk by sizes only.
 
@@ -440,6 +466,22 @@ def build_tiny_qwen2_5_vl(save_dir: str | Path) -> Path:
     Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
     return build_family(FAMILIES["qwen2.5-vl"], save_dir)
+
+
+def build_tiny_gemma3(save_dir: str | Path) -> Path:
+    """Notebook 06's ``gemma3-4b`` in tiny mode: Gemma 3 4B-it's configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["gemma3"], save_dir)
+
+
+def build_tiny_paligemma2(save_dir: str | Path) -> Path:
+    """Notebook 06's ``paligemma2-3b`` in tiny mode: PaliGemma 2 3B (448 px)'s configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["paligemma2"], save_dir)
 
 
 def build_tiny_smolvlm(save_dir: str | Path) -> Path:

@@ -53,6 +53,8 @@ SIZE_FIELDS = frozenset({
     "num_global_layers", "vision_output_dim",
     "intermediate_layers_indices", "cross_attention_layers", "max_num_tiles", "image_grid_pinpoints",
     "image_seq_len", "attention_heads",
+    # PaliGemma: the image tokens its text and vision configs both record ((image_size / patch_size) ** 2)
+    "num_image_tokens",
 })
 
 
