@@ -289,6 +289,7 @@ def test_trainer_lowers_the_loss(trained_adapter):
     assert last < first - 1.0, (first, last)
 
 
+@pytest.mark.slow  # a second Python process: the slow tier (README, "Run the tests")
 def test_adapter_round_trip_in_a_fresh_process(trained_adapter, docvqa_rows):
     rows = docvqa_rows["validation"][:3]
     predictions, tokens, logits = predict(trained_adapter["model"], trained_adapter["processor"],

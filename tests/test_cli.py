@@ -304,7 +304,7 @@ def _one_line_error(argv: list[str], capsys) -> str:
     (["--recipe", "llava"], "invalid choice: 'llava'"),
     (["--recipe", "phi3-aircraft", "--fsdp"], "--fsdp shards the florence2-docvqa recipe's own training loop"),
     (["--recipe", "custom", "--tiny", "--model", "qwen2.5-vl"],
-     "--model: MODEL = 'qwen2.5-vl' is not a supported choice; choose one of ['florence2', 'idefics2', "),
+     "--model: MODEL = 'qwen2.5-vl' is not a supported choice; choose one of ['florence2', 'gemma3-4b', "),
     (["--recipe", "custom", "--data", "org/dataset", "--model", "llava"], "is not a supported choice"),
     (["--recipe", "custom", "--data", "org/dataset", "--task", "captioning"], "needs --prompt"),
     (["--recipe", "phi3-aircraft", "--data", "x.jsonl"], "--data only apply to --recipe custom"),

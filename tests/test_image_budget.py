@@ -71,10 +71,17 @@ def test_the_loaded_processor_of_each_choice_carries_its_budget_on_every_preset(
         budget = choice.image_budget(preset)
         loaded = budget_on(lora.load_chat_processor(twin, image_budget=budget))
         assert loaded == {**own, **budget}, (preset, budget, loaded)
-    if choice.kind == "florence2" or key == "llava-phi3":  # fixed-size images: nothing to bound
+    if key in FIXED_SIZE:  # every image is resized to one size: a page costs what a thumbnail does, nothing to bound
+        processor = lora.load_chat_processor(twin)
+        assert image_tokens(processor, (64, 48)) == image_tokens(processor, PAGE_SIZE)
         assert not any(choice.image_budget(preset) for preset in PRESETS)
     else:
         assert choice.image_budget("t4"), key
+
+
+#: The choices whose processor resizes every image to one size (Florence-2 768 px, LLaVA-Phi-3 336 px, Gemma 3 896 px
+#: without pan-and-scan, PaliGemma 2 448 px).
+FIXED_SIZE = {"florence2", "llava-phi3", "gemma3-4b", "paligemma2-3b"}
 
 
 def test_the_budget_survives_saving_and_reloading_the_adapter(tiny_cache, tmp_path):

@@ -28,7 +28,8 @@ def test_the_other_families_targets_and_twins_are_the_ones_tests_other_families_
         assert build.__name__ == "build_tiny_" + choice.tiny_name.replace("-", "_").replace(".", "_")
 
 
-@pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "qwen2.5-vl-3b", "smolvlm"])
+@pytest.mark.parametrize("key", ["idefics2", "llava-phi3", "qwen2-vl", "qwen2.5-vl-3b", "smolvlm", "smolvlm2-2.2b",
+                                 "gemma3-4b", "paligemma2-3b"])
 def test_the_tiny_chat_twins_targets_reach_every_text_projection_and_no_vision_module(key, tiny_cache):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists

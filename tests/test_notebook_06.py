@@ -23,7 +23,7 @@ from PIL import Image
 
 from test_notebooks import NOTEBOOKS, output_problems, outputs_text, run_notebook, run_stages
 
-from vlm_helpers import model_card, processors
+from vlm_helpers import model_card, model_choices, processors
 
 NAME = "06_your_data_your_model.ipynb"
 PLACEHOLDER = "my_data/data.jsonl"  # the parameters cell's DATA, which does not exist
@@ -118,9 +118,13 @@ def variants(folder: Path) -> dict[str, tuple[dict[str, str], str, dict]]:
         "chats-smolvlm-conversations":
             ({}, f'DATA, DATA_FORMAT, COLUMNS, MODEL = {str(chats.path)!r}, "conversations", None, "smolvlm"\n'
                  f"{SHORT}", chats),
+        # every other model choice, on the synthetic stand-in (issue 28: MODEL = "<key>" works in tiny mode)
+        **{f"qa-{key}-synthetic": ({}, f"MODEL = {key!r}\n{SHORT}", {}) for key in OTHER_CHOICES},
     }
 
 
+#: The model choices the four runs above do not train: each runs the notebook as committed but for MODEL.
+OTHER_CHOICES = sorted(set(model_choices.MODEL_CHOICES) - {"qwen2-vl", "florence2", "idefics2", "smolvlm"})
 DEFAULT = "qa-qwen2-vl-synthetic"  # the notebook as committed: part of the tiny series, in the fast tier
 SLOW = pytest.mark.slow  # the other data and models: the slow tier (README, "Run the tests"), `python -m pytest -m slow`
 #: what the tests that read a run directly need (the parametrized ones name theirs in their parameters)
@@ -130,7 +134,7 @@ NEEDS = {"test_tiny_mode_reads_the_users_file_with_the_twin_of_the_users_model":
          "test_the_data_report_prices_the_largest_image_under_the_presets_budget":
              {"receipts-csv-idefics2-qlora", DEFAULT}}
 ORDER = ["qa-qwen2-vl-synthetic", "captioning-florence2-synthetic", "receipts-csv-idefics2-qlora",
-         "chats-smolvlm-conversations"]  # the two longer runs first, so the two short ones share the second slots
+         "chats-smolvlm-conversations"] + [f"qa-{key}-synthetic" for key in OTHER_CHOICES]  # the longer runs first
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +173,8 @@ def _executed(variant: str, executed_variants):
 
 @pytest.fixture(params=[DEFAULT, pytest.param("captioning-florence2-synthetic", marks=SLOW),
                         pytest.param("receipts-csv-idefics2-qlora", marks=SLOW),
-                        pytest.param("chats-smolvlm-conversations", marks=SLOW)])
+                        pytest.param("chats-smolvlm-conversations", marks=SLOW)]
+                + [pytest.param(f"qa-{key}-synthetic", marks=SLOW) for key in OTHER_CHOICES])
 def executed(request, executed_variants):
     return _executed(request.param, executed_variants)
 

@@ -387,3 +387,59 @@ def test_qwen2_5_vl_at_real_widths_prices_a_page_collates_trains_and_generates(q
     predictions = evaluation.generate_predictions(model, processor, collator, rows, batch_size=1, max_new_tokens=3,
                                                   device="cpu", dtype=preset.dtype)
     assert len(predictions) == 1 and isinstance(predictions[0], str)
+
+
+# ------------------------------------------------------------------- issue 28: SmolVLM2, Gemma 3, PaliGemma 2
+
+#: choice -> (tiny family, layer counts of the real-shape build, image tokens of a 1700x2200 page under the T4 plan)
+NEWER_CHOICES = {
+    "smolvlm2-2.2b": ("smolvlm2", {"text_config": {"num_hidden_layers": 1}, "vision_config": {"num_hidden_layers": 1}},
+                      1377),
+    "gemma3-4b": ("gemma3", {"text_config": {"num_hidden_layers": 1}, "vision_config": {"num_hidden_layers": 1}}, 256),
+    "paligemma2-3b": ("paligemma2", {"text_config": {"num_hidden_layers": 2}, "vision_config": {"num_hidden_layers": 1}},
+                      1024),
+}
+
+
+@pytest.mark.parametrize("key", sorted(NEWER_CHOICES))
+def test_newer_choices_at_real_widths_price_a_page_collate_train_and_generate(key, tmp_path):
+    """Notebook 06's newer choices at their published widths and image sizes (1-2 layers): a 1700x2200 page costs
+    what the choosing table says, only the answer and its end token are supervised (PaliGemma: the suffix), LoRA
+    reaches the 7 projections of the language model and nothing of the vision tower, one step trains under the T4
+    plan's dtype rule (computed here in fp32), generation runs."""
+    from dataclasses import replace
+
+    from vlm_helpers import model_choices, processors
+    from vlm_helpers.prefix_collator import PrefixLMCollator
+    from vlm_helpers.tiny.families import FAMILIES, build_family
+
+    family_name, layers, page_tokens = NEWER_CHOICES[key]
+    family = replace(FAMILIES[family_name], sizes=layers, processor_sizes={})  # real processor files
+    folder = build_family(family, tmp_path / key, init_std=0.02)
+    assert_layout_like_the_hub(folder, family.model_id)
+    published = real_json(family.model_id, "config.json", reconstructed=True)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["text_config"]["hidden_size"] == published["text_config"]["hidden_size"]
+    assert saved["vision_config"]["hidden_size"] == published["vision_config"]["hidden_size"]
+    choice = model_choices.get_model_choice(key)
+    preset = on_cpu(T4, choice.recipe)
+    model, processor = lora.load_chat_vlm(folder, dtype=preset.dtype, attn_implementation=preset.attn_implementation,
+                                          quantize_4bit=False, image_budget=choice.image_budget("t4"))
+    assert processors.image_tokens(processor, (1700, 2200)) == page_tokens
+    collator = choice.collator(processor, task="qa", instruction="Answer briefly.", seed=0)
+    rows = [{**row, "id": str(row["questionId"])} for row in docvqa_rows(1)]
+    batch = collator(rows)
+    end = collator.tokenizer.eos_token if isinstance(collator, PrefixLMCollator) else collator.end_of_turn
+    supervised = supervised_text(batch["labels"][0], collator.tokenizer)
+    # SmolVLM's template writes "Assistant:" + " answer": the space after the colon is the answer's first token
+    assert supervised.lstrip(" ") == rows[0]["answers"][0] + end, supervised
+    model = lora.add_lora(model, target_modules=choice.lora_targets, r=8, alpha=8, dropout=0.0, quantized=False,
+                          gradient_checkpointing=False)
+    assert set(lora_types(model)) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    vision = [name for name, _ in lora.vision_encoders(model)]
+    assert vision and not [n for n in lora.lora_module_names(model) if any(n.startswith(v + ".") for v in vision)]
+    batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    assert 2 < one_lora_step(model, batch) < 100  # random weights at real width (Gemma scales embeddings by 50)
+    predictions = evaluation.generate_predictions(model, processor, collator, rows, batch_size=1, max_new_tokens=3,
+                                                  device="cpu", dtype=preset.dtype)
+    assert len(predictions) == 1 and isinstance(predictions[0], str)

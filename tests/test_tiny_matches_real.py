@@ -233,9 +233,10 @@ def test_shrink_changes_sizes_only():
 #: The tiny twins of notebook 06's other model choices, built by vlm_helpers/tiny/families.py from the vendored
 #: configuration; their token ids follow the twin's small tokenizer (test_other_families.py checks every special
 #: token by its text), so only the ids may differ besides the sizes.
-FAMILY_TWINS = ("qwen2-vl", "qwen2.5-vl", "smolvlm")
+FAMILY_TWINS = ("qwen2-vl", "qwen2.5-vl", "smolvlm", "smolvlm2", "gemma3", "paligemma2")
 TOKEN_IDS = frozenset({"image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                       "vision_token_id", "bos_token_id", "eos_token_id", "pad_token_id"})
+                       "vision_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "image_token_index",
+                       "boi_token_index", "eoi_token_index"})
 
 
 @pytest.mark.parametrize("name", FAMILY_TWINS)

@@ -63,7 +63,8 @@ NOTEBOOKS = (
                  "the table, bar chart, loss curves and an honest gallery of improved/unchanged/regressed examples"),
     NotebookInfo("06_your_data_your_model.ipynb", "Your data, your model",
                  f"T4 preset (LoRA or 4-bit QLoRA by model): peak 9.7 GiB at most; A100 preset: 22.9 GiB ({SIMULATED})",
-                 f"per 1,000 training rows and epoch on T4: from under 1 min (Florence-2) to 28 min (Qwen2.5-VL-3B), "
+                 f"per 1,000 training rows and epoch on T4: from under 1 min (Florence-2) to 28 min (Qwen2.5-VL-3B; Gemma 3 "
+                 f"in fp32: 1.4 h), "
                  f"plus evaluation ({ESTIMATED})",
                  "your images (JSONL/CSV, HF dataset, conversations), validated by file and line; the best checkpoint "
                  "by generated answers; a model card"),

@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from vlm_helpers import runtime
+from vlm_helpers import gated, runtime
 from vlm_helpers.data.cauldron import DEFAULT_SUBSETS, check_subsets
 from vlm_helpers.data.errors import DataValidationError
 from vlm_helpers.launch import FSDPSettings, fsdp_from_environment, init_distributed, shutdown_distributed
@@ -324,6 +324,19 @@ def _require_gpu(settings: RunSettings) -> None:
                         "runtime type > T4 GPU)") from None
 
 
+def _require_access(settings: RunSettings) -> None:
+    """A gated checkpoint (``--model gemma3-4b``, ``paligemma2-3b``) without a token or an accepted license stops here,
+    in one line, before anything downloads: the command line's form of notebook 06's
+    :func:`vlm_helpers.gated.require_access`."""
+    if settings.your_data is None:  # the series' recipes load open checkpoints
+        return
+    choice = MODEL_CHOICES[settings.your_data.model]
+    try:
+        gated.require_access(choice.model_id, gated=choice.gated, tiny=settings.tiny)
+    except gated.GatedModelError as error:
+        raise UserError(f"--model {choice.key}: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vlm-train`` / ``python -m vlm_helpers.cli``; returns the exit code.
 
@@ -337,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = resolve_settings(args, parser)
         _require_gpu(settings)
+        _require_access(settings)
     except UserError as error:  # before the process group exists: RANK says which process prints
         _stop(error, user_problem(error), debug=args.debug, is_main=os.environ.get("RANK", "0") == "0")
     recipe = get_recipe(settings.recipe)

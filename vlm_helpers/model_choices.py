@@ -72,6 +72,10 @@ QWEN2_VL_A100_MAX_PIXELS = 2560 * 28 * 28
 #: (reconstructed) published size and only makes the bound explicit.
 SMOLVLM_LONGEST_EDGE = 2048
 
+#: SmolVLM2-2.2B: a page is resized to this longest side, then cut into 384-px tiles (4 x 4 + the whole page, 81
+#: tokens each: 1,377 tokens), the published size; the budget makes the bound explicit.
+SMOLVLM2_LONGEST_EDGE = 1536
+
 METHODS = ("lora", "qlora")
 KINDS = ("chat", "florence2", "prefix-lm")
 
@@ -205,6 +209,12 @@ MODEL_CHOICES: dict[str, ModelChoice] = {choice.key: choice for choice in (
                 image_budgets={preset: {"longest_edge": SMOLVLM_LONGEST_EDGE, "do_image_splitting": True}
                                for preset in ("t4", "a100", "cpu")},
                 note="the language model is text_model, as in Idefics2; images are split into tiles"),
+    ModelChoice("smolvlm2-2.2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", 2.25, IDEFICS2_LORA_TARGETS,
+                "smolvlm2-2.2b-lora", qlora_on=(), tiny_name="smolvlm2",
+                image_budgets={preset: {"longest_edge": SMOLVLM2_LONGEST_EDGE, "do_image_splitting": True}
+                               for preset in ("t4", "a100", "cpu")},
+                note="SmolVLM's layout at 2.2 B (language model text_model); a page is cut into 384-px tiles, "
+                     "81 image tokens each"),
     ModelChoice("gemma3-4b", "google/gemma-3-4b-it", 4.3, LANGUAGE_MODEL_LORA_TARGETS, "gemma3-4b-lora",
                 qlora_on=("t4",), tiny_name="gemma3", gated=True,
                 note="gated (accept the license on the Hub, then a token); 896-px images, 256 image tokens; "

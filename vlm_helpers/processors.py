@@ -10,6 +10,7 @@ used by the loaders of :mod:`vlm_helpers.lora` and :mod:`vlm_helpers.florence2`.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from vlm_helpers.supervision import is_prefix_lm_processor
@@ -19,6 +20,11 @@ __all__ = ["IMAGE_BUDGET_KEYS", "PAGE_SIZE", "apply_image_budget", "budget_text"
 
 #: A scanned page at 200 dpi (US letter), the size notebook 06 prices in image tokens.
 PAGE_SIZE = (1700, 2200)
+
+
+#: What an image-only processor has in place of a video processor: no frames to sample (SmolVLM's
+#: ``apply_chat_template`` reads these two settings even for a conversation without video).
+NO_VIDEOS = SimpleNamespace(num_frames=None, fps=None)
 
 
 def image_only_processor_class(processor_class):
@@ -31,13 +37,21 @@ def image_only_processor_class(processor_class):
     tokenizer; passing ``videos=`` to it fails. See the README, section "Using the helpers with other
     models" (Qwen2-VL).
     """
+    import inspect
+
     attributes = [a for a in processor_class.get_attributes() if a != "video_processor"]
+    video = inspect.signature(processor_class.__init__).parameters.get("video_processor")
+    required = video is not None and video.default is inspect.Parameter.empty  # SmolVLM's: no default
 
     class ImageOnly(processor_class):
         @classmethod
         def get_attributes(cls):
             return list(attributes)
 
+        if required:  # SmolVLM's: from_pretrained passes it None (see below); its chat template reads these settings
+            video_processor = property(lambda self: NO_VIDEOS)  # a class property: never saved with the processor
+
+    ImageOnly.video_processor_required = required  # SmolVLM's __init__ has no default for it
     ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
     ImageOnly.__doc__ = f"{processor_class.__name__} for images only (no video processor, no torchvision)."
     return ImageOnly
@@ -68,7 +82,10 @@ def processor_from_pretrained(path: str | Path, model_type: str, **kwargs):
         if image_processor_type is not None:
             pil_image_processor_class(image_processor_type)
         if processor_class is not None and "video_processor" in processor_class.get_attributes():
-            return image_only_processor_class(processor_class).from_pretrained(path, **kwargs)
+            image_only = image_only_processor_class(processor_class)
+            if image_only.video_processor_required:  # given as None, which ProcessorMixin then drops
+                kwargs = {**kwargs, "video_processor": None}
+            return image_only.from_pretrained(path, **kwargs)
     return AutoProcessor.from_pretrained(path, **kwargs)
 
 

@@ -38,6 +38,7 @@ BATCHING: dict[str, dict[str, tuple[int, int]]] = {
     "qwen2-vl-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "qwen2.5-vl-3b-lora": {"a100": (2, 8), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "smolvlm-lora": {"a100": (16, 1), "t4": (4, 4), "cpu": (1, 2), "tiny": (4, 1)},
+    "smolvlm2-2.2b-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "gemma3-4b-lora": {"a100": (2, 8), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
     "paligemma2-3b-lora": {"a100": (4, 4), "t4": (1, 16), "cpu": (1, 2), "tiny": (4, 1)},
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vlm_helpers.runtime import TINY_TWIN_FILE
 from vlm_helpers.tiny.families import (build_tiny_gemma3, build_tiny_paligemma2, build_tiny_qwen2_5_vl,
-                                       build_tiny_qwen2_vl, build_tiny_smolvlm)
+                                       build_tiny_qwen2_vl, build_tiny_smolvlm, build_tiny_smolvlm2)
 from vlm_helpers.tiny.florence2 import build_tiny_florence2
 from vlm_helpers.tiny.idefics2 import build_tiny_idefics2
 from vlm_helpers.tiny.llava_phi3 import build_tiny_llava_phi3
@@ -33,6 +33,7 @@ BUILDERS = {
     "qwen2-vl": build_tiny_qwen2_vl,
     "qwen2.5-vl": build_tiny_qwen2_5_vl,
     "smolvlm": build_tiny_smolvlm,
+    "smolvlm2": build_tiny_smolvlm2,
 }
 
 

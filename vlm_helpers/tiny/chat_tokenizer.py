@@ -13,6 +13,10 @@ few hundred pieces. Vocabulary layout (mirrors Llama / Mistral / Phi-3)::
     then the added special tokens (pad and ``special_tokens``) in the order given.
 
 Building is deterministic: the same corpus and arguments always give the same ids.
+
+:func:`tiny_tokenizer` makes the tokenizers of the tiny twins of :mod:`vlm_helpers.tiny.families`: each family's
+own transformers class (Qwen2's, Gemma's, GPT-2's, Llama 3's byte-level BPE, or the real Mistral SentencePiece
+model) trained on the same corpus, with every added token and setting of the real tokenizer.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from vlm_helpers.tiny.corpus import default_corpus
 
-__all__ = ["DEFAULT_CORPUS", "build_byte_fallback_tokenizer", "default_corpus"]
+__all__ = ["DEFAULT_CORPUS", "LLAMA3_SPLIT", "PALIGEMMA_EXTRA_TOKENS", "build_byte_fallback_tokenizer", "default_corpus",
+           "tiny_tokenizer"]
 
 #: Built-in corpus: words and sentences about documents (DocVQA, notebook 03) and airplanes
 #: (aircraft captioning, notebook 04), plus the chat-template words of both models.
@@ -170,4 +175,98 @@ def sentencepiece_tokenizer(tokenizer_config: dict):
         if tokenizer.convert_tokens_to_ids(token["content"]) != int(token_id):
             raise ValueError(f"{token['content']!r} got id {tokenizer.convert_tokens_to_ids(token['content'])}, "
                              f"the real tokenizer has it at {token_id}")
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# the tiny twins' tokenizers (vlm_helpers.tiny.families)
+# --------------------------------------------------------------------------------------------------
+
+#: The tokens PaliGemmaProcessor adds to any tokenizer it is given (transformers' EXTRA_TOKENS): the real vocabulary
+#: has them (ids 256000-257151), so the twin's has them too, and a <loc0042> in an answer is one token in both.
+PALIGEMMA_EXTRA_TOKENS = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+
+
+#: Llama 3's pre-tokenization split (tokenizer.json of meta-llama/Llama-3.2-11B-Vision-Instruct).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _corpus(extra: list[str]) -> list[str]:
+    return list(default_corpus()) + extra
+
+
+def _train_family_bpe(normalizer, pre_tokenizer, texts, *, vocab_size: int, reserved: list[str], byte_level: bool):
+    """A BPE trained with the family's own normalizer/pre-tokenizer; returns (vocab, merges)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token=None if byte_level else reserved[0], byte_fallback=not byte_level))
+    if normalizer is not None:
+        bpe.normalizer = normalizer
+    if pre_tokenizer is not None:
+        bpe.pre_tokenizer = pre_tokenizer
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=alphabet,
+                                  min_frequency=2, show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    vocab = dict(sorted(state["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    if not byte_level:  # SentencePiece-style byte fallback: <0x00>..<0xFF> right after the reserved tokens
+        pieces = [t for t in vocab if t not in reserved]
+        tokens = reserved + [f"<0x{b:02X}>" for b in range(256)] + pieces
+        vocab = {}
+        for token in tokens:
+            vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def tiny_tokenizer(family, extra_corpus: list[str] = (), vocab_size: int = 600):
+    """A small tokenizer of the family's real kind, with the real added tokens and settings.
+
+    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    import transformers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    texts = _corpus(list(extra_corpus))
+    role = {k: v for k, v in family.roles.items() if v is not None}
+    kind = family.tokenizer_kind
+    if kind == "sentencepiece":  # Llama-2 / Mistral: the real Mistral SentencePiece model (offline)
+        decoder = {str(i): {"content": c, "special": sp, "normalized": False, "lstrip": False, "rstrip": False,
+                            "single_word": False} for i, (c, sp) in family.tokens.items()}
+        return sentencepiece_tokenizer({**role, **family.tokenizer_settings, "added_tokens_decoder": decoder})
+    if kind in ("qwen2", "gpt2"):
+        cls = transformers.Qwen2Tokenizer if kind == "qwen2" else transformers.GPT2Tokenizer
+        backend = cls(vocab={"a": 0}, merges=[]).backend_tokenizer
+        vocab, merges = _train_family_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
+                                   reserved=[], byte_level=True)
+        tokenizer = cls(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
+    elif kind == "gemma":
+        backend = transformers.GemmaTokenizer().backend_tokenizer
+        base = [family.tokens[i][0] for i in sorted(family.tokens) if i < 5]  # <pad> <eos> <bos> <unk> <mask>
+        vocab, merges = _train_family_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
+                                   reserved=base, byte_level=False)
+        tokenizer = transformers.GemmaTokenizer(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
+    elif kind == "llama3":
+        split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
+        pre = pre_tokenizers.Sequence([split, byte_level])
+        vocab, merges = _train_family_bpe(None, pre, texts, vocab_size=vocab_size, reserved=[], byte_level=True)
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+        backend.pre_tokenizer = pre
+        backend.decoder = decoders.ByteLevel()
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **family.tokenizer_settings)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+    if family.name == "paligemma2":  # the real vocabulary's location and segmentation tokens, before <image>
+        tokenizer.add_tokens(PALIGEMMA_EXTRA_TOKENS)
+    vocabulary = tokenizer.get_vocab()
+    tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)
+                          for _, (content, special) in sorted(family.tokens.items()) if content not in vocabulary])
+    if kind == "llama3":  # roles once the tokens exist; BOS comes from a TemplateProcessing post-processor
+        tokenizer.add_special_tokens(role)
+        bos = role["bos_token"]
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))])
     return tokenizer

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlm_helpers.lora_targets import IDEFICS2_LORA_TARGETS, LANGUAGE_MODEL_LORA_TARGETS
+from vlm_helpers.tiny.chat_tokenizer import tiny_tokenizer
 from vlm_helpers.tiny.real import build_config, keep_repository_layout, model_class, real_json, shrink
 
 __all__ = ["FAMILIES", "Family", "build_family", "build_tiny_gemma3", "build_tiny_paligemma2", "build_tiny_qwen2_vl", "build_tiny_smolvlm", "tiny_tokenizer"]
@@ -61,99 +62,6 @@ class Family:
     chat_template: str | None = None                       # only when no vendored template file exists
     vision_tokens: frozenset = frozenset()                 # tokens vision_token_ids must find
     end_of_turn: str = ""                                  # the token that must end every answer
-# --------------------------------------------------------------------------------------------------
-# tokenizers
-# --------------------------------------------------------------------------------------------------
-
-#: Llama 3's pre-tokenization split (tokenizer.json of meta-llama/Llama-3.2-11B-Vision-Instruct).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _corpus(extra: list[str]) -> list[str]:
-    from vlm_helpers.tiny.corpus import default_corpus
-
-    return list(default_corpus()) + extra
-
-
-def _train_bpe(normalizer, pre_tokenizer, texts, *, vocab_size: int, reserved: list[str], byte_level: bool):
-    """A BPE trained with the family's own normalizer/pre-tokenizer; returns (vocab, merges)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(unk_token=None if byte_level else reserved[0], byte_fallback=not byte_level))
-    if normalizer is not None:
-        bpe.normalizer = normalizer
-    if pre_tokenizer is not None:
-        bpe.pre_tokenizer = pre_tokenizer
-    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=alphabet,
-                                  min_frequency=2, show_progress=False)
-    bpe.train_from_iterator(texts, trainer=trainer)
-    state = json.loads(bpe.to_str())["model"]
-    vocab = dict(sorted(state["vocab"].items(), key=lambda kv: kv[1]))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    if not byte_level:  # SentencePiece-style byte fallback: <0x00>..<0xFF> right after the reserved tokens
-        pieces = [t for t in vocab if t not in reserved]
-        tokens = reserved + [f"<0x{b:02X}>" for b in range(256)] + pieces
-        vocab = {}
-        for token in tokens:
-            vocab.setdefault(token, len(vocab))
-    return vocab, merges
-
-
-def tiny_tokenizer(family: Family, extra_corpus: list[str] = (), vocab_size: int = 600):
-    """A small tokenizer of the family's real kind, with the real added tokens and settings.
-
-    Part of the tiny twins of ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
-    """
-    import transformers
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    texts = _corpus(list(extra_corpus))
-    role = {k: v for k, v in family.roles.items() if v is not None}
-    kind = family.tokenizer_kind
-    if kind == "sentencepiece":  # Llama-2 / Mistral: the real Mistral SentencePiece model (offline)
-        from vlm_helpers.tiny.chat_tokenizer import sentencepiece_tokenizer
-
-        decoder = {str(i): {"content": c, "special": sp, "normalized": False, "lstrip": False, "rstrip": False,
-                            "single_word": False} for i, (c, sp) in family.tokens.items()}
-        return sentencepiece_tokenizer({**role, **family.tokenizer_settings, "added_tokens_decoder": decoder})
-    if kind in ("qwen2", "gpt2"):
-        cls = transformers.Qwen2Tokenizer if kind == "qwen2" else transformers.GPT2Tokenizer
-        backend = cls(vocab={"a": 0}, merges=[]).backend_tokenizer
-        vocab, merges = _train_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
-                                   reserved=[], byte_level=True)
-        tokenizer = cls(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
-    elif kind == "gemma":
-        backend = transformers.GemmaTokenizer().backend_tokenizer
-        base = [family.tokens[i][0] for i in sorted(family.tokens) if i < 5]  # <pad> <eos> <bos> <unk> <mask>
-        vocab, merges = _train_bpe(backend.normalizer, backend.pre_tokenizer, texts, vocab_size=vocab_size,
-                                   reserved=base, byte_level=False)
-        tokenizer = transformers.GemmaTokenizer(vocab=vocab, merges=merges, **role, **family.tokenizer_settings)
-    elif kind == "llama3":
-        split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
-        pre = pre_tokenizers.Sequence([split, byte_level])
-        vocab, merges = _train_bpe(None, pre, texts, vocab_size=vocab_size, reserved=[], byte_level=True)
-        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
-        backend.pre_tokenizer = pre
-        backend.decoder = decoders.ByteLevel()
-        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **family.tokenizer_settings)
-    else:
-        raise ValueError(f"unknown tokenizer kind {kind!r}")
-    if family.name == "paligemma2":  # the real vocabulary's location and segmentation tokens, before <image>
-        tokenizer.add_tokens(PALIGEMMA_EXTRA_TOKENS)
-    vocabulary = tokenizer.get_vocab()
-    tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)
-                          for _, (content, special) in sorted(family.tokens.items()) if content not in vocabulary])
-    if kind == "llama3":  # roles once the tokens exist; BOS comes from a TemplateProcessing post-processor
-        tokenizer.add_special_tokens(role)
-        bos = role["bos_token"]
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))])
-    return tokenizer
-
-
 # --------------------------------------------------------------------------------------------------
 # ids: real -> tiny
 # --------------------------------------------------------------------------------------------------
@@ -341,8 +249,9 @@ FAMILIES["gemma3"] = Family(
     roles={"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
     tokenizer_settings={"extra_special_tokens": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                                  "image_token": "<image_soft_token>"}},
+    # 6 text layers: Gemma 3 puts a full-attention layer after every 5 sliding-window ones, and the twin needs both
     sizes={"mm_tokens_per_image": 4,
-           "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
                            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
            "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                              "num_attention_heads": 2, "image_size": 56}},
@@ -447,9 +356,23 @@ FAMILIES["paligemma2"] = Family(
     processor_sizes={"preprocessor_config.json": {"image_seq_length": 16, "size": {"height": 56, "width": 56}}},
     lora_targets=LANGUAGE_MODEL_LORA_TARGETS, end_of_turn="<eos>", vision_tokens=frozenset({"<image>"}))
 
-#: The tokens PaliGemmaProcessor adds to any tokenizer it is given (transformers' EXTRA_TOKENS): the real vocabulary
-#: has them (ids 256000-257151), so the twin's has them too, and a <loc0042> in an answer is one token in both.
-PALIGEMMA_EXTRA_TOKENS = [f"<loc{i:0>4}>" for i in range(1024)] + [f"<seg{i:0>3}>" for i in range(128)]
+#: SmolVLM2-2.2B: SmolVLM-256M's tokens and template (its tokenizer facts say so), SmolVLM classes (model_type
+#: smolvlm), SigLIP-SO400M in 384-px tiles, pixel shuffle 3 (81 tokens a tile).
+FAMILIES["smolvlm2"] = Family(
+    name="smolvlm2", model_id="HuggingFaceTB/SmolVLM2-2.2B-Instruct", tokenizer_kind="gpt2", tokens=_SMOLVLM_TOKENS,
+    roles={"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
+           "unk_token": "<|endoftext|>"},
+    sizes={"text_config": {"hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 6,
+                           "num_key_value_heads": 6, "head_dim": 16},
+           "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "image_size": 84}},
+    # tiles of 84 px in 14-px patches, pixel shuffle 3: (84/14)^2 / 3^2 = 4 tokens a tile (real: 81); the resize
+    # limit stays 4 tiles wide, as the real 1536 / 384
+    processor_sizes={"processor_config.json": {"image_seq_len": 4},
+                     "preprocessor_config.json": {"max_image_size": {"longest_edge": 84},
+                                                  "size": {"longest_edge": 336}}},
+    lora_targets=IDEFICS2_LORA_TARGETS, end_of_turn="<end_of_utterance>",  # text_model, as SmolVLM's
+    vision_tokens=frozenset({"<fake_token_around_image>", "<global-img>", "<image>", "<row_1_col_1>"}))
 
 
 def build_tiny_qwen2_vl(save_dir: str | Path) -> Path:
@@ -482,6 +405,14 @@ def build_tiny_paligemma2(save_dir: str | Path) -> Path:
     Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
     """
     return build_family(FAMILIES["paligemma2"], save_dir)
+
+
+def build_tiny_smolvlm2(save_dir: str | Path) -> Path:
+    """Notebook 06's ``smolvlm2-2.2b`` in tiny mode: SmolVLM2-2.2B-Instruct's configuration shrunk by sizes only.
+
+    Built by :func:`vlm_helpers.tiny.tiny_checkpoint` for ``notebooks/06_your_data_your_model.ipynb``, section "The model and its LoRA targets".
+    """
+    return build_family(FAMILIES["smolvlm2"], save_dir)
 
 
 def build_tiny_smolvlm(save_dir: str | Path) -> Path:
