@@ -130,10 +130,13 @@ class PrefixLMCollator:
     # ------------------------------------------------------------------ lengths
     def lengths(self, row: dict, answers: Sequence[str]) -> list[int]:
         """Tokens of the whole training sequence of ``row`` with each of ``answers`` (image tokens included)."""
-        image = self._images([row])[0]
-        texts = self._texts([row]) * len(answers)
-        encoded = self.processor(text=texts, images=[image] * len(answers), suffix=list(answers), padding=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        image, text = self._images([row])[0], self._texts([row])[0]
+        return [len(self._unpadded(text, image, suffix=answer)) for answer in answers]
+
+    def _unpadded(self, text: str, image, **suffix) -> list[int]:
+        """One row's token ids, unpadded. One row per call: transformers 5.15's processor builds its labels with
+        ``np.array`` over the whole batch, which fails on rows of different lengths without padding."""
+        return list(self.processor(text=[text], images=[image], padding=False, **suffix)["input_ids"][0])
 
     def length_problem(self, row: dict, *, answers: bool = True) -> str | None:
         """Why ``row`` cannot be batched for its length, or None (the chat collator's rule, on the suffix layout).
@@ -171,7 +174,7 @@ class PrefixLMCollator:
         texts, images = self._texts(rows), self._images(rows)
         batch = dict(self.processor(text=texts, images=images, suffix=answers, return_tensors="pt",
                                     padding=True, padding_side="right"))
-        prompts = self.processor(text=texts, images=images, padding=False)["input_ids"]
+        prompts = [self._unpadded(text, image) for text, image in zip(texts, images)]
         input_ids, attention, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for i, row in enumerate(rows):
