@@ -230,7 +230,9 @@ def test_chat_choice_a100_preset_under_flash_attention(tiny_cache, key):
         model, processor = lora.load_chat_vlm(tiny_checkpoint(choice.tiny_name, tiny_cache), dtype=preset.dtype,
                                               attn_implementation=preset.attn_implementation, quantize_4bit=quantize,
                                               device=preset.device)
-        assert model.config.text_config._attn_implementation == "flash_attention_2"
+        # Gemma 3 refuses FlashAttention-2 for the whole model (it would drop its bidirectional image mask): sdpa
+        flash = getattr(type(model), "_supports_flash_attn", True)
+        assert model.config.text_config._attn_implementation == ("flash_attention_2" if flash else "sdpa")
         assert all(encoder.config._attn_implementation == "sdpa" for _, encoder in lora.vision_encoders(model))
         model = lora.add_lora(model, target_modules=choice.lora_targets, quantized=quantize,
                               gradient_checkpointing=preset.gradient_checkpointing)
@@ -243,7 +245,10 @@ def test_chat_choice_a100_preset_under_flash_attention(tiny_cache, key):
         loss.backward()
         assert math.isfinite(float(loss.detach()))
         assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
-        assert any(call.get("kernel") == "varlen" for call in calls())  # the padded batch went through varlen
+        if flash:
+            assert any(call.get("kernel") == "varlen" for call in calls())  # the padded batch went through varlen
+        else:
+            assert not calls()  # no FlashAttention-2 call at all
         assert not [call for call in calls() if "Vision" in call["module"]]  # vision towers stay on sdpa
         predictions = evaluation.generate_predictions(model, processor, collator, rows(2, (96, 128)), batch_size=2,
                                                       max_new_tokens=3, dtype=preset.dtype)
